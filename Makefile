@@ -1,0 +1,47 @@
+# ProjectorSet operator. `make demo` and `make test` install what they need themselves.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: help venv lint typecheck crds check-crds test unit run install uninstall demo bench cluster-up cluster-down clean
+
+help:
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $@
+
+venv: $(STAMP) ## Create the virtualenv with the operator and its development tools
+
+lint: $(STAMP) ## Ruff and mypy over the operator and the tests
+	$(BIN)/ruff check operator tests
+	$(BIN)/ruff format --check operator tests
+	$(BIN)/mypy operator/projectorset
+
+crds: $(STAMP) ## Regenerate crds/ from the pydantic models
+	$(BIN)/python -m projectorset.crd > crds/projectorsets.yaml
+
+test: lint ## The whole suite: lint, type checks, unit, database and cluster tests
+	@$(BIN)/pytest; rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: the suite is broken" >&2; exit 1; fi; \
+	exit $$rc
+
+unit: $(STAMP) ## Only the fast tests (no cluster)
+	$(BIN)/pytest -m 'not cluster'
+
+run: $(STAMP) ## Run the operator against the current kubeconfig
+	$(BIN)/projectorset-operator
+
+install: $(STAMP) ## Install the CRD into the current kubeconfig's cluster
+	kubectl apply -f crds/
+
+uninstall: ## Remove the CRD (and every ProjectorSet) from the current cluster
+	kubectl delete -f crds/ --ignore-not-found
+
+clean: ## Remove the virtualenv and caches in the work tree
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

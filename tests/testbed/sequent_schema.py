@@ -1,0 +1,77 @@
+"""Sequent 9's event-store tables, as DESIGN.md section 2 describes them.
+
+The operator never creates these tables (the application's migrations do); tests,
+the sample application and the demo create them with ``create_sequent_tables``.
+"""
+
+from __future__ import annotations
+
+import psycopg
+from psycopg import sql
+
+REPLAY_STATES = (
+    "created",
+    "prepared",
+    "replaying",
+    "catching_up",
+    "replayed",
+    "optimized",
+    "live",
+    "failed",
+    "aborted",
+)
+
+_DDL = """
+CREATE SCHEMA IF NOT EXISTS {schema};
+
+CREATE TABLE IF NOT EXISTS {schema}.aggregates (
+    aggregate_id uuid PRIMARY KEY,
+    aggregate_type text NOT NULL,
+    created_at timestamptz NOT NULL DEFAULT now()
+);
+
+CREATE TABLE IF NOT EXISTS {schema}.events (
+    aggregate_id uuid NOT NULL REFERENCES {schema}.aggregates (aggregate_id),
+    sequence_number integer NOT NULL,
+    event_type text NOT NULL,
+    event_json jsonb NOT NULL,
+    created_at timestamptz NOT NULL DEFAULT now(),
+    xact_id bigint NOT NULL DEFAULT pg_current_xact_id()::text::bigint,
+    PRIMARY KEY (aggregate_id, sequence_number)
+);
+CREATE INDEX IF NOT EXISTS events_xact_id_idx ON {schema}.events (xact_id);
+
+CREATE TABLE IF NOT EXISTS {schema}.projector_states (
+    name text PRIMARY KEY,
+    active_version integer,
+    activating_version integer,
+    replaying_version integer,
+    created_at timestamptz NOT NULL DEFAULT now(),
+    updated_at timestamptz NOT NULL DEFAULT now(),
+    CONSTRAINT replaying_conflicts_with_activating
+        CHECK (replaying_version IS NULL OR activating_version IS NULL)
+);
+
+CREATE TABLE IF NOT EXISTS {schema}.replay_states (
+    id bigserial PRIMARY KEY,
+    state text NOT NULL DEFAULT 'created' CHECK (state IN ({states})),
+    projectors text[] NOT NULL,
+    continue_replay_at_xact_id bigint,
+    index_definitions jsonb,
+    table_cluster_indexes jsonb,
+    created_at timestamptz NOT NULL DEFAULT now(),
+    updated_at timestamptz NOT NULL DEFAULT now()
+);
+CREATE UNIQUE INDEX IF NOT EXISTS replay_states_one_in_progress
+    ON {schema}.replay_states ((true)) WHERE state NOT IN ('live', 'aborted');
+"""
+
+
+def create_sequent_tables(conn: psycopg.Connection, schema: str = "sequent_schema") -> None:
+    """Create the event store, ``projector_states`` and ``replay_states`` in ``schema``."""
+    statement = sql.SQL(_DDL).format(
+        schema=sql.Identifier(schema),
+        states=sql.SQL(", ").join(sql.Literal(state) for state in REPLAY_STATES),
+    )
+    with conn.transaction():
+        conn.execute(statement)
