@@ -1,0 +1,417 @@
+"""Sequent 9's projector-state protocol, spoken with psycopg 3.
+
+Reads ``projector_states`` and ``replay_states``; writes ``projector_states`` the way
+Sequent's own writers do (DESIGN.md section 2): each change in its own transaction,
+``lock_timeout`` 100 ms, ``LOCK TABLE ... IN ACCESS EXCLUSIVE MODE``, upsert, commit,
+retried on lock timeout until a total timeout. Live event publishers read the table
+in every event transaction, so no write here may make them wait for long.
+
+Every illegal transition is refused *inside* the lock, before anything is written,
+with an error that names the projector and the versions involved.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import TypeVar
+
+import psycopg
+import psycopg_pool
+from psycopg import errors, sql
+from psycopg.conninfo import conninfo_to_dict
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+IN_PROGRESS_REPLAY_STATES = frozenset({"created", "prepared", "replaying", "catching_up", "replayed", "optimized"})
+FINISHED_REPLAY_STATES = frozenset({"live", "aborted", "failed"})
+
+
+# ---- what the database holds --------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ProjectorState:
+    name: str
+    active_version: int | None = None
+    activating_version: int | None = None
+    replaying_version: int | None = None
+
+
+@dataclass(frozen=True)
+class ReplayState:
+    id: int
+    state: str
+    projectors: tuple[str, ...]
+    continue_replay_at_xact_id: int | None
+
+    @property
+    def in_progress(self) -> bool:
+        return self.state in IN_PROGRESS_REPLAY_STATES
+
+
+@dataclass(frozen=True)
+class DatabaseState:
+    projectors: Mapping[str, ProjectorState] = field(default_factory=dict)
+    # The replay that is not live or aborted (at most one, by Sequent's unique index), else the latest.
+    replay: ReplayState | None = None
+    # Events with xact_id >= replay.continue_replay_at_xact_id; None when no replay is in progress.
+    replay_lag: int | None = None
+
+    @property
+    def empty(self) -> bool:
+        return not self.projectors
+
+
+# ---- errors -------------------------------------------------------------------------------------
+
+
+class DatabaseError(Exception):
+    """A database problem the operator reports as a condition; ``reason`` is a fixed CamelCase word."""
+
+    reason = "DatabaseError"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class DatabaseUnreachable(DatabaseError):
+    reason = "DatabaseUnreachable"
+
+
+class DatabaseAuthenticationFailed(DatabaseError):
+    reason = "DatabaseAuthenticationFailed"
+
+
+class InvalidDatabaseURI(DatabaseError):
+    reason = "InvalidDatabaseURI"
+
+
+class SequentTablesMissing(DatabaseError):
+    reason = "SequentTablesMissing"
+
+
+class ProjectorStatesBusy(DatabaseError):
+    """The lock on projector_states could not be taken within the total timeout."""
+
+    reason = "ProjectorStatesLocked"
+
+
+class IllegalProjectorState(DatabaseError):
+    """A write that Sequent's protocol forbids; the message names the projector and versions."""
+
+    reason = "IllegalProjectorState"
+
+
+def redact(message: str, conninfo: str) -> str:
+    """Remove the URI and its password from a message that may be logged or shown in status."""
+    secrets = [conninfo]
+    try:
+        password = conninfo_to_dict(conninfo).get("password")
+    except psycopg.ProgrammingError:
+        password = None
+    if password:
+        secrets.append(str(password))
+    for secret in sorted(secrets, key=len, reverse=True):
+        if secret:
+            message = message.replace(secret, "***")
+    return message
+
+
+def classify_connection_error(error: Exception, conninfo: str) -> DatabaseError:
+    text = redact(str(error).strip(), conninfo)
+    if isinstance(error, psycopg.ProgrammingError):
+        return InvalidDatabaseURI(f"the database URI is not valid: {text}")
+    lowered = text.lower()
+    if "invalid" in lowered and ("value" in lowered or "uri" in lowered or "connection info" in lowered):
+        return InvalidDatabaseURI(f"the database URI is not valid: {text}")
+    if "password authentication failed" in lowered or "authentication failed" in lowered:
+        return DatabaseAuthenticationFailed(f"the database refused the credentials: {text}")
+    if "does not exist" in lowered and "database" in lowered:
+        return DatabaseUnreachable(f"the database does not exist: {text}")
+    return DatabaseUnreachable(f"cannot connect to the database: {text}")
+
+
+# ---- the protocol -------------------------------------------------------------------------------
+
+
+class SequentDatabase:
+    """One application's Sequent tables in ``schema``; thread-safe through its connection pool."""
+
+    def __init__(
+        self,
+        conninfo: str,
+        schema: str = "sequent_schema",
+        *,
+        lock_timeout_ms: int = 100,
+        write_timeout_s: float = 10.0,
+        connect_timeout_s: float = 5.0,
+        pool_size: int = 2,
+    ) -> None:
+        self._conninfo = conninfo
+        self.schema = schema
+        self.lock_timeout_ms = lock_timeout_ms
+        self.write_timeout_s = write_timeout_s
+        self._connect_timeout_s = connect_timeout_s
+        try:
+            conninfo_to_dict(conninfo)
+        except psycopg.ProgrammingError as error:
+            raise classify_connection_error(error, conninfo) from None
+        # min_size=0: an idle ProjectorSet holds no connection to its database.
+        self._pool = psycopg_pool.ConnectionPool(
+            conninfo,
+            min_size=0,
+            max_size=pool_size,
+            timeout=connect_timeout_s,
+            kwargs={
+                "connect_timeout": max(1, int(connect_timeout_s)),
+                "application_name": "projectorset-operator",
+            },
+            open=False,
+            name=f"projectorset-{schema}",
+        )
+        self._opened = False
+
+    # -- plumbing --
+
+    def close(self) -> None:
+        if self._opened:
+            self._pool.close()
+            self._opened = False
+
+    def _table(self, name: str) -> sql.Composed:
+        return sql.SQL("{}.{}").format(sql.Identifier(self.schema), sql.Identifier(name))
+
+    def _connection(self) -> psycopg_pool.pool.ConnectionPool:
+        if not self._opened:
+            self._pool.open(wait=False)
+            self._opened = True
+        return self._pool
+
+    def _run(self, work: Callable[[psycopg.Connection], T]) -> T:
+        """Run ``work`` on a pooled connection, turning connection failures into DatabaseErrors."""
+        try:
+            with self._connection().connection() as conn:
+                return work(conn)
+        except psycopg_pool.PoolTimeout:
+            # The pool hides why it could not connect; one direct attempt tells the user.
+            raise self._diagnose() from None
+        except errors.UndefinedTable as error:
+            raise SequentTablesMissing(
+                f"Sequent's tables are missing in schema {self.schema}: {redact(str(error), self._conninfo)}"
+            ) from None
+        except errors.InvalidSchemaName as error:
+            raise SequentTablesMissing(
+                f"schema {self.schema} does not exist: {redact(str(error), self._conninfo)}"
+            ) from None
+        except psycopg.OperationalError as error:
+            raise classify_connection_error(error, self._conninfo) from None
+
+    def _diagnose(self) -> DatabaseError:
+        try:
+            psycopg.connect(self._conninfo, connect_timeout=max(1, int(self._connect_timeout_s))).close()
+        except psycopg.Error as error:
+            return classify_connection_error(error, self._conninfo)
+        return DatabaseUnreachable("no database connection became available in time")
+
+    # -- reads --
+
+    def read_state(self) -> DatabaseState:
+        def read(conn: psycopg.Connection) -> DatabaseState:
+            with conn.transaction():
+                rows = conn.execute(
+                    sql.SQL(
+                        "SELECT name, active_version, activating_version, replaying_version FROM {} ORDER BY name"
+                    ).format(self._table("projector_states"))
+                ).fetchall()
+                replay_row = conn.execute(
+                    sql.SQL(
+                        "SELECT id, state, projectors, continue_replay_at_xact_id FROM {} "
+                        "ORDER BY (state NOT IN ('live', 'aborted', 'failed')) DESC, id DESC LIMIT 1"
+                    ).format(self._table("replay_states"))
+                ).fetchone()
+                replay = (
+                    ReplayState(
+                        id=replay_row[0],
+                        state=replay_row[1],
+                        projectors=tuple(replay_row[2] or ()),
+                        continue_replay_at_xact_id=replay_row[3],
+                    )
+                    if replay_row
+                    else None
+                )
+                lag = self._lag(conn, replay) if replay is not None and replay.in_progress else None
+            return DatabaseState(
+                projectors={row[0]: ProjectorState(*row) for row in rows}, replay=replay, replay_lag=lag
+            )
+
+        return self._run(read)
+
+    def _lag(self, conn: psycopg.Connection, replay: ReplayState) -> int:
+        if replay.continue_replay_at_xact_id is None:
+            query = sql.SQL("SELECT count(*) FROM {}").format(self._table("events"))
+            row = conn.execute(query).fetchone()
+        else:
+            query = sql.SQL("SELECT count(*) FROM {} WHERE xact_id >= %s").format(self._table("events"))
+            row = conn.execute(query, (replay.continue_replay_at_xact_id,)).fetchone()
+        return int(row[0]) if row else 0
+
+    def replay_lag(self) -> int | None:
+        return self.read_state().replay_lag
+
+    # -- writes --
+
+    def _write(self, description: str, change: Callable[[psycopg.Connection, dict[str, ProjectorState]], None]) -> None:
+        """Sequent's write discipline: short lock timeout, exclusive lock, retried to a total timeout."""
+        deadline = time.monotonic() + self.write_timeout_s
+        attempts = 0
+
+        def attempt(conn: psycopg.Connection) -> bool:
+            nonlocal attempts
+            attempts += 1
+            try:
+                with conn.transaction():
+                    conn.execute(
+                        sql.SQL("SET LOCAL lock_timeout = {}").format(sql.Literal(f"{self.lock_timeout_ms}ms"))
+                    )
+                    conn.execute(
+                        sql.SQL("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE").format(self._table("projector_states"))
+                    )
+                    current = {
+                        row[0]: ProjectorState(*row)
+                        for row in conn.execute(
+                            sql.SQL(
+                                "SELECT name, active_version, activating_version, replaying_version FROM {}"
+                            ).format(self._table("projector_states"))
+                        )
+                    }
+                    change(conn, current)
+                return True
+            except errors.LockNotAvailable:
+                return False
+            except errors.CheckViolation as error:
+                raise IllegalProjectorState(
+                    f"{description} refused by the database: {redact(str(error).strip(), self._conninfo)}"
+                ) from None
+
+        while True:
+            if self._run(attempt):
+                if attempts > 1:
+                    log.info("%s took %d attempts to lock projector_states", description, attempts)
+                return
+            if time.monotonic() >= deadline:
+                raise ProjectorStatesBusy(
+                    f"{description}: projector_states stayed locked by another transaction "
+                    f"for {self.write_timeout_s:g} s ({attempts} attempts)"
+                )
+            # Back off briefly with jitter so competing writers do not retry in lock step.
+            time.sleep(random.uniform(0.01, 0.05))
+
+    def _upsert(
+        self,
+        conn: psycopg.Connection,
+        name: str,
+        *,
+        active: int | None | _Keep = None,
+        activating: int | None | _Keep = None,
+        replaying: int | None | _Keep = None,
+    ) -> None:
+        values = {"active_version": active, "activating_version": activating, "replaying_version": replaying}
+        changed = {column: value for column, value in values.items() if not isinstance(value, _Keep)}
+        columns = [sql.Identifier(column) for column in changed]
+        conn.execute(
+            sql.SQL(
+                "INSERT INTO {table} (name, {columns}) VALUES (%s, {placeholders}) "
+                "ON CONFLICT (name) DO UPDATE SET {assignments}, updated_at = now()"
+            ).format(
+                table=self._table("projector_states"),
+                columns=sql.SQL(", ").join(columns),
+                placeholders=sql.SQL(", ").join(sql.Placeholder() * len(columns)),
+                assignments=sql.SQL(", ").join(sql.SQL("{0} = EXCLUDED.{0}").format(column) for column in columns),
+            ),
+            (name, *changed.values()),
+        )
+
+    def register_replaying(self, versions: Mapping[str, int]) -> None:
+        """Record that a background replay builds ``versions`` (Sequent's prepare step)."""
+
+        def change(conn: psycopg.Connection, current: dict[str, ProjectorState]) -> None:
+            for name, version in sorted(versions.items()):
+                state = current.get(name, ProjectorState(name))
+                if state.activating_version is not None:
+                    raise IllegalProjectorState(
+                        f"cannot register {name} replaying version {version}: "
+                        f"version {state.activating_version} is activating"
+                    )
+                if state.replaying_version not in (None, version):
+                    raise IllegalProjectorState(
+                        f"cannot register {name} replaying version {version}: "
+                        f"version {state.replaying_version} is already replaying"
+                    )
+                self._upsert(conn, name, replaying=version, activating=None, active=KEEP)
+
+        self._write("register replaying", change)
+
+    def activate(self, versions: Mapping[str, int], deactivate: Iterable[str] = ()) -> None:
+        """Register ``versions`` active and deactivate ``deactivate``, in one transaction.
+
+        This is Sequent's "activate the current configuration" when no replay is needed,
+        and also how a first install is adopted (an empty table).
+        """
+        removed = sorted(set(deactivate))
+
+        def change(conn: psycopg.Connection, current: dict[str, ProjectorState]) -> None:
+            for name, version in sorted(versions.items()):
+                state = current.get(name, ProjectorState(name))
+                busy = state.activating_version if state.activating_version is not None else state.replaying_version
+                if busy is not None and busy != version:
+                    what = "activating" if state.activating_version is not None else "replaying"
+                    raise IllegalProjectorState(f"cannot activate {name} version {version}: version {busy} is {what}")
+                self._upsert(conn, name, active=version, activating=None, replaying=None)
+            for name in removed:
+                self._deactivate_one(conn, current, name)
+
+        self._write("activate", change)
+
+    def deactivate(self, names: Iterable[str]) -> None:
+        """Clear the active version of projectors the new release no longer has."""
+        removed = sorted(set(names))
+
+        def change(conn: psycopg.Connection, current: dict[str, ProjectorState]) -> None:
+            for name in removed:
+                self._deactivate_one(conn, current, name)
+
+        self._write("deactivate", change)
+
+    def _deactivate_one(self, conn: psycopg.Connection, current: dict[str, ProjectorState], name: str) -> None:
+        state = current.get(name)
+        if state is None:
+            return
+        if state.activating_version is not None:
+            raise IllegalProjectorState(f"cannot deactivate {name}: version {state.activating_version} is activating")
+        self._upsert(conn, name, active=None, activating=KEEP, replaying=KEEP)
+
+    def abort(self, names: Iterable[str] | None = None) -> None:
+        """Clear replaying and activating versions (of ``names``, or of every projector)."""
+        selected = None if names is None else sorted(set(names))
+
+        def change(conn: psycopg.Connection, current: dict[str, ProjectorState]) -> None:
+            for name, state in sorted(current.items()):
+                if selected is not None and name not in selected:
+                    continue
+                if state.replaying_version is not None or state.activating_version is not None:
+                    self._upsert(conn, name, active=KEEP, activating=None, replaying=None)
+
+        self._write("abort", change)
+
+
+class _Keep:
+    """Marker: leave this column as it is."""
+
+
+KEEP = _Keep()

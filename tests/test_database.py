@@ -1,0 +1,256 @@
+"""The projector-state protocol against a real PostgreSQL (DESIGN.md section 2)."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+
+import psycopg
+import pytest
+
+from projectorset.database import (
+    DatabaseAuthenticationFailed,
+    DatabaseUnreachable,
+    IllegalProjectorState,
+    InvalidDatabaseURI,
+    ProjectorState,
+    ProjectorStatesBusy,
+    SequentDatabase,
+    SequentTablesMissing,
+)
+from testbed.postgres import PostgresServer, free_port
+
+
+@pytest.fixture
+def db(database_url: str) -> Iterator[SequentDatabase]:
+    database = SequentDatabase(database_url)
+    yield database
+    database.close()
+
+
+def rows(url: str) -> dict[str, tuple[int | None, int | None, int | None]]:
+    with psycopg.connect(url) as conn:
+        return {
+            name: (active, activating, replaying)
+            for name, active, activating, replaying in conn.execute(
+                "SELECT name, active_version, activating_version, replaying_version "
+                "FROM sequent_schema.projector_states"
+            )
+        }
+
+
+def test_empty_table_reads_as_first_install(db: SequentDatabase) -> None:
+    state = db.read_state()
+    assert state.empty
+    assert state.replay is None
+    assert state.replay_lag is None
+
+
+def test_each_write_leaves_the_rows_sequent_expects(db: SequentDatabase, database_url: str) -> None:
+    db.activate({"PostProjector": 1, "AuthorProjector": 1})
+    assert rows(database_url) == {"PostProjector": (1, None, None), "AuthorProjector": (1, None, None)}
+
+    db.register_replaying({"PostProjector": 2, "TagProjector": 1})
+    assert rows(database_url) == {
+        "PostProjector": (1, None, 2),
+        "AuthorProjector": (1, None, None),
+        "TagProjector": (None, None, 1),
+    }
+
+    db.activate({"PostProjector": 2, "TagProjector": 1}, deactivate=["AuthorProjector"])
+    assert rows(database_url) == {
+        "PostProjector": (2, None, None),
+        "AuthorProjector": (None, None, None),
+        "TagProjector": (1, None, None),
+    }
+    state = db.read_state()
+    assert state.projectors["PostProjector"] == ProjectorState("PostProjector", 2, None, None)
+
+
+def test_abort_clears_replaying_and_activating_but_keeps_active(db: SequentDatabase, database_url: str) -> None:
+    db.activate({"PostProjector": 1})
+    db.register_replaying({"PostProjector": 2})
+    with psycopg.connect(database_url) as conn:
+        conn.execute(
+            "INSERT INTO sequent_schema.projector_states (name, activating_version) VALUES ('TagProjector', 3)"
+        )
+    db.abort()
+    assert rows(database_url) == {"PostProjector": (1, None, None), "TagProjector": (None, None, None)}
+
+
+def test_illegal_writes_are_refused_naming_projector_and_versions(db: SequentDatabase, database_url: str) -> None:
+    db.activate({"PostProjector": 1})
+    with psycopg.connect(database_url) as conn:
+        conn.execute("UPDATE sequent_schema.projector_states SET activating_version = 2 WHERE name = 'PostProjector'")
+
+    with pytest.raises(IllegalProjectorState, match="PostProjector replaying version 3: version 2 is activating"):
+        db.register_replaying({"PostProjector": 3})
+    with pytest.raises(IllegalProjectorState, match="cannot deactivate PostProjector: version 2 is activating"):
+        db.deactivate(["PostProjector"])
+
+    db.abort()
+    db.register_replaying({"PostProjector": 2})
+    with pytest.raises(IllegalProjectorState, match="activate PostProjector version 3: version 2 is replaying"):
+        db.activate({"PostProjector": 3})
+    with pytest.raises(IllegalProjectorState, match="replaying version 4: version 2 is already replaying"):
+        db.register_replaying({"PostProjector": 4})
+    # Nothing was written by the refused calls.
+    assert rows(database_url) == {"PostProjector": (1, None, 2)}
+
+
+def test_check_constraint_violation_becomes_a_clear_error(db: SequentDatabase, database_url: str) -> None:
+    db.register_replaying({"PostProjector": 2})
+
+    def set_activating_too(conn: psycopg.Connection, current: dict[str, ProjectorState]) -> None:
+        conn.execute("UPDATE sequent_schema.projector_states SET activating_version = 2")
+
+    with pytest.raises(IllegalProjectorState, match="replaying_conflicts_with_activating"):
+        db._write("register activating", set_activating_too)
+    assert rows(database_url) == {"PostProjector": (None, None, 2)}
+
+
+def test_replay_lag_counts_events_from_continue_replay_at_xact_id(db: SequentDatabase, database_url: str) -> None:
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        aggregate = conn.execute(
+            "INSERT INTO sequent_schema.aggregates VALUES (gen_random_uuid(), 'Post') RETURNING aggregate_id"
+        ).fetchone()[0]
+
+        def write_event(sequence: int) -> int:
+            row = conn.execute(
+                "INSERT INTO sequent_schema.events (aggregate_id, sequence_number, event_type, event_json) "
+                "VALUES (%s, %s, 'PostAdded', '{}') RETURNING xact_id",
+                (aggregate, sequence),
+            ).fetchone()
+            return int(row[0])
+
+        for sequence in range(1, 4):
+            write_event(sequence)
+        snapshot = write_event(4)
+        for sequence in range(5, 8):
+            write_event(sequence)
+        conn.execute(
+            "INSERT INTO sequent_schema.replay_states (state, projectors, continue_replay_at_xact_id) "
+            "VALUES ('replayed', ARRAY['PostProjector'], %s)",
+            (snapshot,),
+        )
+    state = db.read_state()
+    assert state.replay is not None and state.replay.state == "replayed"
+    assert state.replay.projectors == ("PostProjector",)
+    assert state.replay_lag == 4  # the event at the snapshot and the three after it
+
+
+def test_in_progress_replay_is_preferred_over_finished_ones(db: SequentDatabase, database_url: str) -> None:
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute(
+            "INSERT INTO sequent_schema.replay_states (state, projectors) VALUES "
+            "('live', ARRAY['A']), ('prepared', ARRAY['B']), ('aborted', ARRAY['C'])"
+        )
+    replay = db.read_state().replay
+    assert replay is not None and (replay.state, replay.projectors) == ("prepared", ("B",))
+
+
+def hold_projector_states_lock(url: str, seconds: float, mode: str = "ACCESS SHARE") -> threading.Thread:
+    """A long event transaction: it read projector_states and keeps its lock for ``seconds``."""
+    ready = threading.Event()
+
+    def hold() -> None:
+        with psycopg.connect(url) as conn, conn.transaction():
+            conn.execute(f"LOCK TABLE sequent_schema.projector_states IN {mode} MODE")
+            ready.set()
+            time.sleep(seconds)
+
+    thread = threading.Thread(target=hold, daemon=True)
+    thread.start()
+    assert ready.wait(10)
+    return thread
+
+
+def test_waiting_operator_write_never_blocks_live_readers_for_long(db: SequentDatabase, database_url: str) -> None:
+    """While an old transaction holds the table, a queued ACCESS EXCLUSIVE request would block every
+    new publisher; the 100 ms lock timeout bounds that, and the write still lands by retrying."""
+    db.activate({"PostProjector": 1})
+    holder = hold_projector_states_lock(database_url, seconds=1.5)
+    waits: list[float] = []
+    stop = threading.Event()
+
+    def publisher() -> None:
+        with psycopg.connect(database_url, autocommit=True) as conn:
+            while not stop.is_set():
+                started = time.monotonic()
+                with conn.transaction():
+                    conn.execute("SELECT name, active_version FROM sequent_schema.projector_states").fetchall()
+                waits.append(time.monotonic() - started)
+                time.sleep(0.005)
+
+    reader = threading.Thread(target=publisher, daemon=True)
+    reader.start()
+    started = time.monotonic()
+    db.register_replaying({"PostProjector": 2})
+    write_took = time.monotonic() - started
+    stop.set()
+    reader.join(5)
+    holder.join(5)
+
+    worst = max(waits)
+    print(f"publisher reads: {len(waits)}, worst wait {worst * 1000:.0f} ms; operator write took {write_took:.2f} s")
+    # Without the lock timeout the publisher would wait for the whole 1.5 s the holder keeps its lock.
+    assert worst < 0.5
+    assert write_took >= 1.0  # it really had to wait for the holder, retrying
+    assert rows(database_url)["PostProjector"] == (1, None, 2)
+
+
+def test_write_gives_up_after_total_timeout_and_changes_nothing(database_url: str) -> None:
+    db = SequentDatabase(database_url, write_timeout_s=0.5)
+    holder = hold_projector_states_lock(database_url, seconds=1.5)
+    try:
+        with pytest.raises(ProjectorStatesBusy, match="stayed locked"):
+            db.register_replaying({"PostProjector": 2})
+    finally:
+        holder.join(5)
+        db.close()
+    assert rows(database_url) == {}
+
+
+def test_wrong_password_is_reported_without_the_secret(database_url: str) -> None:
+    wrong = database_url.replace(":test-password@", ":Sup3r-Secret@")
+    db = SequentDatabase(wrong, connect_timeout_s=2)
+    with pytest.raises(DatabaseAuthenticationFailed) as raised:
+        db.read_state()
+    db.close()
+    assert "password authentication failed" in raised.value.message
+    assert "Sup3r-Secret" not in raised.value.message
+    assert wrong not in raised.value.message
+
+
+def test_unreachable_database_is_reported(database_url: str) -> None:
+    url = f"postgresql://app:Sup3r-Secret@127.0.0.1:{free_port()}/app"
+    db = SequentDatabase(url, connect_timeout_s=1)
+    with pytest.raises(DatabaseUnreachable) as raised:
+        db.read_state()
+    db.close()
+    assert "Sup3r-Secret" not in raised.value.message
+
+
+@pytest.mark.parametrize(
+    "uri",
+    [
+        "postgresql://app:Sup3r-Secret@localhost/app?bogus=1",
+        "postgresql://app:Sup3r-Secret@localhost/app?sslmode=maybe",
+    ],
+)
+def test_invalid_uri_is_reported_without_the_secret(uri: str) -> None:
+    with pytest.raises(InvalidDatabaseURI) as raised:
+        db = SequentDatabase(uri, connect_timeout_s=1)
+        try:
+            db.read_state()
+        finally:
+            db.close()
+    assert "Sup3r-Secret" not in raised.value.message
+
+
+def test_missing_sequent_tables_are_reported(postgres_server: PostgresServer) -> None:
+    db = SequentDatabase(postgres_server.create_database())
+    with pytest.raises(SequentTablesMissing, match="sequent_schema"):
+        db.read_state()
+    db.close()
