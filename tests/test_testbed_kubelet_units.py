@@ -1,0 +1,229 @@
+"""The process kubelet's and the service proxy's pure parts, without a cluster."""
+
+from __future__ import annotations
+
+import http.server
+import os
+import socket
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from testbed.kubelet import (
+    Container,
+    IPAllocator,
+    Prober,
+    ProbeTracker,
+    expand,
+    pod_phase,
+    resolve_port,
+    restart_delay,
+    should_restart,
+)
+from testbed.proxy import ready_endpoints, select_port
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("$(A)-$(B)", "one-two"),
+        ("$$(A)", "$(A)"),
+        ("$(MISSING) stays", "$(MISSING) stays"),
+        ("cost: $5 and $", "cost: $5 and $"),
+        ("$(A", "$(A"),
+        ("$$$(A)", "$one"),
+        ("no refs", "no refs"),
+    ],
+)
+def test_expand_follows_kubernetes_rules(text: str, expected: str) -> None:
+    assert expand(text, {"A": "one", "B": "two"}) == expected
+
+
+def test_ip_allocator_hands_out_distinct_addresses_and_reuses_freed_ones() -> None:
+    ips = IPAllocator()
+    first, second = ips.allocate("a"), ips.allocate("b")
+    assert (first, second) == ("127.0.0.2", "127.0.0.3")
+    assert ips.allocate("a") == first  # idempotent per owner
+    ips.release("a")
+    assert ips.allocate("c") == "127.0.0.2"
+    assert ips.allocate("d", preferred="127.0.0.9") == "127.0.0.9"
+    assert ips.allocate("e", preferred="127.0.0.9") == "127.0.0.4"  # taken: next free one
+
+
+def test_ip_allocator_runs_out() -> None:
+    ips = IPAllocator(first=2, last=3)
+    ips.allocate("a")
+    ips.allocate("b")
+    with pytest.raises(RuntimeError):
+        ips.allocate("c")
+
+
+def test_probe_tracker_applies_thresholds_and_period() -> None:
+    tracker = ProbeTracker({"initialDelaySeconds": 5, "periodSeconds": 2, "failureThreshold": 2}, True, 100.0)
+    assert not tracker.due(104.9)
+    assert tracker.due(105.0)
+    assert tracker.record(False, 105.0) is True  # one failure is below the threshold
+    assert not tracker.due(106.0)
+    assert tracker.record(False, 107.0) is False
+    assert tracker.record(True, 109.0) is True
+
+    readiness = ProbeTracker({"successThreshold": 2}, False, 0.0)
+    assert readiness.record(True, 0.0) is False
+    assert readiness.record(True, 10.0) is True
+
+
+def test_restart_rules() -> None:
+    assert should_restart("Always", 0) and should_restart("Always", 1)
+    assert should_restart("OnFailure", 1) and not should_restart("OnFailure", 0)
+    assert not should_restart("Never", 1)
+    assert [restart_delay(n, 1, 60) for n in range(8)] == [1, 2, 4, 8, 16, 32, 60, 60]
+
+
+def test_resolve_port_by_number_and_name() -> None:
+    container = {"name": "app", "ports": [{"name": "http", "containerPort": 8080}]}
+    assert resolve_port(80, container) == 80
+    assert resolve_port("http", container) == 8080
+    with pytest.raises(ValueError):
+        resolve_port("grpc", container)
+
+
+@pytest.fixture
+def http_server() -> Iterator[tuple[str, int]]:
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200 if self.path == "/ok" else 500)
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.7", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield "127.0.0.7", server.server_address[1]
+    server.shutdown()
+    server.server_close()
+
+
+def test_http_probe_uses_pod_ip_and_named_port(http_server: tuple[str, int]) -> None:
+    ip, port = http_server
+    container = {"name": "app", "ports": [{"name": "web", "containerPort": port}]}
+    assert Prober.run({"httpGet": {"path": "/ok", "port": "web"}}, ip, container, {})[0]
+    ok, message = Prober.run({"httpGet": {"path": "/broken", "port": port}}, ip, container, {})
+    assert not ok and "500" in message
+    # Nothing listens on another loopback address: the pod IP really is the default host.
+    assert not Prober.run({"httpGet": {"path": "/ok", "port": port}}, "127.0.0.8", container, {})[0]
+
+
+def test_tcp_and_exec_probes(http_server: tuple[str, int], tmp_path: Path) -> None:
+    ip, port = http_server
+    assert Prober.run({"tcpSocket": {"port": port}}, ip, {"name": "c"}, {})[0]
+    assert not Prober.run({"tcpSocket": {"port": port}}, "127.0.0.8", {"name": "c"}, {})[0]
+    marker = tmp_path / "healthy"
+    probe = {"exec": {"command": ["sh", "-c", 'test -f "$MARKER"']}}
+    env = {"PATH": os.environ["PATH"], "MARKER": str(marker)}
+    assert not Prober.run(probe, ip, {"name": "c"}, env)[0]
+    marker.touch()
+    assert Prober.run(probe, ip, {"name": "c"}, env)[0]
+    slow = {"exec": {"command": ["sleep", "5"]}, "timeoutSeconds": 1}
+    started = time.monotonic()
+    assert not Prober.run(slow, ip, {"name": "c"}, env)[0]
+    assert time.monotonic() - started < 3
+
+
+def test_container_runs_expanded_command_logs_output_and_stops_its_whole_group(tmp_path: Path) -> None:
+    child_pid_file = tmp_path / "child.pid"
+    script = (
+        "import os, subprocess, sys, time\n"
+        "child = subprocess.Popen(['sleep', '600'])\n"
+        f"open({str(child_pid_file)!r}, 'w').write(str(child.pid))\n"
+        "print('greeting', sys.argv[1], os.environ['GREETING'], flush=True)\n"
+        "time.sleep(600)\n"
+    )
+    spec = {"name": "app", "command": [sys.executable, "-c", script], "args": ["$(WHO)"]}
+    container = Container(spec, tmp_path / "logs" / "app.log")
+    container.start({"PATH": os.environ["PATH"], "GREETING": "hello"}, {"WHO": "world"})
+    assert container.state == "running"
+    deadline = time.monotonic() + 10
+    while not child_pid_file.exists() or "greeting" not in container.log_path.read_text():
+        assert time.monotonic() < deadline, container.log_path.read_text()
+        time.sleep(0.05)
+    assert "greeting world hello" in container.log_path.read_text()
+    child_pid = int(child_pid_file.read_text())
+
+    container.stop(grace=5, reason="Error")
+    assert container.state == "terminated"
+    assert container.exit_code == 128 + 15  # SIGTERM
+    deadline = time.monotonic() + 5
+    while _alive(child_pid):
+        assert time.monotonic() < deadline, "the container's child outlived it"
+        time.sleep(0.05)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie no one reaped is dead for our purposes.
+    with open(f"/proc/{pid}/stat") as stat:
+        return stat.read().split(") ", 1)[1][0] != "Z"
+
+
+def test_container_that_cannot_start_terminates_with_start_error(tmp_path: Path) -> None:
+    container = Container({"name": "app", "command": ["/nonexistent/binary"]}, tmp_path / "app.log")
+    container.start({}, {})
+    assert container.state == "terminated"
+    assert (container.exit_code, container.reason) == (128, "StartError")
+
+
+def test_pod_phase_from_containers(tmp_path: Path) -> None:
+    def container(state: str, exit_code: int | None = None, restarting: bool = False) -> Container:
+        c = Container({"name": "c"}, tmp_path / "c.log", state=state, exit_code=exit_code)
+        c.never_started = state == "waiting" and not restarting
+        c.will_restart = restarting
+        return c
+
+    assert pod_phase("Always", [container("waiting")]) == "Pending"
+    assert pod_phase("Always", [container("running")]) == "Running"
+    assert pod_phase("Always", [container("terminated", 1, restarting=True)]) == "Running"
+    assert pod_phase("Never", [container("terminated", 0), container("terminated", 0)]) == "Succeeded"
+    assert pod_phase("Never", [container("terminated", 0), container("terminated", 2)]) == "Failed"
+    assert pod_phase("Never", [container("terminated", 0), container("running")]) == "Running"
+
+
+def test_ready_endpoints_follow_port_name_and_ready_condition() -> None:
+    slices = {
+        "s1": {
+            "ports": [{"name": "http", "port": 8080}],
+            "endpoints": [
+                {"addresses": ["127.0.0.3"], "conditions": {"ready": True}},
+                {"addresses": ["127.0.0.2"], "conditions": {"ready": False}},
+                {"addresses": ["127.0.0.4"], "conditions": {}},
+            ],
+        },
+        "s2": {"ports": [{"name": "metrics", "port": 9090}], "endpoints": [{"addresses": ["127.0.0.5"]}]},
+    }
+    assert ready_endpoints(slices, "http") == [("127.0.0.3", 8080), ("127.0.0.4", 8080)]
+    assert ready_endpoints(slices, "") == []
+
+
+def test_select_port() -> None:
+    service = {"metadata": {"name": "s"}, "spec": {"ports": [{"name": "a", "port": 80}, {"name": "b", "port": 81}]}}
+    assert select_port(service, None)["name"] == "a"
+    assert select_port(service, "b")["port"] == 81
+    assert select_port(service, 81)["name"] == "b"
+    with pytest.raises(ValueError):
+        select_port(service, 99)
+
+
+def test_loopback_addresses_are_usable() -> None:
+    # The kubelet's pod IPs rely on Linux routing all of 127/8 to lo.
+    with socket.create_server(("127.0.0.42", 0)) as server:
+        port = server.getsockname()[1]
+        with socket.create_connection(("127.0.0.42", port), timeout=2):
+            pass
