@@ -1,0 +1,47 @@
+"""Configuration from environment variables, as a pod spec gives it."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+
+class ConfigurationError(Exception):
+    pass
+
+
+@dataclass(frozen=True)
+class Settings:
+    database_url: str
+    release: str = "v1"
+    listen_host: str = "127.0.0.1"
+    listen_port: int = 8080
+    event_store_schema: str = "sequent_schema"
+    view_schema: str = "view_schema"
+    replay_schema: str = "replay_schema"
+    archive_schema: str = "archive_schema"
+    pool_size: int = 10
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        env = os.environ if environ is None else environ
+        url = env.get("DATABASE_URL", "")
+        if not url:
+            raise ConfigurationError("DATABASE_URL is not set (a libpq URI of the application's database)")
+        try:
+            port = int(env.get("LISTEN_PORT", "8080"))
+            pool_size = int(env.get("SAMPLEAPP_POOL_SIZE", "10"))
+        except ValueError as error:
+            raise ConfigurationError(f"LISTEN_PORT and SAMPLEAPP_POOL_SIZE must be integers: {error}") from None
+        return cls(
+            database_url=url,
+            release=env.get("SAMPLEAPP_RELEASE", "v1"),
+            listen_host=env.get("LISTEN_HOST", "127.0.0.1"),
+            listen_port=port,
+            event_store_schema=env.get("EVENT_STORE_SCHEMA", "sequent_schema"),
+            view_schema=env.get("VIEW_SCHEMA", "view_schema"),
+            replay_schema=env.get("REPLAY_SCHEMA", "replay_schema"),
+            archive_schema=env.get("ARCHIVE_SCHEMA", "archive_schema"),
+            pool_size=pool_size,
+        )
