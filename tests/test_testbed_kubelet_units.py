@@ -5,6 +5,7 @@ from __future__ import annotations
 import http.server
 import os
 import socket
+import subprocess
 import sys
 import threading
 import time
@@ -25,6 +26,7 @@ from testbed.kubelet import (
     should_restart,
 )
 from testbed.proxy import ready_endpoints, select_port
+from testbed.workloads import http_json
 
 
 @pytest.mark.parametrize(
@@ -227,3 +229,30 @@ def test_loopback_addresses_are_usable() -> None:
         port = server.getsockname()[1]
         with socket.create_connection(("127.0.0.42", port), timeout=2):
             pass
+
+
+def test_podapps_server_binds_to_pod_ip_fails_health_on_demand_and_records_sigterm(tmp_path: Path) -> None:
+    events = tmp_path / "events"
+    tests_dir = str(Path(__file__).resolve().parent)
+    env = {**os.environ, "PYTHONPATH": tests_dir, "POD_IP": "127.0.0.9", "VERSION": "v1", "HOSTNAME": "pod-1"}
+    with socket.socket() as probe_socket:
+        probe_socket.bind(("127.0.0.9", 0))
+        port = probe_socket.getsockname()[1]
+    argv = [sys.executable, "-m", "testbed.podapps", "serve", "--port", str(port)]
+    argv += ["--healthy-checks", "1", "--events-file", str(events)]
+    process = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        container = {"name": "app"}
+        deadline = time.monotonic() + 10
+        while not Prober.run({"tcpSocket": {"port": port}}, "127.0.0.9", container, {})[0]:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        answer = http_json("127.0.0.9", port)
+        assert answer == {"pod": "pod-1", "version": "v1", "greeting": "", "pid": process.pid, "ip": "127.0.0.9"}
+        health = {"httpGet": {"path": "/healthz", "port": port}}
+        assert Prober.run(health, "127.0.0.9", container, {})[0]
+        assert not Prober.run(health, "127.0.0.9", container, {})[0]
+    finally:
+        process.terminate()
+        assert process.wait(5) == 0
+    assert events.read_text().split("\n")[:2] == [f"started {process.pid}", f"terminated {process.pid}"]

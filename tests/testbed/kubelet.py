@@ -623,9 +623,11 @@ class PodWorker(threading.Thread):
             pod = self.pod
         try:
             variables = self.env_resolver.pod_variables(pod, container.spec, self.pod_ip)
-        except ConfigError as error:
-            container.reason, container.message = "CreateContainerConfigError", str(error)
-            container.next_start = time.monotonic() + 2
+        except Exception as error:
+            # Missing Secret/ConfigMap, or the Node authorizer has not seen the pod's references
+            # yet (403 for a moment): wait and try again, as the kubelet does.
+            container.reason, container.message = "CreateContainerConfigError", str(error)[:300]
+            container.next_start = time.monotonic() + 1
             return
         container.start(process_environment(pod, variables), variables)
         log.info(
