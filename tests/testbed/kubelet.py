@@ -739,9 +739,11 @@ class PodWorker(threading.Thread):
             for container in everything:
                 container.will_restart = False
             if self._delete_after_stop:
+                # Report the final container states, then remove the object as the kubelet does.
                 self._report()
                 self._delete()
-                return
+            # On kubelet shutdown the pod objects keep their last status, as with a real kubelet.
+            return
         self._report()
 
     def _kill_all(self) -> None:

@@ -26,6 +26,8 @@ class Gone(Exception):
 def load_api_client(kubeconfig: str) -> client.ApiClient:
     configuration = client.Configuration()
     config.load_kube_config(config_file=kubeconfig, client_configuration=configuration)
+    # Many threads share one client (a watch each, a worker per pod): keep their connections pooled.
+    configuration.connection_pool_maxsize = 64
     return client.ApiClient(configuration)
 
 
