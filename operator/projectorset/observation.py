@@ -1,0 +1,151 @@
+"""What the operator sees, and what it asks for: plain data shared by the phase machine and
+the Kubernetes adapter. Nothing here knows Kopf or the Kubernetes client."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+from projectorset.database import DatabaseState
+
+# ---- observations -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DeploymentView:
+    version: str
+    replicas: int
+    ready_replicas: int = 0
+    available: bool = False
+    # Set when the Deployment controller gave up (progress deadline exceeded).
+    failure: str | None = None
+    template_hash: str | None = None
+
+
+class JobState(StrEnum):
+    RUNNING = "Running"
+    SUCCEEDED = "Succeeded"
+    FAILED = "Failed"
+
+
+@dataclass(frozen=True)
+class JobView:
+    name: str
+    version: str
+    attempt: int
+    stage: str
+    round: int
+    state: JobState
+    message: str = ""
+
+
+@dataclass(frozen=True)
+class ClusterView:
+    service_found: bool = True
+    # The version label in the Service's selector: which version users reach.
+    service_version: str | None = None
+    # Why the database Secret could not be used (missing Secret or key); never its content.
+    secret_problem: str | None = None
+    deployments: Mapping[str, DeploymentView] = field(default_factory=dict)
+    jobs: tuple[JobView, ...] = ()
+
+    def jobs_for(self, version: str, attempt: int, stage: str | None = None) -> list[JobView]:
+        return [
+            job
+            for job in self.jobs
+            if job.version == version and job.attempt == attempt and (stage is None or job.stage == stage)
+        ]
+
+
+@dataclass(frozen=True)
+class DatabaseView:
+    state: DatabaseState | None = None
+    error_reason: str | None = None
+    error_message: str | None = None
+
+
+# ---- actions ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class EnsureDeployment:
+    """Create the version's Deployment from the spec's template if missing; set its replicas."""
+
+    version: str
+    replicas: int
+
+
+@dataclass(frozen=True)
+class ScaleDeployment:
+    version: str
+    replicas: int
+
+
+@dataclass(frozen=True)
+class DeleteDeployment:
+    version: str
+
+
+@dataclass(frozen=True)
+class RunStageJob:
+    """Create the Job for one replay stage if it does not exist yet (the name makes it idempotent)."""
+
+    version: str
+    attempt: int
+    stage: str
+    round: int = 0
+
+
+@dataclass(frozen=True)
+class DeleteJob:
+    name: str
+
+
+@dataclass(frozen=True)
+class RegisterReplaying:
+    versions: Mapping[str, int]
+
+
+@dataclass(frozen=True)
+class Activate:
+    """Register ``versions`` active and deactivate ``deactivate`` in one database transaction."""
+
+    versions: Mapping[str, int]
+    deactivate: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Deactivate:
+    names: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class ClearReplaying:
+    """Sequent's abort write: clear replaying and activating versions of every projector."""
+
+
+@dataclass(frozen=True)
+class SwitchService:
+    version: str
+
+
+Action = (
+    EnsureDeployment
+    | ScaleDeployment
+    | DeleteDeployment
+    | RunStageJob
+    | DeleteJob
+    | RegisterReplaying
+    | Activate
+    | Deactivate
+    | ClearReplaying
+    | SwitchService
+)
+
+
+@dataclass(frozen=True)
+class Event:
+    type: str  # Normal or Warning
+    reason: str
+    message: str

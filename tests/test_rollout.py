@@ -1,0 +1,448 @@
+"""The phase machine, pass by pass (pure: no cluster, no database)."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from datetime import timedelta
+
+import pytest
+from rollout_world import World, manifest
+
+from projectorset.api import Phase
+from projectorset.database import ProjectorState, ReplayState
+from projectorset.observation import (
+    Activate,
+    ClearReplaying,
+    Deactivate,
+    DeleteDeployment,
+    DeploymentView,
+    EnsureDeployment,
+    RegisterReplaying,
+    RunStageJob,
+    ScaleDeployment,
+    SwitchService,
+)
+
+
+def reason(world: World) -> str:
+    return next(c.reason for c in world.status.conditions if c.type == "Progressing")
+
+
+def condition(world: World, type_: str) -> tuple[str, str]:
+    found = next(c for c in world.status.conditions if c.type == type_)
+    return found.status, found.reason
+
+
+def upgraded_world(**spec_overrides: object) -> World:
+    world = World(manifest("v1")).serving_v1()
+    world.upgrade(manifest("v2", {"PostProjector": 2}, **spec_overrides))
+    return world
+
+
+# ---- the whole rollout --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("restart", [False, True], ids=["one-process", "restart-every-pass"])
+def test_upgrade_walks_every_phase_and_switches_in_the_pass_the_database_shows_active(restart: bool) -> None:
+    world = upgraded_world()
+    trail: list[tuple[str, str]] = []
+    switched_in_pass_of_activation = False
+    for _ in range(20):
+        before = world.projectors["PostProjector"].active_version
+        decision = world.step(restart=restart)
+        trail.append((decision.status.phase.value, reason(world)))
+        if before == 2 and any(isinstance(a, SwitchService) for a in decision.actions):
+            switched_in_pass_of_activation = world.service_version == "v2"
+        world.finish_running_jobs()
+        world.now += timedelta(seconds=5)
+        if world.status.phase is Phase.ACTIVE and world.service_version == "v2":
+            break
+    phases = [phase for phase, _ in trail]
+    reasons = [r for _, r in trail]
+    assert phases[0] == "Deploying"
+    assert [
+        r for r in dict.fromkeys(reasons) if r not in ("Deploying",)
+    ] == ["Preparing", "Replaying", "Optimizing", "GoingLive", "RolloutComplete"]
+    assert switched_in_pass_of_activation
+    assert world.golive_runs == 1
+    assert world.projectors["PostProjector"] == ProjectorState("PostProjector", 2, None, None)
+    assert world.status.active_version == "v2"
+    assert world.status.previous_version == "v1"
+    assert world.status.history == ["v1"]
+    assert condition(world, "Ready") == ("True", "Active")
+    events = [e.reason for d in world.history for e in d.events]
+    for expected in ("RolloutStarted", "Preparing", "GoingLive", "Activated", "ServiceSwitched", "RolloutComplete"):
+        assert expected in events
+
+
+def test_old_version_scales_down_only_after_the_delay() -> None:
+    world = upgraded_world(strategy={"scaleDownDelaySeconds": 60})
+    world.run(passes=8)
+    assert world.service_version == "v2"
+    switched = world.now
+    assert world.deployments["v1"].replicas == 2
+    world.now = switched + timedelta(seconds=30)
+    world.step()
+    assert world.deployments["v1"].replicas == 2
+    world.now = switched + timedelta(seconds=61)
+    decision = world.step()
+    assert ScaleDeployment("v1", 0) in decision.actions
+    assert world.deployments["v1"].replicas == 0
+    assert "ScaledDown" in [e.reason for e in decision.events]
+
+
+def test_history_keeps_only_the_limit_of_old_deployments() -> None:
+    world = World(manifest("v1"), auto_available=True).serving_v1()
+    world.deployments["v0"] = DeploymentView("v0", 0)
+    world.status = world.status.model_copy(update={"history": ["v0"]})
+    world.upgrade(
+        manifest("v2", {"PostProjector": 2}, strategy={"revisionHistoryLimit": 1, "scaleDownDelaySeconds": 0})
+    )
+    world.run(passes=10)
+    assert world.service_version == "v2"
+    assert set(world.deployments) == {"v1", "v2"}
+    assert world.deployments["v1"].replicas == 0
+    assert world.status.history == ["v1"]
+    assert any(isinstance(a, DeleteDeployment) and a.version == "v0" for d in world.history for a in d.actions)
+
+
+def test_first_install_adopts_the_release_without_replay() -> None:
+    world = World(manifest("v1", {"PostProjector": 1, "TagProjector": 3}))
+    first = world.step()
+    assert first.status.phase is Phase.DEPLOYING
+    assert EnsureDeployment("v1", 2) in first.actions
+    second = world.step()
+    assert Activate({"PostProjector": 1, "TagProjector": 3}, ()) in second.actions
+    third = world.step()
+    assert SwitchService("v1") in third.actions
+    assert third.status.phase is Phase.ACTIVE
+    assert not any(isinstance(a, RunStageJob) for d in world.history for a in d.actions)
+
+
+def test_release_without_projector_changes_activates_directly_and_deactivates_removed() -> None:
+    world = World(manifest("v2", {"PostProjector": 2, "OldProjector": 1}))
+    world.service_version = "v2"
+    world.deployments["v2"] = DeploymentView("v2", 2, 2, True)
+    world.projectors = {
+        "PostProjector": ProjectorState("PostProjector", 2),
+        "OldProjector": ProjectorState("OldProjector", 1),
+    }
+    world.status = world.status.model_copy(
+        update={"phase": Phase.ACTIVE, "active_version": "v2", "target_version": "v2"}
+    )
+    world.upgrade(manifest("v3", {"PostProjector": 2}))
+    world.step()
+    decision = world.step()
+    assert decision.status.phase is Phase.ACTIVATING
+    assert Activate({"PostProjector": 2}, ("OldProjector",)) in decision.actions
+    final = world.step()
+    assert SwitchService("v3") in final.actions
+    assert world.projectors["OldProjector"].active_version is None
+    assert not any(isinstance(a, RunStageJob) for d in world.history for a in d.actions)
+
+
+def test_rollback_to_a_lower_version_replays_and_says_so() -> None:
+    world = World(manifest("v2", {"PostProjector": 2})).serving_v1({"PostProjector": 2})
+    world.service_version = "v2"
+    world.deployments = {"v2": DeploymentView("v2", 2, 2, True)}
+    world.status = world.status.model_copy(update={"active_version": "v2", "target_version": "v2"})
+    world.upgrade(manifest("v1", {"PostProjector": 1}))
+    world.step()
+    decision = world.step()
+    assert RegisterReplaying({"PostProjector": 1}) in decision.actions
+    assert condition(world, "Planned") == ("True", "RollbackByReplay")
+    world.run(passes=8)
+    assert world.service_version == "v1"
+    assert world.projectors["PostProjector"].active_version == 1
+
+
+def test_removed_projector_is_deactivated_before_golive() -> None:
+    world = World(manifest("v1", {"PostProjector": 1, "OldProjector": 1})).serving_v1(
+        {"PostProjector": 1, "OldProjector": 1}
+    )
+    world.upgrade(manifest("v2", {"PostProjector": 2}))
+    for _ in range(12):
+        decision = world.step()
+        if any(isinstance(a, RunStageJob) and a.stage == "golive" for a in decision.actions):
+            kinds = [type(a) for a in decision.actions]
+            assert kinds.index(Deactivate) < kinds.index(RunStageJob)
+            break
+        world.finish_running_jobs()
+    else:
+        pytest.fail("golive never started")
+    world.run(passes=3)
+    assert world.service_version == "v2"
+    assert world.projectors["OldProjector"].active_version is None
+
+
+def test_catchup_repeats_until_lag_is_within_bound() -> None:
+    world = upgraded_world(replay={"catchup": {"maxLag": 10, "maxRounds": 5}})
+    world.lag = 500
+    stages: list[str] = []
+    for _ in range(20):
+        decision = world.step()
+        stages += [a.stage for a in decision.actions if isinstance(a, RunStageJob)]
+        for name, job in list(world.jobs.items()):
+            if job.state.value == "Running":
+                world.finish_job(name)
+                if job.stage == "catchup":
+                    world.lag = 500 if job.round < 3 else 5
+        if world.service_version == "v2":
+            break
+    assert stages == ["prepare", "replay", "optimize", "catchup", "catchup", "catchup", "golive"]
+
+
+def test_catchup_that_never_converges_fails_and_aborts() -> None:
+    world = upgraded_world(replay={"catchup": {"maxLag": 10, "maxRounds": 2}})
+    world.lag = 500
+    for _ in range(12):
+        world.step()
+        for name, job in list(world.jobs.items()):
+            if job.state.value == "Running":
+                world.finish_job(name)
+                world.lag = 500
+        if world.status.phase is Phase.FAILED:
+            break
+    assert reason(world) == "CatchupDidNotConverge"
+    world.run(passes=4)
+    assert world.status.phase is Phase.FAILED
+    assert world.service_version == "v1"
+    assert world.replaying() == []
+    assert world.replay is not None and world.replay.state == "aborted"
+
+
+# ---- failure, abort, pause, promotion ------------------------------------------------------------
+
+
+def advance_to(world: World, stage: str) -> None:
+    for _ in range(15):
+        world.step()
+        running = [j for j in world.jobs.values() if j.state.value == "Running"]
+        if any(j.stage == stage for j in running):
+            return
+        world.finish_running_jobs()
+    pytest.fail(f"never reached {stage}")
+
+
+def test_failed_stage_job_aborts_the_replay_and_leaves_the_old_version_serving() -> None:
+    world = upgraded_world()
+    advance_to(world, "replay")
+    world.finish_job(world.running_job("replay"), succeed=False)
+    decision = world.step()
+    assert decision.status.phase is Phase.FAILED
+    assert reason(world) == "StageFailed"
+    assert any(isinstance(a, RunStageJob) and a.stage == "abort" for a in decision.actions)
+    assert "Warning" in [e.type for e in decision.events]
+    world.run(passes=4)
+    assert world.status.phase is Phase.FAILED
+    assert world.service_version == "v1"
+    assert world.projectors["PostProjector"] == ProjectorState("PostProjector", 1, None, None)
+    assert world.deployments["v2"].replicas == 0
+    assert "version v1 keeps serving" in world.status.message
+    assert condition(world, "ReplayAborted") == ("True", "Aborted")
+
+
+def test_stage_job_that_succeeds_without_moving_the_database_fails_verification() -> None:
+    world = upgraded_world()
+    advance_to(world, "optimize")
+    world.finish_job(world.running_job("optimize"), move_database=False)
+    world.step()
+    assert world.status.phase is Phase.FAILED
+    assert reason(world) == "VerificationFailed"
+    assert "replay_states is 'replayed', not 'optimized'" in world.status.message
+
+
+def test_abort_request_cancels_the_replay() -> None:
+    world = upgraded_world()
+    advance_to(world, "replay")
+    world.upgrade(world.spec.model_copy(update={"abort": True}))
+    world.run(passes=4)
+    assert world.status.phase is Phase.ABORTED
+    assert world.service_version == "v1"
+    assert world.replaying() == []
+    assert world.replay is not None and world.replay.state == "aborted"
+    assert world.golive_runs == 0
+
+
+def test_abort_waits_for_a_running_golive_which_then_wins() -> None:
+    world = upgraded_world()
+    advance_to(world, "golive")
+    world.upgrade(world.spec.model_copy(update={"abort": True}))
+    decision = world.step()
+    assert decision.status.phase is Phase.ACTIVATING
+    assert reason(world) == "AbortWaitingForGolive"
+    assert not any(isinstance(a, ClearReplaying) for a in decision.actions)
+    world.finish_running_jobs()
+    final = world.step()
+    # Once golive committed, old pods can no longer write: traffic must move, abort or not.
+    assert SwitchService("v2") in final.actions
+
+
+def test_retry_after_failure_needs_a_spec_edit_and_starts_a_new_attempt() -> None:
+    world = upgraded_world()
+    advance_to(world, "replay")
+    world.finish_job(world.running_job("replay"), succeed=False)
+    world.run(passes=3)
+    assert world.status.phase is Phase.FAILED and world.status.attempt == 1
+    world.step()
+    assert world.status.phase is Phase.FAILED
+    world.upgrade(world.spec.model_copy(update={"replicas": 3}))
+    world.step()
+    assert world.status.attempt == 2
+    world.run(passes=10)
+    assert world.service_version == "v2"
+    assert world.golive_runs == 1
+
+
+def test_pause_holds_the_next_stage_and_resume_continues() -> None:
+    world = upgraded_world()
+    advance_to(world, "replay")
+    world.upgrade(world.spec.model_copy(update={"paused": True}))
+    world.finish_running_jobs()
+    decision = world.step()
+    assert decision.status.phase is Phase.PAUSED
+    assert reason(world) == "PausedByUser"
+    assert not any(isinstance(a, RunStageJob) for a in decision.actions)
+    assert condition(world, "Progressing")[0] == "False"
+    world.upgrade(world.spec.model_copy(update={"paused": False}))
+    world.run(passes=8)
+    assert world.service_version == "v2"
+
+
+def test_pause_never_holds_back_the_switch_once_active() -> None:
+    world = upgraded_world()
+    advance_to(world, "golive")
+    world.upgrade(world.spec.model_copy(update={"paused": True}))
+    world.finish_running_jobs()
+    decision = world.step()
+    assert SwitchService("v2") in decision.actions
+
+
+def test_manual_promotion_waits_for_the_promote_request() -> None:
+    world = upgraded_world(strategy={"promotion": "Manual"})
+    world.run(passes=8)
+    assert world.status.phase is Phase.PAUSED
+    assert reason(world) == "AwaitingPromotion"
+    assert world.service_version == "v1"
+    assert world.golive_runs == 0
+    world.upgrade(world.spec.model_copy(update={"promote": "v2"}))
+    world.run(passes=4)
+    assert world.service_version == "v2"
+    assert world.golive_runs == 1
+
+
+# ---- restart at each phase ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("stage", ["prepare", "replay", "optimize", "golive"])
+def test_restart_while_a_stage_runs_waits_for_that_job_and_never_repeats_golive(stage: str) -> None:
+    world = upgraded_world()
+    advance_to(world, stage)
+    jobs_before = set(world.jobs)
+    decision = world.step(restart=True)
+    assert not any(isinstance(a, RunStageJob) and a.stage == stage for a in decision.actions)
+    assert set(world.jobs) == jobs_before
+    world.run(passes=8, restart=True)
+    assert world.service_version == "v2"
+    assert world.golive_runs == 1
+
+
+def test_restart_after_golive_committed_switches_at_once() -> None:
+    world = upgraded_world()
+    advance_to(world, "golive")
+    world.finish_running_jobs()  # golive committed; the operator died before seeing it
+    decision = world.step(restart=True)
+    assert SwitchService("v2") in decision.actions
+    assert world.golive_runs == 1
+
+
+def test_missing_stage_job_while_database_says_it_runs_fails_clearly() -> None:
+    world = upgraded_world()
+    advance_to(world, "replay")
+    world.jobs.pop(world.running_job("replay"))
+    world.step()
+    assert world.status.phase is Phase.FAILED
+    assert reason(world) == "StageInterrupted"
+
+
+# ---- blocked and broken inputs --------------------------------------------------------------------
+
+
+def test_replay_in_progress_for_another_target_blocks_with_a_condition() -> None:
+    world = upgraded_world()
+    world.projectors["PostProjector"] = ProjectorState("PostProjector", 1, None, 7)
+    world.replay = ReplayState(3, "replaying", ("PostProjector",), 10)
+    world.step()
+    decision = world.step()
+    assert decision.status.phase is Phase.PENDING
+    assert reason(world) == "ReplayInProgressForOtherTarget"
+    assert "version 7 is replaying, the release has 2" in world.status.message
+    assert not any(isinstance(a, (RunStageJob, RegisterReplaying)) for a in decision.actions)
+
+
+def test_empty_projector_states_while_a_version_serves_is_not_guessed_at() -> None:
+    world = upgraded_world()
+    world.projectors = {}
+    world.step()
+    world.step()
+    assert reason(world) == "ProjectorStatesEmpty"
+    assert world.service_version == "v1"
+
+
+@pytest.mark.parametrize(
+    ("breakage", "expected_reason"),
+    [
+        ("service", "ServiceNotFound"),
+        ("secret", "SecretNotFound"),
+        ("auth", "DatabaseAuthenticationFailed"),
+        ("unreachable", "DatabaseUnreachable"),
+    ],
+)
+def test_broken_inputs_give_a_condition_keep_the_phase_and_retry(breakage: str, expected_reason: str) -> None:
+    world = upgraded_world()
+    advance_to(world, "replay")
+    phase_before = world.status.phase
+    if breakage == "service":
+        world.service_found = False
+    elif breakage == "secret":
+        world.secret_problem = "Secret blog-db has no key uri"
+    elif breakage == "auth":
+        world.database_error = ("DatabaseAuthenticationFailed", "the database refused the credentials")
+    else:
+        world.database_error = ("DatabaseUnreachable", "cannot connect to the database")
+    decision = world.step()
+    assert decision.status.phase is phase_before
+    assert reason(world) == expected_reason
+    assert decision.requeue_after is not None
+    assert decision.actions == ()
+    assert [e.type for e in decision.events] == ["Warning"]
+    if breakage in ("auth", "unreachable"):
+        assert condition(world, "DatabaseReady") == ("False", expected_reason)
+    world.service_found, world.secret_problem, world.database_error = True, None, None
+    world.run(passes=8)
+    assert world.service_version == "v2"
+
+
+def test_new_deployment_that_never_becomes_available_fails_the_rollout() -> None:
+    world = upgraded_world()
+    world.auto_available = False
+    world.step()
+    world.deployments["v2"] = replace(world.deployments["v2"], failure="ProgressDeadlineExceeded")
+    world.step()
+    assert world.status.phase is Phase.FAILED
+    assert reason(world) == "DeploymentFailed"
+    assert world.service_version == "v1"
+
+
+def test_conditions_carry_generation_and_transition_time() -> None:
+    world = upgraded_world()
+    world.step()
+    for found in world.status.conditions:
+        assert found.observed_generation == world.generation
+        assert found.last_transition_time is not None
+    assert world.status.observed_generation == world.generation
+    dumped = world.status.model_dump(by_alias=True, mode="json")
+    assert dumped["targetVersion"] == "v2"
+    assert {"type", "status", "reason", "message", "lastTransitionTime", "observedGeneration"} <= set(
+        dumped["conditions"][0]
+    )
