@@ -1,0 +1,326 @@
+"""The replay stages (``python -m sampleapp.replay``) against a real PostgreSQL, under live writes."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+
+import psycopg
+import pytest
+from sampleapp_tests.helpers import AppClient, projector_state_rows, run_migrate, settings_for
+
+from sampleapp.releases import get_release
+from sampleapp.replay import Replayer
+
+ACCOUNTS = [f"acct-{n}" for n in range(7)]
+
+
+@dataclass
+class Writer:
+    """Deposits continuously from a few threads to whichever app ``target`` names."""
+
+    target: AppClient
+    threads: int = 3
+    acknowledged: list[tuple[str, int, int]] = field(default_factory=list)  # account, sequence, amount
+    refused: Counter = field(default_factory=Counter)
+    other_failures: list[str] = field(default_factory=list)
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+    _workers: list[threading.Thread] = field(default_factory=list)
+
+    def start(self) -> Writer:
+        for index in range(self.threads):
+            worker = threading.Thread(target=self._run, args=(index,), daemon=True)
+            worker.start()
+            self._workers.append(worker)
+        return self
+
+    def _run(self, index: int) -> None:
+        n = 0
+        while not self._stop.is_set():
+            n += 1
+            account = ACCOUNTS[(index + n) % len(ACCOUNTS)]
+            amount = 1 + (n * 7 + index) % 50
+            target = self.target
+            try:
+                response = target.deposit(account, amount)
+            except Exception as error:  # recorded, and the test fails on it
+                with self._lock:
+                    self.other_failures.append(repr(error))
+                continue
+            with self._lock:
+                if response.status == 201:
+                    self.acknowledged.append((account, response.body["sequence_number"], amount))
+                elif response.status == 503:
+                    self.refused[(target.release, response.body["error"])] += 1
+                else:
+                    self.other_failures.append(f"{response.status} {response.body}")
+
+    def acks(self) -> int:
+        with self._lock:
+            return len(self.acknowledged)
+
+    def wait_for_more(self, count: int, timeout: float = 30.0) -> None:
+        goal = self.acks() + count
+        deadline = time.monotonic() + timeout
+        while self.acks() < goal:
+            assert time.monotonic() < deadline, f"writer stalled at {self.acks()} acknowledged deposits"
+            assert not self.other_failures, self.other_failures
+            time.sleep(0.01)
+
+    def stop(self) -> None:
+        self._stop.set()
+        for worker in self._workers:
+            worker.join(timeout=30)
+
+
+def ok(result) -> str:
+    assert result.returncode == 0, f"exit {result.returncode}\nstdout: {result.stdout}\nstderr: {result.stderr}"
+    return result.stdout
+
+
+def status(stage, release: str) -> dict:
+    return json.loads(ok(stage(release, "status")))
+
+
+def events_by_account(database_url: str) -> dict[str, list[tuple[int, int]]]:
+    with psycopg.connect(database_url) as conn:
+        rows = conn.execute(
+            "SELECT event_json ->> 'account_id', sequence_number, (event_json ->> 'amount')::int "
+            "FROM sequent_schema.events ORDER BY 1, 2"
+        ).fetchall()
+    result: dict[str, list[tuple[int, int]]] = {}
+    for account, sequence, amount in rows:
+        result.setdefault(account, []).append((sequence, amount))
+    return result
+
+
+def assert_projections_match_events(database_url: str, release_shape: str) -> None:
+    """Every event is in the audit log exactly once and the balances are the sums of the events."""
+    events = events_by_account(database_url)
+    with psycopg.connect(database_url) as conn:
+        audit = conn.execute(
+            "SELECT account_id, sequence_number, amount FROM view_schema.account_audit_log ORDER BY 1, 2"
+        ).fetchall()
+        columns = [
+            row[0]
+            for row in conn.execute(
+                "SELECT column_name FROM information_schema.columns WHERE table_schema = 'view_schema' "
+                "AND table_name = 'account_balances' ORDER BY ordinal_position"
+            )
+        ]
+        balances = {
+            row[0]: row for row in conn.execute(f"SELECT {', '.join(columns[:4])} FROM view_schema.account_balances")
+        }
+    assert audit == [(a, s, amount) for a, rows in sorted(events.items()) for s, amount in rows]
+    assert set(balances) == set(events)
+    if release_shape == "v1":
+        assert columns == ["account_id", "balance"]
+        assert {a: row[1] for a, row in balances.items()} == {a: sum(x for _, x in r) for a, r in events.items()}
+    else:
+        assert columns[:4] == ["account_id", "balance", "deposit_count", "last_sequence_number"]
+        assert {a: row[1:4] for a, row in balances.items()} == {
+            a: (sum(x for _, x in r), len(r), max(s for s, _ in r)) for a, r in events.items()
+        }
+
+
+def upgrade_by_replay(stage, release: str, projectors: str = "AccountProjector") -> None:
+    ok(stage(release, "prepare", projectors))
+    ok(stage(release, "replay", "50", "1"))
+    ok(stage(release, "catchup"))
+    ok(stage(release, "optimize"))
+    ok(stage(release, "golive"))
+
+
+def test_replay_v1_to_v2_under_concurrent_writes_loses_no_event(database_url: str, app, stage) -> None:
+    ok(stage("v1", "--activate", module="sampleapp.migrate"))
+    with app("v1") as v1, app("v2") as v2:
+        writer = Writer(v1).start()
+        try:
+            writer.wait_for_more(60)
+            # v2's code is refused while v1's AccountProjector is active.
+            assert v2.deposit("probe", 1).body["error"] == "DifferentProjectorVersionIsActiveError"
+
+            assert "prepared AccountProjector v2" in ok(stage("v2", "prepare", "AccountProjector"))
+            assert projector_state_rows(database_url) == {
+                "AccountProjector": (1, None, 2),
+                "AuditProjector": (1, None, None),
+            }
+            writer.wait_for_more(30)
+            ok(stage("v2", "replay", "25", "2"))
+            replayed = status(stage, "v2")
+            assert replayed["state"] == "replayed"
+            writer.wait_for_more(30)
+            assert status(stage, "v2")["lag"] > 0
+            ok(stage("v2", "catchup"))
+            assert status(stage, "v2")["state"] == "replayed"
+            ok(stage("v2", "optimize"))
+            writer.wait_for_more(30)
+            ok(stage("v2", "catchup", "10", "1"))
+            assert status(stage, "v2")["state"] == "optimized"
+            writer.wait_for_more(30)
+
+            assert "live" in ok(stage("v2", "golive"))
+            # Right after activation the old code is refused and the new code accepts.
+            assert v1.deposit("probe", 1).body["error"] == "DifferentProjectorVersionIsActiveError"
+            assert v2.deposit("probe", 1).status == 201
+            writer.target = v2  # the traffic switch
+            writer.wait_for_more(30)
+        finally:
+            writer.stop()
+        assert not writer.other_failures, writer.other_failures
+        assert set(writer.refused) <= {("v1", "DifferentProjectorVersionIsActiveError")}
+        print(f"acknowledged {writer.acks()}, refused {dict(writer.refused)}")
+
+    final = status(stage, "v2")
+    assert (final["state"], final["lag"]) == ("live", None)
+    assert projector_state_rows(database_url) == {
+        "AccountProjector": (2, None, None),
+        "AuditProjector": (1, None, None),
+    }
+    # Zero lost: every acknowledged deposit is an event, and nothing else is (bar the probe).
+    events = events_by_account(database_url)
+    acknowledged = sorted((a, s, x) for a, s, x in writer.acknowledged)
+    stored = sorted((a, s, x) for a, rows in events.items() if a != "probe" for s, x in rows)
+    assert stored == acknowledged
+    assert_projections_match_events(database_url, "v2")
+    with psycopg.connect(database_url) as conn:
+        schemas = {row[0] for row in conn.execute("SELECT nspname FROM pg_namespace")}
+        archived = conn.execute("SELECT count(*) FROM archive_schema.account_balances").fetchone()
+    assert "replay_schema" not in schemas
+    assert archived is not None and archived[0] > 0  # the v1 table, kept for inspection
+
+
+def test_golive_twice_fails_cleanly_and_applies_nothing_twice(database_url: str, app, stage) -> None:
+    run_migrate(database_url, "v1", activate=True)
+    with app("v1") as v1:
+        for n in range(20):
+            assert v1.deposit(ACCOUNTS[n % 3], n + 1).status == 201
+        ok(stage("v2", "prepare", "AccountProjector"))
+        ok(stage("v2", "replay"))
+        for n in range(5):  # left for golive's final catch-up
+            assert v1.deposit(ACCOUNTS[n % 3], 100).status == 201
+        ok(stage("v2", "optimize"))
+        ok(stage("v2", "golive"))
+    assert_projections_match_events(database_url, "v2")
+
+    again = stage("v2", "golive")
+    assert again.returncode == 1
+    assert "going live can only be performed when the state is optimized" in again.stderr
+    assert "is live" in again.stderr
+    assert status(stage, "v2")["state"] == "live"
+    assert_projections_match_events(database_url, "v2")
+
+
+def test_stages_refuse_out_of_order_and_unknown_projectors(database_url: str, stage) -> None:
+    run_migrate(database_url, "v1", activate=True)
+    early = stage("v2", "replay")
+    assert early.returncode == 1 and "no replay" in early.stderr
+    unknown = stage("v2", "prepare", "NoSuchProjector")
+    assert unknown.returncode == 1 and "NoSuchProjector" in unknown.stderr
+    ok(stage("v2", "prepare", "AccountProjector"))
+    second = stage("v2", "prepare", "AccountProjector")
+    assert second.returncode == 1 and "abort it" in second.stderr
+    golive = stage("v2", "golive")
+    assert golive.returncode == 1 and "replay 1 is prepared" in golive.stderr
+    wrong_code = stage("v1", "replay")  # stages must run with the release that prepared them
+    assert wrong_code.returncode == 1 and "do not match" in wrong_code.stderr
+    assert status(stage, "v2")["state"] == "prepared"
+
+
+def test_abort_clears_states_and_drops_the_replay_schema_while_v1_keeps_serving(database_url: str, app, stage) -> None:
+    run_migrate(database_url, "v1", activate=True)
+    with app("v1") as v1:
+        assert v1.deposit("hank", 5).status == 201
+        ok(stage("v2", "prepare", "AccountProjector"))
+        ok(stage("v2", "replay"))
+        assert "aborted" in ok(stage("v2", "abort"))
+        assert v1.deposit("hank", 6).status == 201
+        assert v1.account("hank").body["balance"] == 11
+    assert status(stage, "v2")["state"] == "aborted"
+    assert projector_state_rows(database_url) == {
+        "AccountProjector": (1, None, None),
+        "AuditProjector": (1, None, None),
+    }
+    with psycopg.connect(database_url) as conn:
+        assert conn.execute("SELECT to_regnamespace('replay_schema')").fetchone() == (None,)
+    # A new replay can start after an abort.
+    ok(stage("v2", "prepare", "AccountProjector"))
+
+
+def test_abort_ends_a_stage_that_is_still_running(database_url: str, stage) -> None:
+    run_migrate(database_url, "v1", activate=True)
+    ok(stage("v2", "prepare", "AccountProjector"))
+    holder = psycopg.connect(database_url, autocommit=True)
+    replayer = Replayer(holder, settings_for(database_url, "v2"), get_release("v2"), out=lambda _: None)
+    assert replayer._try_stage_lock()  # a "running stage" holds the stage lock
+    busy = stage("v2", "replay")
+    assert busy.returncode == 1 and "another replay stage is running" in busy.stderr
+    result = ok(stage("v2", "abort"))
+    assert "terminating the running replay stage" in result
+    with pytest.raises(psycopg.OperationalError):
+        holder.execute("SELECT 1")
+    holder.close()
+    assert status(stage, "v2")["state"] == "aborted"
+
+
+def test_a_killed_replay_is_resumed_by_running_it_again(database_url: str, app, stage) -> None:
+    run_migrate(database_url, "v1", activate=True)
+    with app("v1") as v1:
+        for n in range(10):
+            v1.deposit(ACCOUNTS[n % 2], n + 1)
+    ok(stage("v2", "prepare", "AccountProjector"))
+    with psycopg.connect(database_url) as conn:  # what a replay killed mid-way leaves behind
+        conn.execute("UPDATE sequent_schema.replay_states SET state = 'replaying'")
+    assert "resuming" in ok(stage("v2", "replay"))
+    ok(stage("v2", "optimize"))
+    ok(stage("v2", "golive"))
+    assert_projections_match_events(database_url, "v2")
+
+
+def test_v3_activates_without_replay_and_rollback_to_v1_by_replay(database_url: str, app, stage) -> None:
+    run_migrate(database_url, "v1", activate=True)
+    with app("v1") as v1:
+        for n in range(15):
+            assert v1.deposit(ACCOUNTS[n % 4], n + 1).status == 201
+    upgrade_by_replay(stage, "v2")
+    # v3 changes no projector: activating the current configuration is enough.
+    ok(stage("v3", "--activate", module="sampleapp.migrate"))
+    assert projector_state_rows(database_url) == {
+        "AccountProjector": (2, None, None),
+        "AuditProjector": (1, None, None),
+    }
+    with app("v3") as v3, app("v1") as v1:
+        writer: Writer = Writer(v3, threads=2).start()
+        try:
+            writer.wait_for_more(20)
+            # Rolling back to v1 means replaying AccountProjector at the lower version 1.
+            ok(stage("v1", "prepare", "AccountProjector"))
+            assert projector_state_rows(database_url)["AccountProjector"] == (2, None, 1)
+            assert v1.deposit("probe", 1).body["error"] == "DifferentProjectorVersionIsActiveError"
+            writer.wait_for_more(20)
+            ok(stage("v1", "replay", "7", "1"))
+            writer.wait_for_more(20)
+            ok(stage("v1", "catchup"))
+            ok(stage("v1", "optimize"))
+            writer.wait_for_more(20)
+            ok(stage("v1", "golive"))
+            assert v3.deposit("probe", 1).body["error"] == "DifferentProjectorVersionIsActiveError"
+            writer.target = v1
+            writer.wait_for_more(20)
+        finally:
+            writer.stop()
+        assert not writer.other_failures, writer.other_failures
+    assert projector_state_rows(database_url)["AccountProjector"] == (1, None, None)
+    assert_projections_match_events(database_url, "v1")
+
+
+def test_migrate_refuses_to_activate_over_another_active_version(database_url: str, stage) -> None:
+    ok(stage("v1", "--activate", module="sampleapp.migrate"))
+    refused = stage("v2", "--activate", module="sampleapp.migrate")
+    assert refused.returncode == 1
+    assert "AccountProjector is active at version 1" in refused.stderr
+    assert projector_state_rows(database_url)["AccountProjector"] == (1, None, None)
