@@ -95,6 +95,8 @@ class RunStageJob:
     attempt: int
     stage: str
     round: int = 0
+    # The projectors being replayed: {projectors} in the stage command.
+    projectors: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

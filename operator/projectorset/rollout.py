@@ -462,7 +462,7 @@ def _replay(run: _Pass, plan: Plan, db: DatabaseState, attempt: int, golive: Job
         registered = all(db.projectors.get(n) and db.projectors[n].replaying_version == v for n, v in to_replay.items())
         if not registered:
             run.act(RegisterReplaying(to_replay))
-        run.act(RunStageJob(target, attempt, "prepare"))
+        run.act(RunStageJob(target, attempt, "prepare", projectors=tuple(sorted(to_replay))))
         names = ", ".join(f"{name} v{version}" for name, version in sorted(to_replay.items()))
         return run.finish(Phase.REPLAYING, "Preparing", f"replaying {names}: prepare")
 
@@ -482,7 +482,7 @@ def _replay(run: _Pass, plan: Plan, db: DatabaseState, attempt: int, golive: Job
             return _expect_running(run, plan, db, job, replay.state)
         if run.spec.paused:
             return _paused(run)
-        run.act(RunStageJob(target, attempt, next_stage))
+        run.act(RunStageJob(target, attempt, next_stage, projectors=tuple(sorted(to_replay))))
         return run.finish(Phase.REPLAYING, _stage_reason(next_stage), f"replay {replay.id}: {next_stage}")
 
     # optimized: catch up until the lag is small, then go live.
@@ -503,7 +503,7 @@ def _replay(run: _Pass, plan: Plan, db: DatabaseState, attempt: int, golive: Job
             )
         if run.spec.paused:
             return _paused(run)
-        run.act(RunStageJob(target, attempt, "catchup", round=len(catchups) + 1))
+        run.act(RunStageJob(target, attempt, "catchup", round=len(catchups) + 1, projectors=tuple(sorted(to_replay))))
         return run.finish(Phase.REPLAYING, "CatchingUp", f"catch-up round {len(catchups) + 1}: lag {lag} events")
 
     gate = _promotion_gate(run)
@@ -513,7 +513,7 @@ def _replay(run: _Pass, plan: Plan, db: DatabaseState, attempt: int, golive: Job
         # Old code skips a projector with no active version, new code would refuse to write
         # while a projector it does not know is active: deactivate before golive.
         run.act(Deactivate(tuple(plan.to_deactivate)))
-    run.act(RunStageJob(target, attempt, "golive"))
+    run.act(RunStageJob(target, attempt, "golive", projectors=tuple(sorted(to_replay))))
     return run.finish(Phase.ACTIVATING, "GoingLive", f"lag {lag} events: golive")
 
 
@@ -636,7 +636,8 @@ def _clean_up(run: _Pass, plan: Plan, db: DatabaseState, phase: Phase, reason: s
     abort_job = _latest([j for j in jobs if j.stage == "abort"])
     if replay_open:
         if abort_job is None:
-            run.act(RunStageJob(target, attempt, "abort"))
+            projectors = tuple(sorted(db.replay.projectors)) if db.replay is not None else ()
+            run.act(RunStageJob(target, attempt, "abort", projectors=projectors))
             run.poll(ROLLOUT_POLL_SECONDS)
             return run.finish(phase, reason, message, note="; aborting the replay", warning=phase is Phase.FAILED)
         if abort_job.state is JobState.RUNNING:

@@ -1,0 +1,274 @@
+"""One reconcile pass: observe the cluster and the database, decide, act, report.
+
+Knows neither Kopf nor the Kubernetes client: the cluster is reached through the
+``Cluster`` protocol (``kube.KubernetesCluster`` in production, an in-memory fake in
+unit tests), the database through ``SequentDatabase``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+from pydantic import ValidationError
+
+from projectorset.api import Condition, ProjectorSetSpec, ProjectorSetStatus
+from projectorset.database import DatabaseError, IllegalProjectorState, SequentDatabase
+from projectorset.observation import (
+    Action,
+    Activate,
+    ClearReplaying,
+    ClusterView,
+    DatabaseView,
+    Deactivate,
+    Event,
+    RegisterReplaying,
+)
+from projectorset.resources import Owner
+from projectorset.rollout import Decision, decide
+
+log = logging.getLogger(__name__)
+
+# After a failed action, the next pass comes sooner than an idle one but not in a tight loop.
+ACTION_FAILURE_RETRY_SECONDS = 5.0
+
+
+class ClusterError(Exception):
+    """A Kubernetes API call failed; ``reason`` is a fixed CamelCase word for conditions."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+
+
+class Cluster(Protocol):
+    def observe(self, owner: Owner, spec: ProjectorSetSpec) -> tuple[ClusterView, str | None]:
+        """What the cluster shows for this ProjectorSet, and the database URI from its Secret."""
+
+    def apply(self, owner: Owner, spec: ProjectorSetSpec, action: Action) -> None:
+        """Carry out one Kubernetes action (database actions never reach the cluster)."""
+
+    def patch_status(self, owner: Owner, status: dict[str, Any]) -> None: ...
+
+    def emit(self, owner: Owner, event: Event) -> None: ...
+
+
+@dataclass
+class _Connection:
+    fingerprint: str
+    database: SequentDatabase
+
+
+class DatabaseRegistry:
+    """One connection pool per ProjectorSet, replaced when its URI or schema changes."""
+
+    def __init__(self, factory: Callable[[str, str], SequentDatabase] | None = None) -> None:
+        self._factory = factory or (lambda uri, schema: SequentDatabase(uri, schema))
+        self._connections: dict[tuple[str, str], _Connection] = {}
+        self._lock = threading.Lock()
+
+    def get(self, owner: Owner, uri: str, schema: str) -> SequentDatabase:
+        # The fingerprint lets us notice a rotated Secret without keeping the URI around twice.
+        fingerprint = hashlib.sha256(f"{schema}\0{uri}".encode()).hexdigest()
+        key = (owner.namespace, owner.name)
+        with self._lock:
+            current = self._connections.get(key)
+            if current is not None and current.fingerprint == fingerprint:
+                return current.database
+            if current is not None:
+                current.database.close()
+            database = self._factory(uri, schema)
+            self._connections[key] = _Connection(fingerprint, database)
+            return database
+
+    def forget(self, owner: Owner) -> None:
+        with self._lock:
+            current = self._connections.pop((owner.namespace, owner.name), None)
+        if current is not None:
+            current.database.close()
+
+    def close(self) -> None:
+        with self._lock:
+            connections, self._connections = list(self._connections.values()), {}
+        for connection in connections:
+            connection.database.close()
+
+
+@dataclass(frozen=True)
+class PassResult:
+    decision: Decision | None
+    requeue_after: float | None
+    action_error: str | None = None
+
+
+class Reconciler:
+    def __init__(
+        self,
+        cluster: Cluster,
+        databases: DatabaseRegistry | None = None,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        observer: Callable[[Owner, Decision], None] | None = None,
+    ) -> None:
+        self.cluster = cluster
+        self.databases = databases or DatabaseRegistry()
+        self.clock = clock
+        self.observer = observer
+
+    def reconcile(self, body: dict[str, Any]) -> PassResult:
+        metadata = body["metadata"]
+        owner = Owner(metadata["name"], metadata["namespace"], metadata["uid"])
+        generation = int(metadata.get("generation", 1))
+        previous = _parse_status(body.get("status"))
+        try:
+            spec = ProjectorSetSpec.model_validate(body.get("spec") or {})
+        except ValidationError as error:
+            # The CRD schema rejects most of this; a CRD installed without it must not crash us.
+            return self._invalid_spec(owner, generation, previous, error)
+
+        view, uri = self.cluster.observe(owner, spec)
+        database = self._database_view(owner, spec, view, uri)
+        decision = decide(spec, generation, previous, view, database, self.clock())
+        action_error = self._carry_out(owner, spec, uri, decision)
+        status = decision.status
+        if action_error is not None:
+            reason, message = action_error
+            status = _with_condition(status, "ActionsApplied", False, reason, message, generation, self.clock())
+            self._emit(owner, Event("Warning", reason, message))
+        else:
+            status = _with_condition(
+                status,
+                "ActionsApplied",
+                True,
+                "Applied",
+                "every action of the last pass succeeded",
+                generation,
+                self.clock(),
+            )
+        self._patch_status(owner, previous, status)
+        for event in decision.events:
+            self._emit(owner, event)
+        if self.observer is not None:
+            self.observer(owner, decision)
+        requeue = decision.requeue_after
+        if action_error is not None:
+            requeue = min(requeue or ACTION_FAILURE_RETRY_SECONDS, ACTION_FAILURE_RETRY_SECONDS)
+        return PassResult(decision, requeue, action_error[1] if action_error else None)
+
+    # -- steps --
+
+    def _database_view(self, owner: Owner, spec: ProjectorSetSpec, view: ClusterView, uri: str | None) -> DatabaseView:
+        if uri is None:
+            return DatabaseView(error_reason="SecretNotFound", error_message=view.secret_problem or "no database URI")
+        try:
+            database = self.databases.get(owner, uri, spec.database.event_store_schema)
+            return DatabaseView(state=database.read_state())
+        except DatabaseError as error:
+            return DatabaseView(error_reason=error.reason, error_message=error.message)
+
+    def _carry_out(
+        self, owner: Owner, spec: ProjectorSetSpec, uri: str | None, decision: Decision
+    ) -> tuple[str, str] | None:
+        """Run the actions in order, stopping at the first failure: the next pass re-decides
+        from what the cluster and the database then show."""
+        for action in decision.actions:
+            try:
+                if isinstance(action, RegisterReplaying | Activate | Deactivate | ClearReplaying):
+                    assert uri is not None
+                    self._database_action(owner, spec, uri, action)
+                else:
+                    self.cluster.apply(owner, spec, action)
+            except DatabaseError as error:
+                log.warning("%s/%s: %s failed: %s", owner.namespace, owner.name, type(action).__name__, error.message)
+                return error.reason, f"{type(action).__name__}: {error.message}"
+            except ClusterError as error:
+                log.warning("%s/%s: %s failed: %s", owner.namespace, owner.name, type(action).__name__, error.message)
+                return error.reason, f"{type(action).__name__}: {error.message}"
+        return None
+
+    def _database_action(self, owner: Owner, spec: ProjectorSetSpec, uri: str, action: Action) -> None:
+        database = self.databases.get(owner, uri, spec.database.event_store_schema)
+        match action:
+            case RegisterReplaying(versions=versions):
+                database.register_replaying(versions)
+            case Activate(versions=versions, deactivate=removed):
+                database.activate(versions, removed)
+            case Deactivate(names=names):
+                database.deactivate(names)
+            case ClearReplaying():
+                database.abort()
+            case _:
+                raise IllegalProjectorState(f"not a database action: {action!r}")
+
+    def _invalid_spec(
+        self, owner: Owner, generation: int, previous: ProjectorSetStatus, error: ValidationError
+    ) -> PassResult:
+        problems = "; ".join(
+            f"spec.{'.'.join(str(p) for p in item['loc'])}: {item['msg']}" for item in error.errors(include_url=False)
+        )
+        status = previous.model_copy(update={"message": f"invalid spec: {problems}", "observed_generation": generation})
+        status = _with_condition(status, "Progressing", False, "InvalidSpec", problems, generation, self.clock())
+        self._patch_status(owner, previous, status)
+        if previous.message != status.message:
+            self._emit(owner, Event("Warning", "InvalidSpec", problems))
+        return PassResult(None, None, problems)
+
+    def _patch_status(self, owner: Owner, previous: ProjectorSetStatus, status: ProjectorSetStatus) -> None:
+        if status == previous:
+            return
+        try:
+            self.cluster.patch_status(owner, status.model_dump(by_alias=True, mode="json"))
+        except ClusterError as error:
+            log.warning("%s/%s: status not written: %s", owner.namespace, owner.name, error.message)
+
+    def _emit(self, owner: Owner, event: Event) -> None:
+        log.info("%s/%s: %s %s: %s", owner.namespace, owner.name, event.type, event.reason, event.message)
+        try:
+            self.cluster.emit(owner, event)
+        except ClusterError as error:
+            log.warning("%s/%s: Event not written: %s", owner.namespace, owner.name, error.message)
+
+
+def _parse_status(raw: dict[str, Any] | None) -> ProjectorSetStatus:
+    if not raw:
+        return ProjectorSetStatus()
+    try:
+        return ProjectorSetStatus.model_validate(raw)
+    except ValidationError:
+        # A status written by another operator version: start from what is observable.
+        log.warning("ignoring a status this operator cannot read")
+        return ProjectorSetStatus()
+
+
+def _with_condition(
+    status: ProjectorSetStatus,
+    type_: str,
+    value: bool,
+    reason: str,
+    message: str,
+    generation: int,
+    now: datetime,
+) -> ProjectorSetStatus:
+    text = "True" if value else "False"
+    old = next((c for c in status.conditions if c.type == type_), None)
+    if old is not None and old.status == text and old.reason == reason and old.message == message:
+        return status
+    condition = Condition(
+        type=type_,
+        status=text,  # type: ignore[arg-type]
+        reason=reason,
+        message=message,
+        last_transition_time=(
+            old.last_transition_time
+            if old is not None and old.status == text
+            else now.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        ),
+        observed_generation=generation,
+    )
+    others = [c for c in status.conditions if c.type != type_]
+    return status.model_copy(update={"conditions": sorted([*others, condition], key=lambda c: c.type)})

@@ -1,0 +1,130 @@
+"""Kopf handlers: thin wiring from watch events to ``controller.Reconciler``.
+
+One daemon per ProjectorSet runs the reconcile passes one at a time. It sleeps until a
+watch event about the ProjectorSet or one of its Deployments or Jobs wakes it, or until
+the time the last pass asked for (a short interval only while a rollout runs).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import Any
+
+import kopf
+from kubernetes import config as kube_config
+
+from projectorset import api
+from projectorset.controller import ClusterError, DatabaseRegistry, Reconciler
+from projectorset.kube import KubernetesCluster
+from projectorset.resources import Owner
+
+log = logging.getLogger(__name__)
+
+# Even with no events at all, every ProjectorSet is re-read this often.
+IDLE_RESYNC_SECONDS = 300.0
+MAX_ERROR_BACKOFF_SECONDS = 60.0
+
+
+class _Runtime:
+    """State shared by the handlers of one operator process."""
+
+    def __init__(self) -> None:
+        self.reconciler: Reconciler | None = None
+        self.cluster: KubernetesCluster | None = None
+        self.databases = DatabaseRegistry()
+        self.wakeups: dict[tuple[str, str], asyncio.Event] = {}
+        self.generations: dict[tuple[str, str], int] = {}
+
+    def wake(self, namespace: str | None, name: str | None) -> None:
+        if namespace and name:
+            event = self.wakeups.get((namespace, name))
+            if event is not None:
+                event.set()
+
+
+runtime = _Runtime()
+
+
+@kopf.on.startup()
+def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
+    # Our own Events describe the rollout; Kopf's per-handler log Events would only add noise.
+    settings.posting.enabled = False
+    settings.persistence.finalizer = f"{api.GROUP}/daemon"
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=api.GROUP)
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix=api.GROUP, key="last-handled-configuration"
+    )
+    settings.execution.max_workers = 20
+    settings.watching.server_timeout = 300
+    settings.watching.client_timeout = 330
+    try:
+        kube_config.load_incluster_config()
+    except kube_config.ConfigException:
+        kube_config.load_kube_config()
+    runtime.cluster = KubernetesCluster()
+    runtime.reconciler = Reconciler(runtime.cluster, runtime.databases)
+
+
+@kopf.on.cleanup()
+def close_connections(**_: Any) -> None:
+    runtime.databases.close()
+
+
+@kopf.daemon(api.GROUP, api.VERSION, api.PLURAL, cancellation_timeout=10.0)
+async def run_rollouts(name: str, namespace: str | None, stopped: kopf.DaemonStopped, **_: Any) -> None:
+    assert runtime.reconciler is not None and runtime.cluster is not None
+    assert namespace is not None  # ProjectorSets are namespaced
+    key = (namespace, name)
+    wakeup = runtime.wakeups.setdefault(key, asyncio.Event())
+    failures = 0
+    try:
+        while not stopped:
+            wakeup.clear()
+            try:
+                body = await asyncio.to_thread(runtime.cluster.read_projectorset, namespace, name)
+                if body is None or body["metadata"].get("deletionTimestamp"):
+                    return
+                runtime.generations[key] = int(body["metadata"].get("generation", 0))
+                result = await asyncio.to_thread(runtime.reconciler.reconcile, body)
+                failures = 0
+                delay = result.requeue_after or IDLE_RESYNC_SECONDS
+            except ClusterError as error:
+                failures += 1
+                delay = min(MAX_ERROR_BACKOFF_SECONDS, 2.0**failures)
+                log.warning("%s/%s: %s; retrying in %.0f s", namespace, name, error.message, delay)
+            except Exception:
+                # Never a crash loop: log it and come back later, with the state as it was.
+                failures += 1
+                delay = min(MAX_ERROR_BACKOFF_SECONDS, 2.0**failures)
+                log.exception("%s/%s: reconcile failed; retrying in %.0f s", namespace, name, delay)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(wakeup.wait(), timeout=delay)
+    finally:
+        runtime.wakeups.pop(key, None)
+        runtime.generations.pop(key, None)
+        runtime.databases.forget(Owner(name, namespace, ""))
+
+
+@kopf.on.event(api.GROUP, api.VERSION, api.PLURAL)
+async def projectorset_changed(name: str, namespace: str | None, body: kopf.Body, **_: Any) -> None:
+    # Our own status patches also arrive here; only a spec change (a new generation) needs a pass.
+    generation = int(body.metadata.get("generation", 0))
+    if namespace and runtime.generations.get((namespace, name)) != generation:
+        runtime.wake(namespace, name)
+
+
+@kopf.on.event("apps", "v1", "deployments", labels={api.NAME_LABEL: kopf.PRESENT})
+async def deployment_changed(namespace: str | None, labels: kopf.Labels, **_: Any) -> None:
+    runtime.wake(namespace, labels.get(api.NAME_LABEL))
+
+
+@kopf.on.event("batch", "v1", "jobs", labels={api.NAME_LABEL: kopf.PRESENT})
+async def job_changed(namespace: str | None, labels: kopf.Labels, **_: Any) -> None:
+    runtime.wake(namespace, labels.get(api.NAME_LABEL))
+
+
+@kopf.on.probe(id="projectorsets")
+def count_projectorsets(**_: Any) -> int:
+    return len(runtime.wakeups)

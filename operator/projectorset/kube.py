@@ -1,0 +1,243 @@
+"""The ``Cluster`` the controller uses, over the official Kubernetes client.
+
+Manifests are built as plain dicts (``resources.py``); the client sends dicts as they
+are, and ``cast()`` only tells mypy so.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import os
+import socket
+from datetime import UTC, datetime
+from typing import Any, cast
+
+from kubernetes import client
+from kubernetes.client.exceptions import ApiException
+
+from projectorset import api
+from projectorset.controller import ClusterError
+from projectorset.observation import (
+    Action,
+    ClusterView,
+    DeleteDeployment,
+    DeleteJob,
+    DeploymentView,
+    EnsureDeployment,
+    Event,
+    JobView,
+    RunStageJob,
+    ScaleDeployment,
+    SwitchService,
+)
+from projectorset.resources import (
+    Owner,
+    build_deployment,
+    build_stage_job,
+    deployment_name,
+    deployment_view,
+    job_view,
+    service_selector,
+)
+
+log = logging.getLogger(__name__)
+COMPONENT = "projectorset-operator"
+
+
+def _error(error: ApiException, what: str) -> ClusterError:
+    try:
+        detail = json.loads(error.body or "{}").get("message") or error.reason
+    except (ValueError, AttributeError):
+        detail = error.reason
+    reason = {403: "Forbidden", 404: "NotFound", 409: "Conflict", 422: "Invalid"}.get(error.status or 0, "APIError")
+    return ClusterError(f"Kubernetes{reason}", f"{what}: {error.status} {detail}")
+
+
+class KubernetesCluster:
+    def __init__(self, api_client: client.ApiClient | None = None) -> None:
+        self.api_client = api_client or client.ApiClient()
+        self.core = client.CoreV1Api(self.api_client)
+        self.apps = client.AppsV1Api(self.api_client)
+        self.batch = client.BatchV1Api(self.api_client)
+        self.custom = client.CustomObjectsApi(self.api_client)
+        self.instance = os.environ.get("POD_NAME") or socket.gethostname()
+
+    # -- reading --
+
+    def read_projectorset(self, namespace: str, name: str) -> dict[str, Any] | None:
+        try:
+            found = self.custom.get_namespaced_custom_object(api.GROUP, api.VERSION, namespace, api.PLURAL, name)
+            return cast(dict[str, Any], found)
+        except ApiException as error:
+            if error.status == 404:
+                return None
+            raise _error(error, f"reading ProjectorSet {name}") from None
+
+    def observe(self, owner: Owner, spec: api.ProjectorSetSpec) -> tuple[ClusterView, str | None]:
+        selector = f"{api.NAME_LABEL}={owner.name}"
+        try:
+            deployments = self.apps.list_namespaced_deployment(owner.namespace, label_selector=selector)
+            jobs = self.batch.list_namespaced_job(owner.namespace, label_selector=selector)
+        except ApiException as error:
+            raise _error(error, "listing Deployments and Jobs") from None
+        service_found, service_version = self._service(owner, spec)
+        uri, secret_problem = self._database_uri(owner, spec)
+        views: dict[str, DeploymentView] = {}
+        for item in deployments.items:
+            view = deployment_view(self.api_client.sanitize_for_serialization(item))
+            if view.version:
+                views[view.version] = view
+        job_views: list[JobView] = [
+            job_view(self.api_client.sanitize_for_serialization(item))
+            for item in jobs.items
+            if item.metadata is None or item.metadata.deletion_timestamp is None
+        ]
+        return (
+            ClusterView(
+                service_found=service_found,
+                service_version=service_version,
+                secret_problem=secret_problem,
+                deployments=views,
+                jobs=tuple(job_views),
+            ),
+            uri,
+        )
+
+    def _service(self, owner: Owner, spec: api.ProjectorSetSpec) -> tuple[bool, str | None]:
+        try:
+            service = self.core.read_namespaced_service(spec.service.name, owner.namespace)
+        except ApiException as error:
+            if error.status == 404:
+                return False, None
+            raise _error(error, f"reading Service {spec.service.name}") from None
+        selector = (service.spec.selector if service.spec else None) or {}
+        if selector.get(api.NAME_LABEL) != owner.name:
+            return True, None
+        return True, selector.get(api.VERSION_LABEL)
+
+    def _database_uri(self, owner: Owner, spec: api.ProjectorSetSpec) -> tuple[str | None, str | None]:
+        ref = spec.database.secret_ref
+        try:
+            secret = self.core.read_namespaced_secret(ref.name, owner.namespace)
+        except ApiException as error:
+            if error.status == 404:
+                return None, f"Secret {ref.name} not found"
+            if error.status == 403:
+                return None, f"the operator may not read Secret {ref.name} (RBAC)"
+            raise _error(error, f"reading Secret {ref.name}") from None
+        encoded = (secret.data or {}).get(ref.key)
+        if not encoded:
+            return None, f"Secret {ref.name} has no key {ref.key}"
+        try:
+            return base64.b64decode(encoded).decode().strip(), None
+        except (ValueError, UnicodeDecodeError):
+            return None, f"Secret {ref.name} key {ref.key} is not a UTF-8 database URI"
+
+    # -- acting --
+
+    def apply(self, owner: Owner, spec: api.ProjectorSetSpec, action: Action) -> None:
+        try:
+            self._apply(owner, spec, action)
+        except ApiException as error:
+            raise _error(error, type(action).__name__) from None
+
+    def _apply(self, owner: Owner, spec: api.ProjectorSetSpec, action: Action) -> None:
+        match action:
+            case EnsureDeployment(version=version, replicas=replicas):
+                name = deployment_name(owner, version)
+                try:
+                    current = self.apps.read_namespaced_deployment(name, owner.namespace)
+                except ApiException as error:
+                    if error.status != 404:
+                        raise
+                    if version != spec.version:
+                        raise ClusterError("KubernetesNotFound", f"Deployment {name} is gone") from None
+                    self._create(
+                        lambda: self.apps.create_namespaced_deployment(
+                            owner.namespace, cast(client.V1Deployment, build_deployment(owner, spec, version))
+                        )
+                    )
+                    return
+                if current.spec.replicas != replicas:
+                    self._scale(owner, version, replicas)
+            case ScaleDeployment(version=version, replicas=replicas):
+                self._scale(owner, version, replicas)
+            case DeleteDeployment(version=version):
+                self._delete(
+                    lambda: self.apps.delete_namespaced_deployment(
+                        deployment_name(owner, version), owner.namespace, propagation_policy="Background"
+                    )
+                )
+            case RunStageJob(version=version, attempt=attempt, stage=stage, round=round_, projectors=projectors):
+                job = build_stage_job(owner, spec, version, attempt, stage, round_, list(projectors))
+                self._create(lambda: self.batch.create_namespaced_job(owner.namespace, cast(client.V1Job, job)))
+            case DeleteJob(name=name):
+                self._delete(
+                    lambda: self.batch.delete_namespaced_job(name, owner.namespace, propagation_policy="Background")
+                )
+            case SwitchService(version=version):
+                # Replace the whole selector: a merge would keep keys that select the old pods.
+                patch = [{"op": "add", "path": "/spec/selector", "value": service_selector(owner, version)}]
+                self.core.patch_namespaced_service(spec.service.name, owner.namespace, patch)
+            case _:
+                raise ClusterError("UnknownAction", f"not a cluster action: {action!r}")
+
+    def _scale(self, owner: Owner, version: str, replicas: int) -> None:
+        self.apps.patch_namespaced_deployment(
+            deployment_name(owner, version), owner.namespace, {"spec": {"replicas": replicas}}
+        )
+
+    @staticmethod
+    def _create(call: Any) -> None:
+        try:
+            call()
+        except ApiException as error:
+            if error.status != 409:  # already there: an earlier pass or another operator created it
+                raise
+
+    @staticmethod
+    def _delete(call: Any) -> None:
+        try:
+            call()
+        except ApiException as error:
+            if error.status != 404:
+                raise
+
+    def patch_status(self, owner: Owner, status: dict[str, Any]) -> None:
+        try:
+            self.custom.patch_namespaced_custom_object_status(
+                api.GROUP, api.VERSION, owner.namespace, api.PLURAL, owner.name, {"status": status}
+            )
+        except ApiException as error:
+            if error.status == 404:
+                return  # deleted meanwhile
+            raise _error(error, "writing status") from None
+
+    def emit(self, owner: Owner, event: Event) -> None:
+        now = datetime.now(UTC)
+        body = client.CoreV1Event(
+            metadata=client.V1ObjectMeta(generate_name=f"{owner.name}.", namespace=owner.namespace),
+            involved_object=client.V1ObjectReference(
+                api_version=f"{api.GROUP}/{api.VERSION}",
+                kind=api.KIND,
+                name=owner.name,
+                namespace=owner.namespace,
+                uid=owner.uid,
+            ),
+            reason=event.reason,
+            message=event.message[:1024],
+            type=event.type,
+            source=client.V1EventSource(component=COMPONENT),
+            reporting_component=COMPONENT,
+            reporting_instance=self.instance[:128],
+            first_timestamp=now,
+            last_timestamp=now,
+            count=1,
+        )
+        try:
+            self.core.create_namespaced_event(owner.namespace, body)
+        except ApiException as error:
+            if error.status != 404:  # the namespace is being deleted
+                raise _error(error, "writing an Event") from None

@@ -1,0 +1,67 @@
+"""projectorset-operator: run the operator (Kopf underneath) against the current kubeconfig
+or, inside a cluster, its ServiceAccount."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+from collections.abc import Sequence
+
+import kopf
+
+
+def parse_arguments(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="projectorset-operator", description=__doc__)
+    parser.add_argument(
+        "-n",
+        "--namespace",
+        action="append",
+        default=[],
+        help="watch only this namespace (repeatable); default: all namespaces "
+        "(also from WATCH_NAMESPACES, comma-separated)",
+    )
+    parser.add_argument(
+        "--peering",
+        default=os.environ.get("PEERING_NAME"),
+        help="Kopf peering name: several replicas, only one active (needs Kopf's peering CRDs)",
+    )
+    parser.add_argument(
+        "--liveness",
+        default=os.environ.get("LIVENESS_ENDPOINT", "http://0.0.0.0:8080/healthz"),
+        help="health endpoint for liveness and readiness probes",
+    )
+    parser.add_argument(
+        "--log-format",
+        choices=["plain", "full", "json"],
+        default=os.environ.get("LOG_FORMAT", "full"),
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    arguments = parser.parse_args(argv)
+    if not arguments.namespace and os.environ.get("WATCH_NAMESPACES"):
+        arguments.namespace = [n.strip() for n in os.environ["WATCH_NAMESPACES"].split(",") if n.strip()]
+    return arguments
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    arguments = parse_arguments(argv)
+    import projectorset.handlers  # noqa: F401 - registers the handlers with Kopf
+
+    kopf.configure(
+        verbose=arguments.verbose,
+        log_format={"plain": kopf.LogFormat.PLAIN, "full": kopf.LogFormat.FULL, "json": kopf.LogFormat.JSON}[
+            arguments.log_format
+        ],
+    )
+    logging.getLogger("psycopg.pool").setLevel(logging.ERROR)
+    kopf.run(
+        clusterwide=not arguments.namespace,
+        namespaces=arguments.namespace,
+        standalone=arguments.peering is None,
+        peering_name=arguments.peering,
+        liveness_endpoint=arguments.liveness or None,
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,230 @@
+"""The Kubernetes objects the operator owns, as plain manifests, and how it reads them back.
+
+Pure functions over dicts: the adapter in ``kube.py`` sends them with the official client.
+Names are deterministic, so creating an object that already exists is how every step
+stays idempotent across restarts.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from projectorset import api
+from projectorset.observation import DeploymentView, JobState, JobView
+
+ATTEMPT_LABEL = f"{api.GROUP}/attempt"
+ROUND_LABEL = f"{api.GROUP}/round"
+TEMPLATE_HASH_ANNOTATION = f"{api.GROUP}/template-hash"
+MANAGED_BY = "projectorset-operator"
+# How long the Deployment controller may take before it reports the new version as failed.
+PROGRESS_DEADLINE_SECONDS = 600
+
+
+@dataclass(frozen=True)
+class Owner:
+    """The ProjectorSet that owns an object (for owner references, labels and Events)."""
+
+    name: str
+    namespace: str
+    uid: str
+
+
+def _bounded_name(*parts: str) -> str:
+    """Join parts into a DNS-1123 label of at most 63 characters, hashing long names."""
+    name = "-".join(part.lower().replace("_", "-").replace(".", "-") for part in parts if part)
+    if len(name) <= 63:
+        return name
+    digest = hashlib.sha256(name.encode()).hexdigest()[:8]
+    return f"{name[:54].rstrip('-')}-{digest}"
+
+
+def deployment_name(owner: Owner, version: str) -> str:
+    return _bounded_name(owner.name, version)
+
+
+def job_name(owner: Owner, version: str, attempt: int, stage: str, round_: int = 0) -> str:
+    return _bounded_name(owner.name, version, f"a{attempt}", stage, str(round_) if round_ else "")
+
+
+def version_labels(owner: Owner, version: str) -> dict[str, str]:
+    return {
+        api.NAME_LABEL: owner.name,
+        api.VERSION_LABEL: version,
+        "app.kubernetes.io/managed-by": MANAGED_BY,
+    }
+
+
+def _owner_reference(owner: Owner) -> dict[str, Any]:
+    return {
+        "apiVersion": f"{api.GROUP}/{api.VERSION}",
+        "kind": api.KIND,
+        "name": owner.name,
+        "uid": owner.uid,
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }
+
+
+def template_hash(template: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(template, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _pod_template(owner: Owner, spec: api.ProjectorSetSpec, version: str) -> dict[str, Any]:
+    template = copy.deepcopy(spec.template)
+    metadata = template.setdefault("metadata", {})
+    metadata["labels"] = {**(metadata.get("labels") or {}), **version_labels(owner, version)}
+    return template
+
+
+def build_deployment(owner: Owner, spec: api.ProjectorSetSpec, version: str) -> dict[str, Any]:
+    labels = version_labels(owner, version)
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {
+            "name": deployment_name(owner, version),
+            "namespace": owner.namespace,
+            "labels": labels,
+            "annotations": {TEMPLATE_HASH_ANNOTATION: template_hash(spec.template)},
+            "ownerReferences": [_owner_reference(owner)],
+        },
+        "spec": {
+            "replicas": spec.replicas,
+            "selector": {"matchLabels": {api.NAME_LABEL: owner.name, api.VERSION_LABEL: version}},
+            "progressDeadlineSeconds": PROGRESS_DEADLINE_SECONDS,
+            "template": _pod_template(owner, spec, version),
+        },
+    }
+
+
+def stage_command(spec: api.ProjectorSetSpec, stage: str, projectors: list[str]) -> list[str]:
+    command: list[str] = getattr(spec.replay.commands, stage)
+    values = {
+        "{projectors}": ",".join(projectors),
+        "{groupSize}": str(spec.replay.group_size),
+        "{processes}": str(spec.replay.processes),
+    }
+    substituted = []
+    for part in command:
+        for placeholder, value in values.items():
+            part = part.replace(placeholder, value)
+        substituted.append(part)
+    return substituted
+
+
+def build_stage_job(
+    owner: Owner,
+    spec: api.ProjectorSetSpec,
+    version: str,
+    attempt: int,
+    stage: str,
+    round_: int,
+    projectors: list[str],
+) -> dict[str, Any]:
+    """A Job running one replay stage with the new version's pod template and code."""
+    template = _pod_template(owner, spec, version)
+    labels = {
+        **version_labels(owner, version),
+        api.STAGE_LABEL: stage,
+        ATTEMPT_LABEL: str(attempt),
+        ROUND_LABEL: str(round_),
+    }
+    template["metadata"]["labels"] = {**template["metadata"]["labels"], **labels}
+    pod_spec = template.setdefault("spec", {})
+    containers = pod_spec["containers"]
+    chosen = next(
+        (c for c in containers if c.get("name") == spec.replay.container), containers[0] if containers else None
+    )
+    assert chosen is not None  # the API schema and the model require a container
+    job_container = {
+        key: value
+        for key, value in chosen.items()
+        # A stage is a batch command: the web server's probes, ports and lifecycle hooks do not apply.
+        if key not in ("livenessProbe", "readinessProbe", "startupProbe", "ports", "lifecycle", "args")
+    }
+    job_container["command"] = stage_command(spec, stage, projectors)
+    job_container["env"] = [
+        *(chosen.get("env") or []),
+        {"name": "PROJECTORSET_NAME", "value": owner.name},
+        {"name": "PROJECTORSET_VERSION", "value": version},
+        {"name": "PROJECTORSET_STAGE", "value": stage},
+    ]
+    pod_spec["containers"] = [job_container]
+    pod_spec["restartPolicy"] = "Never"
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {
+            "name": job_name(owner, version, attempt, stage, round_),
+            "namespace": owner.namespace,
+            "labels": labels,
+            "ownerReferences": [_owner_reference(owner)],
+        },
+        "spec": {
+            "backoffLimit": spec.replay.stage_retries,
+            "activeDeadlineSeconds": spec.replay.stage_timeout_seconds,
+            "template": template,
+        },
+    }
+
+
+def service_selector(owner: Owner, version: str) -> dict[str, str]:
+    return {api.NAME_LABEL: owner.name, api.VERSION_LABEL: version}
+
+
+# ---- reading objects back -----------------------------------------------------------------------
+
+
+def _conditions(obj: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {c.get("type"): c for c in (obj.get("status") or {}).get("conditions") or []}
+
+
+def deployment_view(obj: dict[str, Any]) -> DeploymentView:
+    labels = obj["metadata"].get("labels") or {}
+    spec = obj.get("spec") or {}
+    status = obj.get("status") or {}
+    replicas = int(spec.get("replicas", 1))
+    conditions = _conditions(obj)
+    progressing = conditions.get("Progressing", {})
+    failure = None
+    if progressing.get("status") == "False" and progressing.get("reason") == "ProgressDeadlineExceeded":
+        failure = f"ProgressDeadlineExceeded: {progressing.get('message', '')}".strip()
+    up_to_date = (
+        status.get("observedGeneration", 0) >= obj["metadata"].get("generation", 0)
+        and status.get("updatedReplicas", 0) >= replicas
+        and status.get("availableReplicas", 0) >= replicas
+    )
+    return DeploymentView(
+        version=labels.get(api.VERSION_LABEL, ""),
+        replicas=replicas,
+        ready_replicas=int(status.get("readyReplicas") or 0),
+        available=replicas > 0 and up_to_date and conditions.get("Available", {}).get("status") == "True",
+        failure=failure,
+        template_hash=(obj["metadata"].get("annotations") or {}).get(TEMPLATE_HASH_ANNOTATION),
+    )
+
+
+def job_view(obj: dict[str, Any]) -> JobView:
+    labels = obj["metadata"].get("labels") or {}
+    conditions = _conditions(obj)
+    state = JobState.RUNNING
+    message = ""
+    if conditions.get("Complete", {}).get("status") == "True":
+        state = JobState.SUCCEEDED
+    elif conditions.get("Failed", {}).get("status") == "True":
+        state = JobState.FAILED
+        failed = conditions["Failed"]
+        message = f"{failed.get('reason', '')}: {failed.get('message', '')}".strip(": ")
+    return JobView(
+        name=obj["metadata"]["name"],
+        version=labels.get(api.VERSION_LABEL, ""),
+        attempt=int(labels.get(ATTEMPT_LABEL, "0") or 0),
+        stage=labels.get(api.STAGE_LABEL, ""),
+        round=int(labels.get(ROUND_LABEL, "0") or 0),
+        state=state,
+        message=message,
+    )

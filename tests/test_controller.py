@@ -1,0 +1,211 @@
+"""Reconcile passes end to end over an in-process fake API, with a real PostgreSQL and the
+sample application's real replay stages running as processes."""
+
+from __future__ import annotations
+
+import copy
+import json
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+from fake_cluster import FakeCluster
+
+from projectorset.controller import ClusterError, Reconciler
+from sampleapp.config import Settings
+from sampleapp.migrate import migrate
+from sampleapp.releases import get_release
+from sampleapp.store import Schemas, deposit, read_account
+from testbed.manifests import sample_projectorset
+
+DEPOSITS = 60
+
+
+@pytest.fixture
+def app_database(database_url: str) -> str:
+    """The sample application's database, migrated and activated at v1, with some deposits."""
+    settings = Settings(database_url=database_url, release="v1")
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        migrate(conn, settings, get_release("v1"), activate=True)
+        for number in range(DEPOSITS):
+            deposit(conn, get_release("v1"), Schemas("sequent_schema", "view_schema"), f"acct-{number % 7}", 10)
+    return database_url
+
+
+class Harness:
+    def __init__(self, cluster: FakeCluster, database_url: str) -> None:
+        self.cluster = cluster
+        self.database_url = database_url
+        self.reconciler = Reconciler(cluster)
+        self.body: dict[str, Any] = sample_projectorset("v1")
+        self.body["metadata"].update(namespace="default", uid="uid-1", generation=1)
+        cluster.services["accounts"] = {"app": "accounts"}
+        cluster.secrets["accounts-db"] = {"uri": database_url}
+
+    def set_spec(self, version: str, **spec: Any) -> None:
+        fresh = sample_projectorset(version, spec=spec)
+        self.body["spec"] = fresh["spec"]
+        self.body["metadata"]["generation"] += 1
+
+    def edit_spec(self, **changes: Any) -> None:
+        self.body["spec"] = {**self.body["spec"], **changes}
+        self.body["metadata"]["generation"] += 1
+
+    def reconcile(self) -> None:
+        self.reconciler.reconcile(copy.deepcopy(self.body))
+        if self.cluster.status is not None:
+            self.body["status"] = self.cluster.status
+
+    def run_until(self, done: Callable[[], bool], timeout: float = 120) -> None:
+        deadline = time.monotonic() + timeout
+        while not done():
+            assert time.monotonic() < deadline, f"timed out; status: {json.dumps(self.status, indent=1)}"
+            self.reconcile()
+            time.sleep(0.05)
+
+    @property
+    def status(self) -> dict[str, Any]:
+        return self.body.get("status") or {}
+
+    def phase_is(self, phase: str) -> Callable[[], bool]:
+        return lambda: (
+            self.status.get("phase") == phase
+            and self.status.get("observedGeneration") == self.body["metadata"]["generation"]
+        )
+
+    def projector_rows(self) -> dict[str, tuple[int | None, int | None, int | None]]:
+        with psycopg.connect(self.database_url) as conn:
+            return {
+                row[0]: (row[1], row[2], row[3])
+                for row in conn.execute(
+                    "SELECT name, active_version, activating_version, replaying_version "
+                    "FROM sequent_schema.projector_states"
+                )
+            }
+
+
+@pytest.fixture
+def harness(app_database: str, tmp_path: Path) -> Iterator[Harness]:
+    cluster = FakeCluster(tmp_path)
+    yield Harness(cluster, app_database)
+    cluster.stop()
+
+
+def serving(harness: Harness) -> str | None:
+    return harness.cluster.services["accounts"].get("projectorset.io/version")
+
+
+def test_install_then_upgrade_with_real_replay_stages(harness: Harness) -> None:
+    harness.run_until(harness.phase_is("Active"))
+    assert serving(harness) == "v1"
+    assert harness.status["activeVersion"] == "v1"
+
+    harness.set_spec("v2")
+    harness.run_until(lambda: serving(harness) == "v2" and harness.status.get("phase") == "Active")
+
+    assert harness.projector_rows() == {"AccountProjector": (2, None, None), "AuditProjector": (1, None, None)}
+    stages = [name.split("-a1-")[-1] for name in harness.cluster.created_jobs]
+    assert stages == ["prepare", "replay", "optimize", "golive"]
+    with psycopg.connect(harness.database_url) as conn:
+        account = read_account(conn, Schemas("sequent_schema", "view_schema"), "acct-0")
+    assert account is not None and account["deposit_count"] == len(range(0, DEPOSITS, 7))
+    reasons = [event.reason for event in harness.cluster.events]
+    for expected in (
+        "RolloutStarted",
+        "Preparing",
+        "Replaying",
+        "Optimizing",
+        "GoingLive",
+        "Activated",
+        "ServiceSwitched",
+    ):
+        assert expected in reasons
+    assert harness.status["previousVersion"] == "v1"
+    assert {p["name"]: p["activeVersion"] for p in harness.status["projectors"]} == {
+        "AccountProjector": 2,
+        "AuditProjector": 1,
+    }
+
+
+def test_operator_restarted_during_replay_finishes_without_repeating_stages(harness: Harness) -> None:
+    harness.run_until(harness.phase_is("Active"))
+    harness.set_spec("v2")
+    harness.run_until(lambda: any("-replay" in name for name in harness.cluster.created_jobs))
+    harness.reconciler = Reconciler(harness.cluster)  # a new process: no memory but the status
+    harness.run_until(lambda: serving(harness) == "v2")
+    assert len(harness.cluster.created_jobs) == len(set(harness.cluster.created_jobs)) == 4
+    assert sum(name.endswith("-golive") for name in harness.cluster.created_jobs) == 1
+
+
+def test_failing_stage_aborts_and_old_version_keeps_serving(harness: Harness) -> None:
+    harness.run_until(harness.phase_is("Active"))
+    failing = sample_projectorset("v2")["spec"]["replay"]["commands"]
+    failing["optimize"] = ["python3", "-c", "import sys; print('index build failed'); sys.exit(3)"]
+    harness.set_spec("v2", replay={"commands": failing, "stageRetries": 0})
+    harness.run_until(
+        lambda: (
+            harness.status.get("phase") == "Failed"
+            and any(c["type"] == "ReplayAborted" and c["status"] == "True" for c in harness.status["conditions"])
+        )
+    )
+    assert serving(harness) == "v1"
+    assert harness.projector_rows() == {"AccountProjector": (1, None, None), "AuditProjector": (1, None, None)}
+    assert "optimize Job" in harness.status["message"] and "exit code 3" in harness.status["message"]
+    assert "version v1 keeps serving" in harness.status["message"]
+    with psycopg.connect(harness.database_url) as conn:
+        state = conn.execute("SELECT state FROM sequent_schema.replay_states ORDER BY id DESC LIMIT 1").fetchone()
+    assert state == ("aborted",)
+    assert any(e.type == "Warning" and e.reason == "StageFailed" for e in harness.cluster.events)
+
+
+def test_wrong_credentials_are_reported_without_the_secret_and_recovered_from(harness: Harness) -> None:
+    good = harness.database_url
+    wrong = good.replace(":test-password@", ":Wr0ng-Secret-Pw@")
+    harness.cluster.secrets["accounts-db"] = {"uri": wrong}
+    harness.reconcile()
+    harness.reconcile()
+    conditions = {c["type"]: c for c in harness.status["conditions"]}
+    assert conditions["DatabaseReady"]["status"] == "False"
+    assert conditions["DatabaseReady"]["reason"] == "DatabaseAuthenticationFailed"
+    visible = json.dumps(harness.status) + json.dumps([e.__dict__ for e in harness.cluster.events])
+    assert "Wr0ng-Secret-Pw" not in visible and "test-password" not in visible
+    harness.cluster.secrets["accounts-db"] = {"uri": good}
+    harness.run_until(harness.phase_is("Active"))
+    assert serving(harness) == "v1"
+
+
+def test_missing_secret_and_service_give_conditions(harness: Harness) -> None:
+    harness.cluster.secrets.clear()
+    harness.reconcile()
+    assert next(c for c in harness.status["conditions"] if c["type"] == "Progressing")["reason"] == "SecretNotFound"
+    harness.cluster.secrets["accounts-db"] = {"other": "x"}
+    harness.reconcile()
+    assert "has no key uri" in harness.status["message"]
+    harness.cluster.secrets["accounts-db"] = {"uri": harness.database_url}
+    del harness.cluster.services["accounts"]
+    harness.reconcile()
+    assert harness.status["message"].startswith("Service accounts not found")
+    assert not harness.cluster.deployments
+
+
+def test_api_outage_leaves_state_and_the_next_pass_carries_on(harness: Harness) -> None:
+    harness.run_until(harness.phase_is("Active"))
+    harness.set_spec("v2")
+    harness.run_until(lambda: bool(harness.cluster.created_jobs))
+    before = harness.projector_rows()
+    harness.cluster.api_down = True
+    with pytest.raises(ClusterError):
+        harness.reconcile()
+    assert harness.projector_rows() == before
+    harness.cluster.api_down = False
+    harness.run_until(lambda: serving(harness) == "v2")
+
+
+def test_invalid_spec_is_reported_not_crashed_on(harness: Harness) -> None:
+    harness.body["spec"]["projectors"].append({"name": "AccountProjector", "version": 5})
+    harness.reconcile()
+    assert "AccountProjector is listed twice" in harness.status["message"]
+    assert harness.cluster.events[-1].reason == "InvalidSpec"

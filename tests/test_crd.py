@@ -1,0 +1,38 @@
+"""The CRD in crds/ is generated from the pydantic models and must not drift from them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+
+from projectorset import crd
+
+CRD_FILE = Path(__file__).resolve().parent.parent / "crds" / "projectorsets.yaml"
+
+
+def test_crd_file_matches_the_models() -> None:
+    assert CRD_FILE.read_text() == crd.render(), "crds/ is stale: run `make crds`"
+
+
+def test_schema_is_structural() -> None:
+    """No $ref, anyOf or additionalProperties:false, which the API server rejects in a CRD."""
+    schema = yaml.safe_load(CRD_FILE.read_text())["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+
+    def walk(node: object, path: str) -> None:
+        if isinstance(node, dict):
+            for bad in ("$ref", "anyOf", "oneOf", "allOf", "title", "$defs"):
+                assert bad not in node, f"{bad} at {path}"
+            assert node.get("additionalProperties") is not False, path
+            for key, value in node.items():
+                walk(value, f"{path}.{key}")
+        elif isinstance(node, list):
+            for index, value in enumerate(node):
+                walk(value, f"{path}[{index}]")
+
+    walk(schema, "openAPIV3Schema")
+
+
+def test_printer_columns_show_version_active_phase_and_age() -> None:
+    columns = yaml.safe_load(CRD_FILE.read_text())["spec"]["versions"][0]["additionalPrinterColumns"]
+    assert [c["name"] for c in columns if not c.get("priority")] == ["Version", "Active", "Phase", "Age"]
