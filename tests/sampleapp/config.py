@@ -37,7 +37,8 @@ class Settings:
         return cls(
             database_url=url,
             release=env.get("SAMPLEAPP_RELEASE", "v1"),
-            listen_host=env.get("LISTEN_HOST", "127.0.0.1"),
+            # POD_IP: what the process kubelet's pod specs usually pass (fieldRef status.podIP).
+            listen_host=env.get("LISTEN_HOST") or env.get("POD_IP") or "127.0.0.1",
             listen_port=port,
             event_store_schema=env.get("EVENT_STORE_SCHEMA", "sequent_schema"),
             view_schema=env.get("VIEW_SCHEMA", "view_schema"),

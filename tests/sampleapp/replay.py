@@ -213,7 +213,8 @@ class Replayer:
         group_size: int,
         label: str,
     ) -> int:
-        """Apply the events with ``lo <= xact_id < hi`` to the replay tables, in keyset batches."""
+        """Apply the events with ``lo <= xact_id < hi`` to the replay tables, ``group_size`` aggregates
+        at a time (Sequent's replay groups), in aggregate id order."""
         window = sql.SQL("e.xact_id >= %(lo)s") + (
             sql.SQL(" AND e.xact_id < %(hi)s") if hi is not None else sql.SQL("")
         )
@@ -222,26 +223,26 @@ class Replayer:
             sql.SQL("SELECT count(*) FROM {}.events e WHERE {}").format(self.es, window), params
         ).fetchone()
         total = int(row[0]) if row else 0
-        after: tuple[Any, int] = (NIL_UUID, 0)
-        done = 0
-        while done < total:
+        if total == 0:
+            self.out(f"{label}: no events")
+            return 0
+        after = NIL_UUID
+        group = 0
+        while True:
+            group += 1
+            # Every event in the window is committed, and so is its aggregate's row.
             boundary = self.conn.execute(
                 sql.SQL(
-                    "SELECT e.aggregate_id, e.sequence_number FROM {}.events e WHERE {} "
-                    "AND (e.aggregate_id, e.sequence_number) > (%(after_agg)s::uuid, %(after_seq)s) "
-                    "ORDER BY e.aggregate_id, e.sequence_number OFFSET %(offset)s LIMIT 1"
-                ).format(self.es, window),
-                {**params, "after_agg": after[0], "after_seq": after[1], "offset": group_size - 1},
+                    "SELECT aggregate_id FROM {}.aggregates WHERE aggregate_id > %s "
+                    "ORDER BY aggregate_id OFFSET %s LIMIT 1"
+                ).format(self.es),
+                [after, group_size - 1],
             ).fetchone()
-            batch_filter = window + sql.SQL(
-                " AND (e.aggregate_id, e.sequence_number) > (%(after_agg)s::uuid, %(after_seq)s)"
-            )
-            batch = {**params, "after_agg": after[0], "after_seq": after[1]}
+            batch_filter = window + sql.SQL(" AND e.aggregate_id > %(after)s::uuid")
+            batch = {**params, "after": after}
             if boundary is not None:
-                batch_filter += sql.SQL(
-                    " AND (e.aggregate_id, e.sequence_number) <= (%(upto_agg)s::uuid, %(upto_seq)s)"
-                )
-                batch.update(upto_agg=boundary[0], upto_seq=boundary[1])
+                batch_filter += sql.SQL(" AND e.aggregate_id <= %(upto)s::uuid")
+                batch["upto"] = boundary[0]
             for projector in projectors:
                 projector.apply(
                     self.conn,
@@ -251,11 +252,11 @@ class Replayer:
                     params=batch,
                 )
             if boundary is None:
-                done = total
-            else:
-                done += group_size
-                after = (boundary[0], boundary[1])
-            self.out(f"{label}: {done}/{total} events")
+                break
+            after = str(boundary[0])
+            if group % 10 == 0:
+                self.out(f"{label}: {group} groups of {group_size} aggregates applied")
+        self.out(f"{label}: {total} events applied in {group} groups of up to {group_size} aggregates")
         return total
 
     # --- stages --------------------------------------------------------------------------------
@@ -316,7 +317,7 @@ class Replayer:
         self.out(f"replay {replay_id}: prepared {', '.join(f'{p.name} v{p.version}' for p in projectors)}")
         return replay_id
 
-    def replay(self, group_size: int = 1000, processes: int = 1) -> int:
+    def replay(self, group_size: int = 100, processes: int = 1) -> int:
         with self.stage_lock():
             with self.conn.transaction():
                 row = self._require_current("initial replay", "prepared", "replaying")
@@ -344,7 +345,7 @@ class Replayer:
         self.out(f"replay {replay_id}: replayed {count} events below xact_id {xmin}")
         return count
 
-    def catchup(self, group_size: int = 1000, processes: int = 1) -> int:
+    def catchup(self, group_size: int = 100, processes: int = 1) -> int:
         with self.stage_lock():
             with self.conn.transaction():
                 row = self._require_current("catching up", "replayed", "optimized", "catching_up")
@@ -508,7 +509,7 @@ def build_parser() -> argparse.ArgumentParser:
     prepare.add_argument("projectors", type=_csv, help="comma-separated projector names")
     for name, help_text in (("replay", "prepared -> replayed"), ("catchup", "replayed/optimized -> same")):
         stage = stages.add_parser(name, help=help_text)
-        stage.add_argument("group_size", nargs="?", type=_positive, default=1000)
+        stage.add_argument("group_size", nargs="?", type=_positive, default=100)
         stage.add_argument("processes", nargs="?", type=_positive, default=1)
     stages.add_parser("optimize", help="replayed -> optimized")
     stages.add_parser("golive", help="optimized -> live")

@@ -150,7 +150,7 @@ def test_replay_v1_to_v2_under_concurrent_writes_loses_no_event(database_url: st
                 "AuditProjector": (1, None, None),
             }
             writer.wait_for_more(30)
-            ok(stage("v2", "replay", "25", "2"))
+            ok(stage("v2", "replay", "2", "2"))
             replayed = status(stage, "v2")
             assert replayed["state"] == "replayed"
             writer.wait_for_more(30)
@@ -159,7 +159,7 @@ def test_replay_v1_to_v2_under_concurrent_writes_loses_no_event(database_url: st
             assert status(stage, "v2")["state"] == "replayed"
             ok(stage("v2", "optimize"))
             writer.wait_for_more(30)
-            ok(stage("v2", "catchup", "10", "1"))
+            ok(stage("v2", "catchup", "1", "1"))
             assert status(stage, "v2")["state"] == "optimized"
             writer.wait_for_more(30)
 
@@ -302,7 +302,7 @@ def test_v3_activates_without_replay_and_rollback_to_v1_by_replay(database_url: 
             assert projector_state_rows(database_url)["AccountProjector"] == (2, None, 1)
             assert v1.deposit("probe", 1).body["error"] == "DifferentProjectorVersionIsActiveError"
             writer.wait_for_more(20)
-            ok(stage("v1", "replay", "7", "1"))
+            ok(stage("v1", "replay", "3", "1"))
             writer.wait_for_more(20)
             ok(stage("v1", "catchup"))
             ok(stage("v1", "optimize"))
