@@ -60,9 +60,13 @@ def test_upgrade_walks_every_phase_and_switches_in_the_pass_the_database_shows_a
     phases = [phase for phase, _ in trail]
     reasons = [r for _, r in trail]
     assert phases[0] == "Deploying"
-    assert [
-        r for r in dict.fromkeys(reasons) if r not in ("Deploying",)
-    ] == ["Preparing", "Replaying", "Optimizing", "GoingLive", "RolloutComplete"]
+    assert [r for r in dict.fromkeys(reasons) if r not in ("Deploying",)] == [
+        "Preparing",
+        "Replaying",
+        "Optimizing",
+        "GoingLive",
+        "RolloutComplete",
+    ]
     assert switched_in_pass_of_activation
     assert world.golive_runs == 1
     assert world.projectors["PostProjector"] == ProjectorState("PostProjector", 2, None, None)
