@@ -1,0 +1,86 @@
+"""What a ProjectorSet for the sample application needs: stage commands, projectors, a pod template.
+
+The commands and the container use this interpreter by absolute path and put ``tests/`` on
+PYTHONPATH, because the process kubelet ignores images and runs commands on this machine.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+from sampleapp.releases import get_release
+
+TESTS_DIR = str(Path(__file__).resolve().parent.parent)
+
+
+def replay_commands(python: str = sys.executable) -> dict[str, list[str]]:
+    """``spec.replay.commands``: one argv per stage, with the operator's placeholders."""
+    base = [python, "-m", "sampleapp.replay"]
+    return {
+        "prepare": [*base, "prepare", "{projectors}"],
+        "replay": [*base, "replay", "{groupSize}", "{processes}"],
+        "catchup": [*base, "catchup", "{groupSize}", "{processes}"],
+        "optimize": [*base, "optimize"],
+        "golive": [*base, "golive"],
+        "abort": [*base, "abort", "{projectors}"],
+    }
+
+
+def projectors(release: str) -> list[dict[str, Any]]:
+    """``spec.projectors`` of a release."""
+    return [{"name": p.name, "version": p.version} for p in get_release(release).projectors]
+
+
+def container(
+    release: str,
+    *,
+    secret_name: str,
+    secret_key: str = "uri",
+    port: int = 8080,
+    schemas: dict[str, str] | None = None,
+    python: str = sys.executable,
+) -> dict[str, Any]:
+    """The web container; DATABASE_URL comes from the Secret, LISTEN_HOST is the pod IP."""
+    schema_env = {
+        "EVENT_STORE_SCHEMA": "sequent_schema",
+        "VIEW_SCHEMA": "view_schema",
+        "REPLAY_SCHEMA": "replay_schema",
+        "ARCHIVE_SCHEMA": "archive_schema",
+        **(schemas or {}),
+    }
+    return {
+        "name": "app",
+        "image": "sampleapp:" + release,  # ignored by the process kubelet
+        "command": [python, "-m", "sampleapp.web"],
+        "env": [
+            {"name": "DATABASE_URL", "valueFrom": {"secretKeyRef": {"name": secret_name, "key": secret_key}}},
+            {"name": "SAMPLEAPP_RELEASE", "value": release},
+            {"name": "LISTEN_HOST", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
+            {"name": "LISTEN_PORT", "value": str(port)},
+            {"name": "PYTHONPATH", "value": TESTS_DIR},
+            *({"name": name, "value": value} for name, value in schema_env.items()),
+        ],
+        "ports": [{"name": "http", "containerPort": port}],
+        "readinessProbe": {
+            "httpGet": {"path": "/healthz", "port": "http"},
+            "periodSeconds": 1,
+            "failureThreshold": 2,
+        },
+    }
+
+
+def pod_template(
+    release: str, *, secret_name: str, labels: dict[str, str] | None = None, migrate: bool = True, **kwargs: Any
+) -> dict[str, Any]:
+    """``spec.template``. With ``migrate``, an init container creates missing tables (never activates:
+    a new release's pods must start while the old projector versions are still active)."""
+    main = container(release, secret_name=secret_name, **kwargs)
+    spec: dict[str, Any] = {"containers": [main]}
+    if migrate:
+        init = {k: v for k, v in main.items() if k not in ("ports", "readinessProbe")}
+        spec["initContainers"] = [
+            {**init, "name": "migrate", "command": [main["command"][0], "-m", "sampleapp.migrate"]}
+        ]
+    return {"metadata": {"labels": {"app": "sampleapp", **(labels or {})}}, "spec": spec}
