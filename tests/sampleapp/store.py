@@ -10,6 +10,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 from psycopg.rows import dict_row
+from psycopg.types.json import Jsonb
 
 from sampleapp import projector_states
 from sampleapp.gate import projectors_to_run
@@ -73,7 +74,7 @@ def _deposit_once(
             {
                 "agg": agg,
                 "type": DEPOSITED,
-                "json": psycopg.types.json.Jsonb({"account_id": account_id, "amount": amount}),
+                "json": Jsonb({"account_id": account_id, "amount": amount}),
             },
         ).fetchone()
         assert row is not None

@@ -11,7 +11,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -66,13 +66,13 @@ def run_migrate(database_url: str, release: str, activate: bool) -> None:
 @contextmanager
 def running_app(settings: Settings) -> Iterator[AppClient]:
     """The web service on a free port, served from a thread of this process."""
-    pool = make_pool(replace(settings, listen_port=0))
+    pool = make_pool(settings)
     server = make_server(settings, pool)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
-    host, port = server.server_address[:2]
+    port = server.server_address[1]
     try:
-        yield AppClient(f"http://{host}:{port}", settings.release)
+        yield AppClient(f"http://{settings.listen_host}:{port}", settings.release)
     finally:
         server.shutdown()
         server.server_close()
