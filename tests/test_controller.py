@@ -20,6 +20,7 @@ from sampleapp.migrate import migrate
 from sampleapp.releases import get_release
 from sampleapp.store import Schemas, deposit, read_account
 from testbed.manifests import sample_projectorset
+from testbed.sequent_schema import projector_rows
 
 DEPOSITS = 60
 
@@ -77,14 +78,7 @@ class Harness:
         )
 
     def projector_rows(self) -> dict[str, tuple[int | None, int | None, int | None]]:
-        with psycopg.connect(self.database_url) as conn:
-            return {
-                row[0]: (row[1], row[2], row[3])
-                for row in conn.execute(
-                    "SELECT name, active_version, activating_version, replaying_version "
-                    "FROM sequent_schema.projector_states"
-                )
-            }
+        return projector_rows(self.database_url)
 
 
 @pytest.fixture

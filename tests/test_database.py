@@ -20,6 +20,7 @@ from projectorset.database import (
     SequentTablesMissing,
 )
 from testbed.postgres import PostgresServer, free_port
+from testbed.sequent_schema import projector_rows as rows
 
 
 @pytest.fixture
@@ -27,17 +28,6 @@ def db(database_url: str) -> Iterator[SequentDatabase]:
     database = SequentDatabase(database_url)
     yield database
     database.close()
-
-
-def rows(url: str) -> dict[str, tuple[int | None, int | None, int | None]]:
-    with psycopg.connect(url) as conn:
-        return {
-            name: (active, activating, replaying)
-            for name, active, activating, replaying in conn.execute(
-                "SELECT name, active_version, activating_version, replaying_version "
-                "FROM sequent_schema.projector_states"
-            )
-        }
 
 
 def test_empty_table_reads_as_first_install(db: SequentDatabase) -> None:

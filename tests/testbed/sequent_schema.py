@@ -75,3 +75,12 @@ def create_sequent_tables(conn: psycopg.Connection, schema: str = "sequent_schem
     )
     with conn.transaction():
         conn.execute(statement)
+
+
+def projector_rows(url: str, schema: str = "sequent_schema") -> dict[str, tuple[int | None, int | None, int | None]]:
+    """``projector_states`` as ``{name: (active, activating, replaying)}``, for assertions."""
+    with psycopg.connect(url) as conn:
+        query = sql.SQL("SELECT name, active_version, activating_version, replaying_version FROM {}.{}").format(
+            sql.Identifier(schema), sql.Identifier("projector_states")
+        )
+        return {name: (active, activating, replaying) for name, active, activating, replaying in conn.execute(query)}

@@ -1,0 +1,169 @@
+"""End to end on the local cluster: the operator as a process upgrades the sample application
+while a load generator writes through the Service, against a real PostgreSQL."""
+
+from __future__ import annotations
+
+import itertools
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from kubernetes import client
+
+from testbed.cluster import LocalCluster
+from testbed.postgres import PostgresServer
+from testbed.scenario import Scenario, running_scenario
+from testbed.sequent_schema import projector_rows as read_projector_rows
+
+_namespaces = itertools.count(1)
+
+
+@pytest.fixture
+def scenario(
+    local_cluster: LocalCluster, kube_api: client.ApiClient, postgres_server: PostgresServer, tmp_path: Path
+) -> Iterator[Scenario]:
+    namespace = f"e2e-{next(_namespaces)}-{int(time.time()) % 100000}"
+    with running_scenario(local_cluster, kube_api, postgres_server, namespace, tmp_path) as running:
+        running.prepare()
+        running.start_operator()
+        yield running
+
+
+def install_v1_with_traffic(scenario: Scenario) -> None:
+    scenario.apply("v1")
+    status = scenario.wait_active("v1")
+    # A first install with an empty projector_states is adopted: the operator activates v1.
+    assert {p["name"]: p["activeVersion"] for p in status["projectors"]} == {"AccountProjector": 1, "AuditProjector": 1}
+    load = scenario.start_traffic()
+    deadline = time.monotonic() + 60
+    while sum(1 for w in load.snapshot() if w.status == 201) < 20:
+        assert time.monotonic() < deadline, f"no writes succeed through the Service: {load.snapshot()[-3:]}"
+        time.sleep(0.1)
+
+
+def projector_rows(scenario: Scenario) -> dict[str, tuple[int | None, int | None, int | None]]:
+    return read_projector_rows(scenario.database_url)
+
+
+def test_upgrade_v1_to_v2_under_writes_loses_nothing(scenario: Scenario) -> None:
+    install_v1_with_traffic(scenario)
+    load = scenario.load
+    assert load is not None
+
+    result = scenario.upgrade("v1", "v2")
+    print(result.summary())
+
+    assert result.lost == 0, scenario.lost_writes(load.snapshot())
+    assert result.acknowledged > 0
+    assert result.refused_outside_window == 0
+    assert result.active_to_switch_ms is not None
+    assert projector_rows(scenario) == {"AccountProjector": (2, None, None), "AuditProjector": (1, None, None)}
+    # Writes go on after the switch, all accepted by v2.
+    time.sleep(1)
+    load.stop()
+    assert all(w.status == 201 for w in load.snapshot()[-10:])
+    # The old version scales down after the 5 s delay.
+    deadline = time.monotonic() + 60
+    while scenario.deployment_replicas("v1") != 0:
+        assert time.monotonic() < deadline, "v1 was not scaled down"
+        time.sleep(0.5)
+    reasons = {event["reason"] for event in scenario.events()}
+    for expected in (
+        "RolloutStarted",
+        "Deploying",
+        "Preparing",
+        "Replaying",
+        "GoingLive",
+        "Activated",
+        "ServiceSwitched",
+    ):
+        assert expected in reasons, reasons
+    assert {"Deploying", "Replaying", "Activating", "Active"} <= set(result.phases)
+
+
+def test_failing_replay_job_aborts_and_v1_keeps_serving(scenario: Scenario) -> None:
+    install_v1_with_traffic(scenario)
+    spec = scenario.projectorset()["spec"]
+    commands = dict(spec["replay"]["commands"])
+    commands["optimize"] = ["python3", "-c", "import sys; print('cannot build indexes'); sys.exit(4)"]
+    scenario.apply("v2", replay={**spec["replay"], "commands": commands})
+    status = scenario.wait_for(
+        "the rollout to fail and abort",
+        lambda s: (
+            s.get("phase") == "Failed"
+            and any(c["type"] == "ReplayAborted" and c["status"] == "True" for c in s.get("conditions", []))
+        ),
+    )
+    assert status["activeVersion"] == "v1"
+    assert "optimize Job" in status["message"] and "version v1 keeps serving" in status["message"]
+    assert projector_rows(scenario) == {"AccountProjector": (1, None, None), "AuditProjector": (1, None, None)}
+    assert scenario.load is not None
+    before = len(scenario.load.snapshot())
+    time.sleep(2)
+    recent = scenario.load.snapshot()[before:]
+    assert recent and all(w.status == 201 for w in recent)
+    assert scenario.deployment_replicas("v2") == 0
+    assert any(e["reason"] == "StageFailed" and e["type"] == "Warning" for e in scenario.events())
+
+
+def test_manual_promotion_pause_and_resume(scenario: Scenario) -> None:
+    install_v1_with_traffic(scenario)
+    scenario.apply("v2", strategy={"promotion": "Manual", "scaleDownDelaySeconds": 5})
+    status = scenario.wait_for(
+        "awaiting promotion", lambda s: s.get("phase") == "Paused" and "spec.promote" in s.get("message", "")
+    )
+    assert status["activeVersion"] == "v1"
+    assert projector_rows(scenario)["AccountProjector"] == (1, None, 2)
+    scenario.patch_spec(paused=True)
+    scenario.wait_for(
+        "paused by user", lambda s: s.get("phase") == "Paused" and "paused by spec.paused" in s["message"]
+    )
+    scenario.patch_spec(paused=False, promote="v2")
+    scenario.wait_active("v2")
+    assert scenario.load is not None
+    assert not scenario.lost_writes(scenario.load.snapshot())
+
+
+def test_operator_killed_during_replay_and_during_golive_finishes_once(scenario: Scenario) -> None:
+    install_v1_with_traffic(scenario)
+    spec = scenario.projectorset()["spec"]
+    commands = dict(spec["replay"]["commands"])
+    # Slow stages leave time to kill the operator while they run.
+    commands["replay"] = ["sh", "-c", 'sleep 4; exec "$0" "$@"', *commands["replay"]]
+    commands["golive"] = ["sh", "-c", 'sleep 4; exec "$0" "$@"', *commands["golive"]]
+    assert scenario.operator is not None
+    scenario.apply("v2", replay={**spec["replay"], "commands": commands})
+
+    scenario.wait_for("the replay stage", lambda s: (s.get("replay") or {}).get("stage") == "replay")
+    scenario.operator.kill()
+    time.sleep(5)
+    scenario.start_operator()
+
+    scenario.wait_for("golive", lambda s: s.get("phase") == "Activating")
+    scenario.operator.kill()
+    time.sleep(6)  # golive finishes while no operator runs: old pods now refuse writes
+    scenario.start_operator()
+
+    scenario.wait_active("v2")
+    jobs = client.BatchV1Api(scenario.api_client).list_namespaced_job(scenario.namespace)
+    stages = sorted(job.metadata.labels["projectorset.io/stage"] for job in jobs.items)
+    assert stages.count("golive") == 1
+    assert stages.count("replay") == 1
+    assert scenario.load is not None
+    assert not scenario.lost_writes(scenario.load.snapshot())
+
+
+def test_v3_activates_without_replay_and_rollback_to_v1_replays(scenario: Scenario) -> None:
+    install_v1_with_traffic(scenario)
+    scenario.upgrade("v1", "v2")
+    result = scenario.upgrade("v2", "v3")
+    print(result.summary())
+    jobs = client.BatchV1Api(scenario.api_client).list_namespaced_job(scenario.namespace)
+    assert not [j for j in jobs.items if j.metadata.labels["projectorset.io/version"] == "v3"]
+    back = scenario.upgrade("v3", "v1")
+    print(back.summary())
+    assert back.lost == 0
+    assert projector_rows(scenario) == {"AccountProjector": (1, None, None), "AuditProjector": (1, None, None)}
+    planned = [c for c in scenario.status()["conditions"] if c["type"] == "Planned"]
+    assert planned and planned[0]["reason"] == "RollbackByReplay"
