@@ -18,6 +18,7 @@ from kubernetes import config as kube_config
 from projectorset import api
 from projectorset.controller import ClusterError, DatabaseRegistry, Reconciler
 from projectorset.kube import KubernetesCluster
+from projectorset.metrics import metrics
 from projectorset.resources import Owner
 
 log = logging.getLogger(__name__)
@@ -64,7 +65,7 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     except kube_config.ConfigException:
         kube_config.load_kube_config()
     runtime.cluster = KubernetesCluster()
-    runtime.reconciler = Reconciler(runtime.cluster, runtime.databases)
+    runtime.reconciler = Reconciler(metrics.timed(runtime.cluster), runtime.databases, observer=metrics.observe)
 
 
 @kopf.on.cleanup()
@@ -105,6 +106,7 @@ async def run_rollouts(name: str, namespace: str | None, stopped: kopf.DaemonSto
         runtime.wakeups.pop(key, None)
         runtime.generations.pop(key, None)
         runtime.databases.forget(Owner(name, namespace, ""))
+        metrics.forget(Owner(name, namespace, ""))
 
 
 @kopf.on.event(api.GROUP, api.VERSION, api.PLURAL)

@@ -6,9 +6,11 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import random
 from collections.abc import Sequence
 
 import kopf
+import prometheus_client
 
 
 def parse_arguments(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -36,6 +38,18 @@ def parse_arguments(argv: Sequence[str] | None = None) -> argparse.Namespace:
         choices=["plain", "full", "json"],
         default=os.environ.get("LOG_FORMAT", "full"),
     )
+    parser.add_argument(
+        "--metrics-port",
+        type=int,
+        default=int(os.environ.get("METRICS_PORT", "9090")),
+        help="serve Prometheus metrics on this port (0: off)",
+    )
+    parser.add_argument(
+        "--priority",
+        type=int,
+        default=int(os.environ["PEERING_PRIORITY"]) if os.environ.get("PEERING_PRIORITY") else None,
+        help="peering priority; default random, since Kopf pauses every peer when priorities tie",
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     arguments = parser.parse_args(argv)
     if not arguments.namespace and os.environ.get("WATCH_NAMESPACES"):
@@ -54,11 +68,17 @@ def main(argv: Sequence[str] | None = None) -> None:
         ],
     )
     logging.getLogger("psycopg.pool").setLevel(logging.ERROR)
+    if arguments.metrics_port:
+        prometheus_client.start_http_server(arguments.metrics_port)
+    # Replicas of one Deployment cannot be told apart by their arguments: a random priority
+    # lets the highest one act and the others stand by.
+    priority = arguments.priority if arguments.priority is not None else random.randint(1, 2**31 - 1)
     kopf.run(
         clusterwide=not arguments.namespace,
         namespaces=arguments.namespace,
         standalone=arguments.peering is None,
         peering_name=arguments.peering,
+        priority=priority,
         liveness_endpoint=arguments.liveness or None,
     )
 

@@ -1,0 +1,221 @@
+"""Prometheus metrics of the rollouts, fed by the reconcile passes.
+
+``OperatorMetrics.observe`` is the ``Reconciler``'s observer (called at the end of every
+pass); ``OperatorMetrics.timed(cluster)`` wraps the cluster adapter so that the pass start
+and the end of the Service patch are measured where they happen, not guessed from the
+second-resolution timestamps in the status.
+
+Durations are what the operator observes: a phase or a replay stage ends at the pass that
+first sees the next one, so their resolution is the pass interval (about a second while a
+rollout runs, or a watch event sooner).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
+
+from projectorset.api import Phase, ProjectorSetSpec
+from projectorset.observation import Action, ClusterView, Event, SwitchService
+from projectorset.resources import Owner
+from projectorset.rollout import Decision
+
+# Phase and stage durations range from a second (nothing to replay) to hours (a large replay).
+DURATION_BUCKETS = (1, 2, 5, 10, 30, 60, 120, 300, 600, 1800, 3600, 7200, 14400, float("inf"))
+# Activation to switch should be well under a second: the old pods' writes fail meanwhile.
+SWITCH_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, float("inf"))
+# Rollouts end here; anything else is still in progress.
+TERMINAL_PHASES = (Phase.ACTIVE, Phase.FAILED, Phase.ABORTED)
+
+
+@dataclass
+class _Seen:
+    """What the last pass of one ProjectorSet showed, and since when (monotonic seconds)."""
+
+    phase: Phase | None = None
+    phase_since: float = 0.0
+    phase_start_seen: bool = False
+    stage: tuple[str, str] | None = None  # (stage, Job name) of the running stage Job
+    stage_since: float = 0.0
+    stage_start_seen: bool = False
+    passes: int = 0
+    pass_started: float | None = None
+    switched: float | None = None
+    activation_seen: float | None = None
+
+
+class OperatorMetrics:
+    def __init__(self, registry: CollectorRegistry = REGISTRY, monotonic: Callable[[], float] = time.monotonic) -> None:
+        self.monotonic = monotonic
+        self._seen: dict[tuple[str, str], _Seen] = {}
+        self._lock = threading.Lock()
+        labels = ("namespace", "name")
+        self.phase = Gauge(
+            "projectorset_phase",
+            "1 for the current rollout phase of each ProjectorSet, 0 for the others.",
+            (*labels, "phase"),
+            registry=registry,
+        )
+        self.replay_lag = Gauge(
+            "projectorset_replay_lag_events",
+            "Events not yet caught up by the running replay (absent when no replay runs).",
+            labels,
+            registry=registry,
+        )
+        self.phase_duration = Histogram(
+            "projectorset_phase_duration_seconds",
+            "Time spent in a rollout phase before the next one, as seen by the operator's passes.",
+            ("phase",),
+            buckets=DURATION_BUCKETS,
+            registry=registry,
+        )
+        self.stage_duration = Histogram(
+            "projectorset_replay_stage_duration_seconds",
+            "How long a replay stage Job was seen running, from the first pass that saw it to the first "
+            "that saw it finished.",
+            ("stage",),
+            buckets=DURATION_BUCKETS,
+            registry=registry,
+        )
+        self.switch_latency = Histogram(
+            "projectorset_activation_to_switch_seconds",
+            "From the start of the pass that saw the release active in the database to the end of the "
+            "Service selector patch.",
+            buckets=SWITCH_BUCKETS,
+            registry=registry,
+        )
+        self.failures = Counter(
+            "projectorset_rollout_failures_total",
+            "Rollouts that ended Failed, by the reason of their Progressing condition.",
+            (*labels, "reason"),
+            registry=registry,
+        )
+        self.warnings = Counter(
+            "projectorset_warning_events_total",
+            "Warning Events the operator emitted, by reason.",
+            ("reason",),
+            registry=registry,
+        )
+
+    def timed(self, cluster: Any) -> TimedCluster:
+        return TimedCluster(cluster, self)
+
+    # -- called by TimedCluster, inside a pass --
+
+    def pass_started(self, owner: Owner) -> None:
+        with self._lock:
+            self._state(owner).pass_started = self.monotonic()
+
+    def service_switched(self, owner: Owner) -> None:
+        with self._lock:
+            self._state(owner).switched = self.monotonic()
+
+    # -- the Reconciler's observer, at the end of a pass --
+
+    def observe(self, owner: Owner, decision: Decision) -> None:
+        now = self.monotonic()
+        status = decision.status
+        key = (owner.namespace, owner.name)
+        with self._lock:
+            seen = self._state(owner)
+            # A phase or stage already under way at this process's first pass began at an unknown
+            # time: its duration is not observed.
+            first_pass = seen.passes == 0
+            seen.passes += 1
+            reasons = {event.reason for event in decision.events}
+            if "Activated" in reasons:
+                # The pass that first saw the release active: the latency starts at its beginning.
+                seen.activation_seen = seen.pass_started if seen.pass_started is not None else now
+            if seen.switched is not None and seen.activation_seen is not None:
+                self.switch_latency.observe(max(0.0, seen.switched - seen.activation_seen))
+            if seen.switched is not None:
+                # Also after a restart between activation and switch: then the latency is unknown.
+                seen.activation_seen = None
+            seen.switched = None
+            seen.pass_started = None
+
+            if status.phase != seen.phase:
+                if seen.phase is not None and seen.phase_start_seen:
+                    self.phase_duration.labels(seen.phase.value).observe(now - seen.phase_since)
+                seen.phase, seen.phase_since, seen.phase_start_seen = status.phase, now, not first_pass
+            for phase in Phase:
+                self.phase.labels(*key, phase.value).set(1 if phase is status.phase else 0)
+            failure = _progressing_reason(decision)
+            # The pass that turns a rollout Failed emits an Event with the failure's reason; the
+            # previous status it compares with is persisted, so a restarted operator never counts one twice.
+            if status.phase is Phase.FAILED and failure in reasons:
+                self.failures.labels(*key, failure).inc()
+
+            replay = status.replay
+            # Keyed by the Job: each catch-up round is its own Job; no Job running, no stage timed.
+            stage = (replay.stage or "unknown", replay.job) if replay is not None and replay.job else None
+            if stage != seen.stage:
+                if seen.stage is not None and seen.stage_start_seen:
+                    self.stage_duration.labels(seen.stage[0]).observe(now - seen.stage_since)
+                seen.stage, seen.stage_since, seen.stage_start_seen = stage, now, not first_pass
+            if replay is not None and replay.lag is not None and status.phase not in TERMINAL_PHASES:
+                self.replay_lag.labels(*key).set(replay.lag)
+            else:
+                _remove(self.replay_lag, *key)
+
+            for event in decision.events:
+                if event.type == "Warning":
+                    self.warnings.labels(event.reason).inc()
+
+    def forget(self, owner: Owner) -> None:
+        """A ProjectorSet is gone (or no longer ours): drop its per-object series."""
+        key = (owner.namespace, owner.name)
+        with self._lock:
+            self._seen.pop(key, None)
+            for phase in Phase:
+                _remove(self.phase, *key, phase.value)
+            _remove(self.replay_lag, *key)
+
+    def _state(self, owner: Owner) -> _Seen:
+        return self._seen.setdefault((owner.namespace, owner.name), _Seen())
+
+
+class TimedCluster:
+    """The cluster adapter, with the pass start and the Service switch timed for the metrics."""
+
+    def __init__(self, cluster: Any, metrics: OperatorMetrics) -> None:
+        self.cluster = cluster
+        self.metrics = metrics
+
+    def observe(self, owner: Owner, spec: ProjectorSetSpec) -> tuple[ClusterView, str | None]:
+        self.metrics.pass_started(owner)  # every pass starts by observing the cluster
+        result: tuple[ClusterView, str | None] = self.cluster.observe(owner, spec)
+        return result
+
+    def apply(self, owner: Owner, spec: ProjectorSetSpec, action: Action) -> None:
+        self.cluster.apply(owner, spec, action)
+        if isinstance(action, SwitchService):
+            self.metrics.service_switched(owner)
+
+    def patch_status(self, owner: Owner, status: dict[str, Any]) -> None:
+        self.cluster.patch_status(owner, status)
+
+    def emit(self, owner: Owner, event: Event) -> None:
+        self.cluster.emit(owner, event)
+
+
+def _progressing_reason(decision: Decision) -> str | None:
+    for condition in decision.status.conditions:
+        if condition.type == "Progressing":
+            return condition.reason
+    return None
+
+
+def _remove(metric: Gauge, *labels: str) -> None:
+    with contextlib.suppress(KeyError):  # never set
+        metric.remove(*labels)
+
+
+# The process-wide instance the handlers use.
+metrics = OperatorMetrics()

@@ -1,0 +1,213 @@
+"""The operator's Prometheus metrics: pass by pass over a fake clock, then a real upgrade
+(v1 -> v2 of the sample application, real PostgreSQL and replay stages) over the fake API."""
+
+from __future__ import annotations
+
+import copy
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+from fake_cluster import FakeCluster
+from prometheus_client import CollectorRegistry, generate_latest, start_http_server
+
+from projectorset.api import Condition, Phase, ProjectorSetStatus, ReplayStatus
+from projectorset.controller import Reconciler
+from projectorset.metrics import OperatorMetrics
+from projectorset.observation import Event, SwitchService
+from projectorset.resources import Owner
+from projectorset.rollout import Decision
+from sampleapp.config import Settings
+from sampleapp.migrate import migrate
+from sampleapp.releases import get_release
+from testbed.manifests import sample_projectorset
+
+OWNER = Owner("blog", "shop", "uid-1")
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def decision(phase: Phase, *events: Event, replay: ReplayStatus | None = None, reason: str = "Progressing") -> Decision:
+    conditions = [Condition(type="Progressing", status="True", reason=reason)]
+    return Decision((), ProjectorSetStatus(phase=phase, replay=replay, conditions=conditions), events, None)
+
+
+def sample(registry: CollectorRegistry, metric: str, **labels: str) -> float | None:
+    return registry.get_sample_value(metric, labels)
+
+
+@pytest.fixture
+def setup() -> tuple[OperatorMetrics, CollectorRegistry, Clock]:
+    registry = CollectorRegistry()
+    clock = Clock()
+    return OperatorMetrics(registry, monotonic=clock), registry, clock
+
+
+def test_phase_gauge_marks_only_the_current_phase(setup: tuple[OperatorMetrics, CollectorRegistry, Clock]) -> None:
+    metrics, registry, _ = setup
+    metrics.observe(OWNER, decision(Phase.REPLAYING))
+    labels = {"namespace": "shop", "name": "blog"}
+    assert sample(registry, "projectorset_phase", phase="Replaying", **labels) == 1
+    assert sample(registry, "projectorset_phase", phase="Active", **labels) == 0
+    metrics.observe(OWNER, decision(Phase.ACTIVE))
+    assert sample(registry, "projectorset_phase", phase="Replaying", **labels) == 0
+    assert sample(registry, "projectorset_phase", phase="Active", **labels) == 1
+
+    metrics.forget(OWNER)
+    assert sample(registry, "projectorset_phase", phase="Active", **labels) is None
+
+
+def test_phase_and_stage_durations_are_timed_only_when_their_start_was_seen(
+    setup: tuple[OperatorMetrics, CollectorRegistry, Clock],
+) -> None:
+    metrics, registry, clock = setup
+    # First pass of this process: the replay Job was already running, since an unknown time.
+    metrics.observe(OWNER, decision(Phase.REPLAYING, replay=ReplayStatus(stage="replay", job="j-replay", lag=500)))
+    assert sample(registry, "projectorset_replay_lag_events", namespace="shop", name="blog") == 500
+    clock.now += 30
+    metrics.observe(OWNER, decision(Phase.REPLAYING, replay=ReplayStatus(stage="optimize", job="j-optimize", lag=40)))
+    assert sample(registry, "projectorset_replay_stage_duration_seconds_count", stage="replay") is None
+    clock.now += 12
+    metrics.observe(OWNER, decision(Phase.REPLAYING, replay=ReplayStatus(stage="catchup", job="j-c1", lag=7)))
+    clock.now += 3
+    metrics.observe(OWNER, decision(Phase.REPLAYING, replay=ReplayStatus(stage="catchup", job="j-c2", lag=2)))
+    clock.now += 2
+    # The Job ended; the stage name stays in the status but nothing runs.
+    metrics.observe(OWNER, decision(Phase.ACTIVATING, replay=ReplayStatus(stage="catchup", lag=0)))
+
+    assert sample(registry, "projectorset_replay_stage_duration_seconds_count", stage="optimize") == 1
+    assert sample(registry, "projectorset_replay_stage_duration_seconds_sum", stage="optimize") == 12
+    # Two catch-up rounds, each its own Job.
+    assert sample(registry, "projectorset_replay_stage_duration_seconds_count", stage="catchup") == 2
+    assert sample(registry, "projectorset_replay_stage_duration_seconds_sum", stage="catchup") == 5
+    # Replaying began before this process: not timed.
+    assert sample(registry, "projectorset_phase_duration_seconds_count", phase="Replaying") is None
+    clock.now += 4
+    metrics.observe(OWNER, decision(Phase.ACTIVE))
+    assert sample(registry, "projectorset_phase_duration_seconds_sum", phase="Activating") == 4
+    assert sample(registry, "projectorset_replay_lag_events", namespace="shop", name="blog") is None
+
+
+def test_switch_latency_runs_from_the_pass_that_saw_activation_to_the_service_patch(
+    setup: tuple[OperatorMetrics, CollectorRegistry, Clock],
+) -> None:
+    metrics, registry, clock = setup
+
+    class Switcher:
+        def apply(self, owner: Owner, spec: Any, action: Any) -> None:
+            clock.now += 0.02  # the PATCH of the Service takes 20 ms
+
+    cluster = metrics.timed(Switcher())
+    # The same pass sees the database active and switches.
+    metrics.pass_started(OWNER)
+    clock.now += 0.01  # observing the cluster and reading projector_states
+    cluster.apply(OWNER, None, SwitchService("v2"))
+    clock.now += 0.5  # status and Events: after the switch, not counted
+    metrics.observe(
+        OWNER, decision(Phase.ACTIVE, Event("Normal", "Activated", ""), Event("Normal", "ServiceSwitched", ""))
+    )
+    assert sample(registry, "projectorset_activation_to_switch_seconds_count") == 1
+    assert sample(registry, "projectorset_activation_to_switch_seconds_sum") == pytest.approx(0.03)
+
+    # Activated, but the new pods are not available yet: switched two passes later.
+    metrics.pass_started(OWNER)
+    clock.now += 0.01
+    metrics.observe(OWNER, decision(Phase.SWITCHING, Event("Normal", "Activated", "")))
+    clock.now += 2
+    metrics.pass_started(OWNER)
+    metrics.observe(OWNER, decision(Phase.SWITCHING))
+    clock.now += 1
+    metrics.pass_started(OWNER)
+    cluster.apply(OWNER, None, SwitchService("v3"))
+    metrics.observe(OWNER, decision(Phase.ACTIVE, Event("Normal", "ServiceSwitched", "")))
+    assert sample(registry, "projectorset_activation_to_switch_seconds_count") == 2
+    assert sample(registry, "projectorset_activation_to_switch_seconds_sum") == pytest.approx(0.03 + 3.03)
+
+    # A switch whose activation this process never saw (it restarted meanwhile) is not timed.
+    metrics.pass_started(OWNER)
+    cluster.apply(OWNER, None, SwitchService("v4"))
+    metrics.observe(OWNER, decision(Phase.ACTIVE, Event("Normal", "ServiceSwitched", "")))
+    assert sample(registry, "projectorset_activation_to_switch_seconds_count") == 2
+
+
+def test_failures_count_once_by_reason(setup: tuple[OperatorMetrics, CollectorRegistry, Clock]) -> None:
+    metrics, registry, _ = setup
+    failed = Event("Warning", "StageFailed", "the optimize Job failed")
+    metrics.observe(OWNER, decision(Phase.FAILED, failed, reason="StageFailed"))
+    # Later passes of the same failure emit no Event again (the persisted status already says it).
+    metrics.observe(OWNER, decision(Phase.FAILED, reason="StageFailed"))
+    labels = {"namespace": "shop", "name": "blog", "reason": "StageFailed"}
+    assert sample(registry, "projectorset_rollout_failures_total", **labels) == 1
+    assert sample(registry, "projectorset_warning_events_total", reason="StageFailed") == 1
+
+
+def test_metrics_are_served_over_http(setup: tuple[OperatorMetrics, CollectorRegistry, Clock]) -> None:
+    metrics, registry, _ = setup
+    metrics.observe(OWNER, decision(Phase.ACTIVE))
+    server, thread = start_http_server(0, addr="127.0.0.1", registry=registry)
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{server.server_port}/metrics", timeout=5) as response:
+            text = response.read().decode()
+    finally:
+        server.shutdown()
+        thread.join(5)
+    assert 'projectorset_phase{name="blog",namespace="shop",phase="Active"} 1.0' in text
+
+
+# --- a real upgrade ------------------------------------------------------------------------------
+
+
+def test_a_real_upgrade_is_measured(database_url: str, tmp_path: Path) -> None:
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        migrate(conn, Settings(database_url=database_url, release="v1"), get_release("v1"), activate=True)
+    cluster = FakeCluster(tmp_path)
+    cluster.services["accounts"] = {"app": "accounts"}
+    cluster.secrets["accounts-db"] = {"uri": database_url}
+    registry = CollectorRegistry()
+    metrics = OperatorMetrics(registry)
+    reconciler = Reconciler(metrics.timed(cluster), observer=metrics.observe)
+    body = sample_projectorset("v1")
+    body["metadata"].update(namespace="default", uid="uid-1", generation=1)
+
+    def run_until_active(version: str) -> None:
+        deadline = time.monotonic() + 120
+        while not (
+            cluster.services["accounts"].get("projectorset.io/version") == version
+            and (body.get("status") or {}).get("phase") == "Active"
+        ):
+            assert time.monotonic() < deadline, body.get("status")
+            reconciler.reconcile(copy.deepcopy(body))
+            body["status"] = cluster.status
+            time.sleep(0.05)
+
+    try:
+        run_until_active("v1")
+        body["spec"] = sample_projectorset("v2")["spec"]
+        body["metadata"]["generation"] = 2
+        run_until_active("v2")
+    finally:
+        cluster.stop()
+
+    exposition = generate_latest(registry).decode()
+    assert 'projectorset_phase{name="accounts",namespace="default",phase="Active"} 1.0' in exposition
+    # v1 was adopted (activated directly), v2 replayed and went live: two switches, both timed.
+    assert sample(registry, "projectorset_activation_to_switch_seconds_count") == 2
+    latency = sample(registry, "projectorset_activation_to_switch_seconds_sum")
+    assert latency is not None and 0 < latency < 5
+    assert (sample(registry, "projectorset_phase_duration_seconds_count", phase="Replaying") or 0) >= 1
+    timed_stages = {
+        stage
+        for stage in ("prepare", "replay", "optimize", "catchup", "golive")
+        if sample(registry, "projectorset_replay_stage_duration_seconds_count", stage=stage)
+    }
+    assert "replay" in timed_stages, exposition
+    assert sample(registry, "projectorset_replay_lag_events", namespace="default", name="accounts") is None
