@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import threading
 import time
 from collections import Counter
@@ -10,8 +13,9 @@ from dataclasses import dataclass, field
 
 import psycopg
 import pytest
-from sampleapp_tests.helpers import AppClient, projector_state_rows, run_migrate, settings_for
+from sampleapp_tests.helpers import TESTS_DIR, AppClient, projector_state_rows, run_migrate, settings_for
 
+from sampleapp import store
 from sampleapp.releases import get_release
 from sampleapp.replay import Replayer
 
@@ -324,3 +328,50 @@ def test_migrate_refuses_to_activate_over_another_active_version(database_url: s
     assert refused.returncode == 1
     assert "AccountProjector is active at version 1" in refused.stderr
     assert projector_state_rows(database_url)["AccountProjector"] == (1, None, None)
+
+
+def test_golive_waits_for_an_in_flight_publisher_and_replays_its_event(database_url: str, app, stage) -> None:
+    run_migrate(database_url, "v1", activate=True)
+    with app("v1") as v1:
+        assert v1.deposit("early", 5).status == 201
+    ok(stage("v2", "prepare", "AccountProjector"))
+    ok(stage("v2", "replay"))
+    ok(stage("v2", "optimize"))
+
+    # A v1 publisher that has read projector_states and written its event, but not yet committed.
+    publisher = psycopg.connect(database_url)
+    publisher.execute("SELECT 1")  # open the outer transaction; deposit() runs in a savepoint of it
+    schemas = store.Schemas("sequent_schema", "view_schema")
+    assert store.deposit(publisher, get_release("v1"), schemas, "late", 77)["projected_by"] == [
+        "AccountProjector",
+        "AuditProjector",
+    ]
+    golive = subprocess.Popen(
+        [sys.executable, "-m", "sampleapp.replay", "golive"],
+        env={**os.environ, "PYTHONPATH": str(TESTS_DIR), "DATABASE_URL": database_url, "SAMPLEAPP_RELEASE": "v2"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        with psycopg.connect(database_url, autocommit=True) as observer:
+            deadline = time.monotonic() + 8
+            while not observer.execute(
+                "SELECT count(*) > 0 FROM pg_locks "
+                "WHERE relation = 'sequent_schema.projector_states'::regclass AND NOT granted"
+            ).fetchone()[0]:  # type: ignore[index]
+                assert golive.poll() is None, golive.communicate()
+                assert time.monotonic() < deadline, "golive never queued for projector_states"
+                time.sleep(0.005)
+            assert status(stage, "v2")["state"] == "optimized"  # golive cannot pass the publisher
+        publisher.commit()
+        stdout, stderr = golive.communicate(timeout=60)
+        assert golive.returncode == 0, stderr
+    finally:
+        publisher.close()
+        if golive.poll() is None:
+            golive.kill()
+            golive.wait()
+    assert_projections_match_events(database_url, "v2")
+    with app("v2") as v2:
+        assert v2.account("late").body["balance"] == 77
