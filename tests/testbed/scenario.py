@@ -290,28 +290,49 @@ class Scenario:
         )
 
     def prepare(self) -> Scenario:
-        """Namespace, CRD, database (migrated for v1, not yet activated), Secret and Service."""
+        """Namespace, CRD, and the application's database (migrated for v1, not yet activated),
+        Secret and Service."""
         self.kubectl("apply", "-f", str(REPO / "crds" / "projectorsets.yaml"))
         self.kubectl("wait", "--for=condition=Established", "crd/projectorsets.projectorset.io", "--timeout=60s")
         self.cluster.create_namespace(self.namespace)
-        self.database_url = self.postgres.create_database()
-        with psycopg.connect(self.database_url, autocommit=True) as conn:
-            migrate(conn, Settings(database_url=self.database_url, release="v1"), get_release("v1"), activate=False)
+        self.database_url = self.add_database(self.name)
+        return self
+
+    def add_database(self, name: str) -> str:
+        """A database, Secret ``<name>-db`` and Service ``<name>`` for one application."""
+        database_url = self.postgres.create_database()
+        with psycopg.connect(database_url, autocommit=True) as conn:
+            migrate(conn, Settings(database_url=database_url, release="v1"), get_release("v1"), activate=False)
         self.core.create_namespaced_secret(
             self.namespace,
-            {"metadata": {"name": f"{self.name}-db"}, "stringData": {"uri": self.database_url}},
+            {"metadata": {"name": f"{name}-db"}, "stringData": {"uri": database_url}},
         )
         self.core.create_namespaced_service(
             self.namespace,
             {
-                "metadata": {"name": self.name},
-                "spec": {"selector": {"app": self.name}, "ports": [{"name": "http", "port": 80, "targetPort": 8080}]},
+                "metadata": {"name": name},
+                "spec": {"selector": {"app": name}, "ports": [{"name": "http", "port": 80, "targetPort": 8080}]},
             },
         )
-        return self
+        return database_url
 
-    def start_operator(self) -> OperatorProcess:
-        self.operator = OperatorProcess(self.cluster.kubeconfig, self.namespace, self.workdir / "operator.log").start()
+    def add_application(self, name: str, version: str = "v1") -> None:
+        """Another ProjectorSet in the same namespace, with its own database."""
+        self.add_database(name)
+        manifest = sample_projectorset(version, name=name, namespace=self.namespace, secret=f"{name}-db", service=name)
+        self.kubectl("apply", "-f", "-", input=yaml.safe_dump(manifest))
+
+    def status_of(self, name: str) -> dict[str, Any]:
+        found = self.custom.get_namespaced_custom_object(
+            "projectorset.io", "v1alpha1", self.namespace, "projectorsets", name
+        )
+        return dict(found.get("status") or {})
+
+    def start_operator(self, kubeconfig: Path | None = None) -> OperatorProcess:
+        """The operator as a process; ``kubeconfig`` gives it an identity of its own."""
+        self.operator = OperatorProcess(
+            kubeconfig or self.cluster.kubeconfig, self.namespace, self.workdir / "operator.log"
+        ).start()
         return self.operator
 
     def start_traffic(self, writers: int = 4) -> LoadGenerator:
@@ -330,7 +351,14 @@ class Scenario:
     # -- driving --
 
     def apply(self, version: str, **spec: Any) -> None:
-        manifest = sample_projectorset(version, name=self.name, namespace=self.namespace, spec=spec or None)
+        manifest = sample_projectorset(
+            version,
+            name=self.name,
+            namespace=self.namespace,
+            secret=f"{self.name}-db",
+            service=self.name,
+            spec=spec or None,
+        )
         self.kubectl("apply", "-f", "-", input=yaml.safe_dump(manifest))
 
     def patch_spec(self, **spec: Any) -> None:

@@ -1,0 +1,232 @@
+"""``make bench``: upgrades measured, not claimed.
+
+For each event count (``--events 10000,100000``), ``--runs`` fresh upgrades v1 -> v2 of the
+sample application on the local cluster, each with that many events already in the store
+and writers going through the Service. Per run: the total upgrade time, the time spent in
+the replay Jobs (their own start-to-completion times), the operator's overhead (the rest),
+the time from "active in the database" to "Service switched", the refused-write window, the
+operator's peak memory and its API requests (from the API server's audit log). Then one run
+with many ProjectorSets for the operator's memory and API requests at rest.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import psycopg
+from kubernetes import client
+from psycopg import sql
+
+from sampleapp.releases import get_release
+from testbed import toolchain
+from testbed.cluster import LocalCluster
+from testbed.kuberaw import load_api_client
+from testbed.postgres import PostgresServer
+from testbed.scenario import Scenario, UpgradeResult
+
+OPERATOR_USER = "projectorset-operator"
+
+
+def seed_events(database_url: str, count: int, accounts: int = 1000, batch: int = 20_000) -> None:
+    """``count`` deposits spread over ``accounts``, in batches (so over many transaction ids),
+    projected by v1 as if the application had written them."""
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute(
+            "INSERT INTO sequent_schema.aggregates (aggregate_id, aggregate_type) "
+            "SELECT md5('seed-' || a)::uuid, 'Account' FROM generate_series(0, %s - 1) a ON CONFLICT DO NOTHING",
+            (accounts,),
+        )
+        for start in range(0, count, batch):
+            size = min(batch, count - start)
+            conn.execute(
+                "INSERT INTO sequent_schema.events (aggregate_id, sequence_number, event_type, event_json) "
+                "SELECT md5('seed-' || (n %% %(accounts)s))::uuid, n / %(accounts)s + 1, 'Deposited', "
+                "jsonb_build_object('account_id', 'seed-' || (n %% %(accounts)s), 'amount', 1) "
+                "FROM generate_series(%(start)s, %(end)s - 1) n",
+                {"accounts": accounts, "start": start, "end": start + size},
+            )
+        release = get_release("v1")
+        with conn.transaction():
+            for projector in release.projectors:
+                projector.apply(
+                    conn,
+                    target_schema="view_schema",
+                    event_store_schema="sequent_schema",
+                    event_filter=sql.SQL("TRUE"),
+                    params={},
+                )
+        conn.execute("ANALYZE sequent_schema.events")
+
+
+def job_seconds(api: client.ApiClient, namespace: str, version: str) -> float:
+    jobs = client.BatchV1Api(api).list_namespaced_job(namespace, label_selector=f"projectorset.io/version={version}")
+    total = 0.0
+    for job in jobs.items:
+        if job.status.start_time and job.status.completion_time:
+            total += (job.status.completion_time - job.status.start_time).total_seconds()
+    return total
+
+
+def api_requests(cluster: LocalCluster, since: float) -> int:
+    """Requests the operator's identity made since ``since`` (epoch seconds), from the audit log."""
+    count = 0
+    with cluster.audit_log.open() as log:
+        for line in log:
+            event = json.loads(line)
+            if event.get("stage") != "ResponseComplete" or event.get("user", {}).get("username") != OPERATOR_USER:
+                continue
+            stamp = time.mktime(time.strptime(event["requestReceivedTimestamp"][:19], "%Y-%m-%dT%H:%M:%S"))
+            if stamp - time.timezone >= since - 1:
+                count += 1
+    return count
+
+
+@dataclass
+class Run:
+    events: int
+    result: UpgradeResult
+    jobs_s: float
+    peak_memory_mib: float
+    api_requests: int
+
+    @property
+    def overhead_s(self) -> float:
+        return max(0.0, self.result.total_s - self.jobs_s)
+
+
+def one_upgrade(
+    cluster: LocalCluster, api: client.ApiClient, postgres: PostgresServer, events: int, number: int, workdir: Path
+) -> Run:
+    namespace = f"bench-{events}-{number}"
+    scenario = Scenario(cluster, api, postgres, namespace, workdir / namespace)
+    (workdir / namespace).mkdir(parents=True)
+    try:
+        scenario.prepare()
+        seed_events(scenario.database_url, events)
+        operator_kubeconfig = cluster.user_kubeconfig(OPERATOR_USER, groups=["system:masters"])
+        operator = scenario.start_operator(kubeconfig=operator_kubeconfig)
+        scenario.apply("v1")
+        scenario.wait_active("v1", timeout=600)
+        scenario.start_traffic(writers=2)
+        time.sleep(2)
+        since = time.time()
+        result = scenario.upgrade("v1", "v2", timeout=3600)
+        return Run(
+            events=events,
+            result=result,
+            jobs_s=job_seconds(api, namespace, "v2"),
+            peak_memory_mib=operator.peak_memory_kib() / 1024,
+            api_requests=api_requests(cluster, since),
+        )
+    finally:
+        scenario.close()
+        client.CoreV1Api(api).delete_namespace(namespace)
+
+
+def many_projectorsets(
+    cluster: LocalCluster, api: client.ApiClient, postgres: PostgresServer, count: int, workdir: Path
+) -> tuple[float, int, float]:
+    """``count`` ProjectorSets in one namespace, all Active: the operator's memory and API requests
+    over a quiet minute."""
+    namespace = "bench-many"
+    scenario = Scenario(cluster, api, postgres, namespace, workdir / namespace)
+    (workdir / namespace).mkdir(parents=True)
+    try:
+        scenario.prepare()
+        operator = scenario.start_operator(kubeconfig=cluster.user_kubeconfig(OPERATOR_USER, groups=["system:masters"]))
+        names = [f"app-{n}" for n in range(count)]
+        for name in names:
+            scenario.add_application(name)
+        deadline = time.monotonic() + 900
+        while True:
+            phases = [scenario.status_of(name).get("phase") for name in names]
+            if all(phase == "Active" for phase in phases):
+                break
+            if time.monotonic() > deadline:
+                raise AssertionError(f"not all Active: {phases}")
+            time.sleep(2)
+        since = time.time()
+        time.sleep(60)
+        return operator.peak_memory_kib() / 1024, api_requests(cluster, since), 60.0
+    finally:
+        scenario.close()
+        client.CoreV1Api(api).delete_namespace(namespace)
+
+
+def percentile(values: list[float], fraction: float) -> float:
+    ordered = sorted(values)
+    if not ordered:
+        return float("nan")
+    index = min(len(ordered) - 1, max(0, round(fraction * (len(ordered) - 1))))
+    return ordered[index]
+
+
+def report(runs: list[Run]) -> None:
+    header = "events   run  total_s  jobs_s  overhead_s  active_to_switch_ms  refused_window_ms  lost"
+    print(f"\n{header}  peak_MiB  api_requests")
+    for index, run in enumerate(runs):
+        r = run.result
+        switch = float("nan") if r.active_to_switch_ms is None else r.active_to_switch_ms
+        print(
+            f"{run.events:>7} {index:>4} {r.total_s:>8.1f} {run.jobs_s:>7.1f} {run.overhead_s:>11.1f} "
+            f"{switch:>20.0f} {r.refused_window_ms:>18.0f} {r.lost:>5} "
+            f"{run.peak_memory_mib:>9.1f} {run.api_requests:>13}"
+        )
+    for events in sorted({run.events for run in runs}):
+        group = [run for run in runs if run.events == events]
+        switches = [run.result.active_to_switch_ms for run in group if run.result.active_to_switch_ms is not None]
+        print(
+            f"events={events}: total_s median {statistics.median(r.result.total_s for r in group):.1f}, "
+            f"jobs_s median {statistics.median(r.jobs_s for r in group):.1f}, "
+            f"overhead_s median {statistics.median(r.overhead_s for r in group):.1f}, "
+            f"active_to_switch_ms p50 {percentile(switches, 0.5):.0f} p95 {percentile(switches, 0.95):.0f}, "
+            f"refused_window_ms median {statistics.median(r.result.refused_window_ms for r in group):.0f}, "
+            f"lost total {sum(r.result.lost for r in group)}, "
+            f"peak_MiB max {max(r.peak_memory_mib for r in group):.1f}, "
+            f"api_requests median {statistics.median(r.api_requests for r in group):.0f}"
+        )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m testbed.bench", description=__doc__)
+    parser.add_argument("--events", default="10000,100000", help="comma-separated event counts")
+    parser.add_argument("--runs", type=int, default=3, help="upgrades per event count")
+    parser.add_argument("--many", type=int, default=20, help="ProjectorSets for the at-rest measure (0: skip)")
+    arguments = parser.parse_args(argv)
+    counts = [int(part) for part in arguments.events.split(",") if part.strip()]
+    toolchain.ensure_binaries()
+    workdir = Path(tempfile.mkdtemp(prefix="projectorset-bench-"))
+    cluster = LocalCluster.start(workdir / "cluster", audit_log=True)
+    postgres = PostgresServer.start()
+    api = load_api_client(str(cluster.kubeconfig))
+    runs: list[Run] = []
+    try:
+        for events in counts:
+            for number in range(arguments.runs):
+                run = one_upgrade(cluster, api, postgres, events, number, workdir)
+                print(f"[bench] events={events} run={number}: {run.result.summary()}", flush=True)
+                runs.append(run)
+        report(runs)
+        if arguments.many:
+            memory, requests, seconds = many_projectorsets(cluster, api, postgres, arguments.many, workdir)
+            print(
+                f"\nmany ProjectorSets: {arguments.many} Active; operator peak memory {memory:.1f} MiB; "
+                f"{requests} API requests in {seconds:.0f} s at rest ({requests / seconds:.2f}/s)"
+            )
+        return 0 if all(run.result.lost == 0 for run in runs) else 1
+    finally:
+        cluster.stop()
+        postgres.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
