@@ -167,3 +167,35 @@ def test_v3_activates_without_replay_and_rollback_to_v1_replays(scenario: Scenar
     assert projector_rows(scenario) == {"AccountProjector": (1, None, None), "AuditProjector": (1, None, None)}
     planned = [c for c in scenario.status()["conditions"] if c["type"] == "Planned"]
     assert planned and planned[0]["reason"] == "RollbackByReplay"
+
+
+def test_bad_credentials_and_missing_service_give_conditions_and_never_leak_the_secret(scenario: Scenario) -> None:
+    core = client.CoreV1Api(scenario.api_client)
+    wrong = scenario.database_url.replace(":test-password@", ":Wr0ng-Pa55word@")
+    core.patch_namespaced_secret(f"{scenario.name}-db", scenario.namespace, {"stringData": {"uri": wrong}})
+    scenario.apply("v1")
+    status = scenario.wait_for(
+        "the credentials condition",
+        lambda s: any(
+            c["type"] == "DatabaseReady" and c["reason"] == "DatabaseAuthenticationFailed"
+            for c in s.get("conditions", [])
+        ),
+    )
+    assert "password authentication failed" in status["message"]
+    assert any(e["reason"] == "DatabaseAuthenticationFailed" and e["type"] == "Warning" for e in scenario.events())
+
+    core.patch_namespaced_secret(
+        f"{scenario.name}-db", scenario.namespace, {"stringData": {"uri": scenario.database_url}}
+    )
+    scenario.wait_active("v1")
+
+    core.delete_namespaced_service(scenario.name, scenario.namespace)
+    scenario.patch_spec(replicas=2)
+    scenario.wait_for(
+        "ServiceNotFound", lambda s: s.get("message", "").startswith(f"Service {scenario.name} not found")
+    )
+
+    assert scenario.operator is not None
+    visible = scenario.operator.log.read_text() + str(scenario.events()) + str(scenario.projectorset())
+    for secret in ("Wr0ng-Pa55word", "test-password", wrong, scenario.database_url):
+        assert secret not in visible
