@@ -23,8 +23,9 @@ lint: $(STAMP) ## Ruff and mypy over the operator and the tests
 	$(BIN)/ruff format --check operator tests
 	$(BIN)/mypy operator/projectorset
 
-crds: $(STAMP) ## Regenerate crds/ from the pydantic models
+crds: $(STAMP) ## Regenerate crds/ from the pydantic models (and the Helm chart's copy)
 	$(BIN)/python -m projectorset.crd > crds/projectorsets.yaml
+	cp crds/projectorsets.yaml charts/projectorset-operator/crds/projectorsets.yaml
 
 test: lint ## The whole suite: lint, type checks, unit, database and cluster tests
 	@$(BIN)/pytest; rc=$$?; \

@@ -44,6 +44,7 @@ def parse_arguments(argv: Sequence[str] | None = None) -> argparse.Namespace:
         default=int(os.environ.get("METRICS_PORT", "9090")),
         help="serve Prometheus metrics on this port (0: off)",
     )
+    parser.add_argument("--metrics-address", default=os.environ.get("METRICS_ADDRESS", "0.0.0.0"))
     parser.add_argument(
         "--priority",
         type=int,
@@ -69,7 +70,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     logging.getLogger("psycopg.pool").setLevel(logging.ERROR)
     if arguments.metrics_port:
-        prometheus_client.start_http_server(arguments.metrics_port)
+        prometheus_client.start_http_server(arguments.metrics_port, addr=arguments.metrics_address)
     # Replicas of one Deployment cannot be told apart by their arguments: a random priority
     # lets the highest one act and the others stand by.
     priority = arguments.priority if arguments.priority is not None else random.randint(1, 2**31 - 1)

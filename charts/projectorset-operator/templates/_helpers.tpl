@@ -1,0 +1,115 @@
+{{/* Names and labels shared by every template. */}}
+
+{{- define "projectorset-operator.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{- define "projectorset-operator.fullname" -}}
+{{- if .Values.fullnameOverride -}}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- $name := default .Chart.Name .Values.nameOverride -}}
+{{- if contains $name .Release.Name -}}
+{{- .Release.Name | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "projectorset-operator.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{- define "projectorset-operator.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "projectorset-operator.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end -}}
+
+{{- define "projectorset-operator.labels" -}}
+helm.sh/chart: {{ include "projectorset-operator.chart" . }}
+{{ include "projectorset-operator.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/component: operator
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+{{- end -}}
+
+{{- define "projectorset-operator.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create -}}
+{{- default (include "projectorset-operator.fullname" .) .Values.serviceAccount.name -}}
+{{- else -}}
+{{- default "default" .Values.serviceAccount.name -}}
+{{- end -}}
+{{- end -}}
+
+{{/* Peering is on only with several replicas: one replica runs standalone. */}}
+{{- define "projectorset-operator.peering" -}}
+{{- if and .Values.peering.enabled (gt (int .Values.replicaCount) 1) -}}
+{{- default (include "projectorset-operator.fullname" .) .Values.peering.name -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "projectorset-operator.image" -}}
+{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) -}}
+{{- end -}}
+
+{{/* namespaced RBAC names the namespaces it grants access to. */}}
+{{- define "projectorset-operator.validate" -}}
+{{- if and (eq .Values.rbac.scope "namespaced") (empty .Values.watchNamespaces) -}}
+{{- fail "rbac.scope=namespaced needs watchNamespaces: the namespaces to grant access to" -}}
+{{- end -}}
+{{- end -}}
+
+{{/*
+What the operator does inside the namespaces it manages (kube.py and handlers.py), nothing more:
+ProjectorSets are read and watched, patched by Kopf (finalizer, annotations) and their status by
+the reconcile loop; Deployments of each version are created, scaled and deleted; stage Jobs are
+created, watched and deleted; the Service's selector is read and patched; the database Secret is
+read; Events are created; Kopf's namespaced peering object (when it watches given namespaces)
+is watched and patched.
+*/}}
+{{- define "projectorset-operator.namespacedRules" -}}
+- apiGroups: ["projectorset.io"]
+  resources: ["projectorsets"]
+  verbs: ["get", "list", "watch", "patch"]
+- apiGroups: ["projectorset.io"]
+  resources: ["projectorsets/status"]
+  verbs: ["get", "patch"]
+- apiGroups: ["apps"]
+  resources: ["deployments"]
+  verbs: ["get", "list", "watch", "create", "patch", "delete"]
+- apiGroups: ["batch"]
+  resources: ["jobs"]
+  verbs: ["list", "watch", "create", "delete"]
+- apiGroups: [""]
+  resources: ["services"]
+  verbs: ["get", "patch"]
+- apiGroups: [""]
+  resources: ["secrets"]
+  verbs: ["get"]
+- apiGroups: [""]
+  resources: ["events"]
+  verbs: ["create"]
+{{- if and (include "projectorset-operator.peering" .) .Values.watchNamespaces }}
+- apiGroups: ["kopf.dev"]
+  resources: ["kopfpeerings"]
+  verbs: ["get", "list", "watch", "patch"]
+{{- end }}
+{{- end -}}
+
+{{/* Cluster-scoped reads Kopf needs in every mode: it discovers resources through the CRDs. */}}
+{{- define "projectorset-operator.clusterRules" -}}
+- apiGroups: ["apiextensions.k8s.io"]
+  resources: ["customresourcedefinitions"]
+  verbs: ["get", "list", "watch"]
+{{- if empty .Values.watchNamespaces }}
+- apiGroups: [""]
+  resources: ["namespaces"]
+  verbs: ["list", "watch"]
+{{- if include "projectorset-operator.peering" . }}
+- apiGroups: ["kopf.dev"]
+  resources: ["clusterkopfpeerings"]
+  verbs: ["get", "list", "watch", "patch"]
+{{- end }}
+{{- end }}
+{{- end -}}

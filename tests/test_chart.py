@@ -1,0 +1,304 @@
+"""The Helm chart, offline: `helm lint`, `helm template` with the real helm binary, and the
+rendered objects checked the way a reviewer of an operator's chart would check them."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from testbed import toolchain
+
+REPO = Path(__file__).resolve().parent.parent
+CHART = REPO / "charts" / "projectorset-operator"
+RELEASE = "pso"
+FULLNAME = "pso-projectorset-operator"
+
+# The first run on a machine builds the toolchain (helm among it) from Go modules.
+pytestmark = pytest.mark.timeout(3600)
+
+Manifest = dict[str, Any]
+
+
+@pytest.fixture(scope="module")
+def helm() -> Path:
+    return toolchain.binary("helm")
+
+
+def run_helm(helm: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([str(helm), *args], capture_output=True, text=True, timeout=120, check=False)
+
+
+def render(helm: Path, *values: str, namespace: str = "operators") -> list[Manifest]:
+    flags = [flag for value in values for flag in ("--set", value)]
+    result = run_helm(helm, "template", RELEASE, str(CHART), "--namespace", namespace, "--include-crds", *flags)
+    assert result.returncode == 0, result.stderr
+    return [doc for doc in yaml.safe_load_all(result.stdout) if doc]
+
+
+def one(manifests: list[Manifest], kind: str, name: str | None = None) -> Manifest:
+    found = [m for m in manifests if m["kind"] == kind and (name is None or m["metadata"]["name"] == name)]
+    assert len(found) == 1, f"{len(found)} {kind} {name or ''}: {[m['metadata']['name'] for m in found]}"
+    return found[0]
+
+
+def kinds(manifests: list[Manifest]) -> list[str]:
+    return sorted(m["kind"] for m in manifests)
+
+
+def container(manifests: list[Manifest]) -> Manifest:
+    pod = one(manifests, "Deployment")["spec"]["template"]["spec"]
+    assert len(pod["containers"]) == 1
+    result: Manifest = pod["containers"][0]
+    return result
+
+
+def rules_of(manifests: list[Manifest]) -> list[tuple[str, str, Manifest]]:
+    """(kind, namespace, rule) for every RBAC rule rendered."""
+    return [
+        (m["kind"], m["metadata"].get("namespace", ""), rule)
+        for m in manifests
+        if m["kind"] in ("ClusterRole", "Role")
+        for rule in m["rules"]
+    ]
+
+
+def allows(manifests: list[Manifest], resource: str, verb: str, group: str = "") -> set[str]:
+    """Where (a namespace, or "*" for cluster-wide) the rendered RBAC grants ``verb`` on ``resource``."""
+    where: set[str] = set()
+    for kind, namespace, rule in rules_of(manifests):
+        if group in rule["apiGroups"] and resource in rule["resources"] and verb in rule["verbs"]:
+            where.add("*" if kind == "ClusterRole" else namespace)
+    return where
+
+
+# --- lint and values schema ----------------------------------------------------------------------
+
+
+def test_helm_lint_passes_with_default_and_namespaced_values(helm: Path) -> None:
+    for values in ([], ["rbac.scope=namespaced", "watchNamespaces={team-a,team-b}"], ["replicaCount=1"]):
+        flags = [flag for value in values for flag in ("--set", value)]
+        result = run_helm(helm, "lint", "--strict", str(CHART), *flags)
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert "0 chart(s) failed" in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("value", "complaint"),
+    [
+        ("replicaCount=-1", "replicaCount"),
+        ("logFormat=xml", "logFormat"),
+        ("rbac.scope=everywhere", "scope"),
+        ("health.port=70000", "port"),
+        ("watchNamespaces={Not_A_Namespace}", "watchNamespaces"),
+        ("replicas=2", "replicas"),  # a typo of replicaCount is an error, not silently ignored
+    ],
+)
+def test_values_schema_rejects_bad_values(helm: Path, value: str, complaint: str) -> None:
+    result = run_helm(helm, "template", RELEASE, str(CHART), "--set", value)
+    assert result.returncode != 0, f"{value} was accepted"
+    assert "values don't meet the specifications of the schema" in result.stderr
+    assert complaint in result.stderr
+
+
+def test_namespaced_rbac_needs_the_namespaces(helm: Path) -> None:
+    result = run_helm(helm, "template", RELEASE, str(CHART), "--set", "rbac.scope=namespaced")
+    assert result.returncode != 0
+    assert "rbac.scope=namespaced needs watchNamespaces" in result.stderr
+
+
+# --- the operator Deployment ---------------------------------------------------------------------
+
+
+def test_default_deployment_runs_two_peered_replicas_with_a_restricted_security_context(helm: Path) -> None:
+    manifests = render(helm)
+    deployment = one(manifests, "Deployment", FULLNAME)
+    assert deployment["metadata"]["namespace"] == "operators"
+    assert deployment["spec"]["replicas"] == 2
+    pod = deployment["spec"]["template"]["spec"]
+    assert pod["serviceAccountName"] == FULLNAME
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["runAsUser"] == 65532
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+
+    operator = container(manifests)
+    security = operator["securityContext"]
+    assert security["readOnlyRootFilesystem"] is True
+    assert security["allowPrivilegeEscalation"] is False
+    assert security["capabilities"] == {"drop": ["ALL"]}
+    assert operator["resources"]["requests"]["cpu"] and operator["resources"]["requests"]["memory"]
+    assert operator["resources"]["limits"]["memory"]
+    assert operator["image"] == "ghcr.io/projectorset/projectorset-operator:0.1.0"
+
+    # Exactly one replica acts: Kopf peering through the ClusterKopfPeering the chart creates.
+    assert f"--peering={FULLNAME}" in operator["args"]
+    assert one(manifests, "ClusterKopfPeering")["metadata"]["name"] == FULLNAME
+    assert not any(arg.startswith("--namespace") for arg in operator["args"])
+    env = {e["name"]: e for e in operator["env"]}
+    assert env["POD_ID"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"  # Kopf's peer identity
+    pdb = one(manifests, "PodDisruptionBudget")
+    assert pdb["spec"]["maxUnavailable"] == 1
+    assert pdb["spec"]["selector"]["matchLabels"] == deployment["spec"]["selector"]["matchLabels"]
+
+
+def test_probes_use_kopfs_health_endpoint(helm: Path) -> None:
+    operator = container(render(helm, "health.port=8181"))
+    ports = {p["name"]: p["containerPort"] for p in operator["ports"]}
+    assert ports["health"] == 8181
+    assert "--liveness=http://0.0.0.0:8181/healthz" in operator["args"]
+    for probe in ("livenessProbe", "readinessProbe"):
+        assert operator[probe]["httpGet"] == {"path": "/healthz", "port": "health"}
+
+
+def test_one_replica_runs_standalone_without_peering_or_pdb(helm: Path) -> None:
+    manifests = render(helm, "replicaCount=1")
+    assert one(manifests, "Deployment")["spec"]["replicas"] == 1
+    assert not any(arg.startswith("--peering") for arg in container(manifests)["args"])
+    assert "ClusterKopfPeering" not in kinds(manifests)
+    assert "PodDisruptionBudget" not in kinds(manifests)
+    # Peering disabled with two replicas: no peering either (the user takes care of it).
+    manifests = render(helm, "peering.enabled=false")
+    assert not any(arg.startswith("--peering") for arg in container(manifests)["args"])
+
+
+def test_values_reach_the_container(helm: Path) -> None:
+    manifests = render(
+        helm,
+        "logFormat=plain",
+        "image.tag=1.2.3",
+        "image.pullPolicy=Always",
+        "extraEnv[0].name=HTTPS_PROXY",
+        "extraEnv[0].value=http://proxy:3128",
+        "nodeSelector.pool=ops",
+        "tolerations[0].key=dedicated",
+        "tolerations[0].operator=Exists",
+        "verbose=true",
+        "metrics.port=9100",
+    )
+    operator = container(manifests)
+    assert "--log-format=plain" in operator["args"]
+    assert "--verbose" in operator["args"]
+    assert "--metrics-port=9100" in operator["args"]
+    assert operator["image"].endswith(":1.2.3") and operator["imagePullPolicy"] == "Always"
+    assert {"name": "HTTPS_PROXY", "value": "http://proxy:3128"} in operator["env"]
+    pod = one(manifests, "Deployment")["spec"]["template"]["spec"]
+    assert pod["nodeSelector"] == {"pool": "ops"}
+    assert pod["tolerations"] == [{"key": "dedicated", "operator": "Exists"}]
+
+
+def test_chart_command_is_the_images_entrypoint(helm: Path) -> None:
+    entrypoint = re.search(r"^ENTRYPOINT (\[.*\])$", (REPO / "Dockerfile").read_text(), re.MULTILINE)
+    assert entrypoint is not None
+    assert container(render(helm))["command"] == json.loads(entrypoint.group(1))
+    # And it is the package's console script.
+    pyproject = (REPO / "pyproject.toml").read_text()
+    assert 'projectorset-operator = "projectorset.main:main"' in pyproject
+    assert "USER 65532:65532" in (REPO / "Dockerfile").read_text()
+
+
+def test_metrics_port_service_and_optional_servicemonitor(helm: Path) -> None:
+    manifests = render(helm)
+    assert "ServiceMonitor" not in kinds(manifests)
+    service = one(manifests, "Service", f"{FULLNAME}-metrics")
+    assert service["spec"]["ports"] == [{"name": "metrics", "port": 9090, "targetPort": "metrics", "protocol": "TCP"}]
+    assert {"name": "metrics", "containerPort": 9090, "protocol": "TCP"} in container(manifests)["ports"]
+
+    manifests = render(helm, "metrics.serviceMonitor.enabled=true", "metrics.serviceMonitor.labels.release=prom")
+    monitor = one(manifests, "ServiceMonitor")
+    assert monitor["metadata"]["labels"]["release"] == "prom"
+    assert monitor["spec"]["endpoints"][0]["port"] == "metrics"
+    assert monitor["spec"]["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
+
+    manifests = render(helm, "metrics.enabled=false")
+    assert "--metrics-port=0" in container(manifests)["args"]
+    assert "Service" not in kinds(manifests)
+
+
+# --- RBAC ----------------------------------------------------------------------------------------
+
+
+def test_rbac_has_no_wildcards_and_never_touches_pods(helm: Path) -> None:
+    for manifests in (render(helm), render(helm, "rbac.scope=namespaced", "watchNamespaces={team-a}")):
+        for _, _, rule in rules_of(manifests):
+            for field in ("apiGroups", "resources", "verbs"):
+                assert "*" not in rule[field], rule
+        assert not allows(manifests, "pods", "create")
+        assert not allows(manifests, "customresourcedefinitions", "delete", "apiextensions.k8s.io")
+        assert not allows(manifests, "secrets", "list")  # only get, by name
+        assert not allows(manifests, "secrets", "watch")
+
+
+def test_cluster_scope_grants_what_the_operator_uses_everywhere(helm: Path) -> None:
+    manifests = render(helm)
+    assert "Role" not in kinds(manifests)
+    bindings = [m for m in manifests if m["kind"] == "ClusterRoleBinding"]
+    assert {b["roleRef"]["name"] for b in bindings} == {FULLNAME, f"{FULLNAME}-cluster"}
+    for binding in bindings:
+        assert binding["subjects"] == [{"kind": "ServiceAccount", "name": FULLNAME, "namespace": "operators"}]
+    expected = {
+        ("projectorsets", "projectorset.io"): {"get", "list", "watch", "patch"},
+        ("projectorsets/status", "projectorset.io"): {"get", "patch"},
+        ("deployments", "apps"): {"get", "list", "watch", "create", "patch", "delete"},
+        ("jobs", "batch"): {"list", "watch", "create", "delete"},
+        ("services", ""): {"get", "patch"},
+        ("secrets", ""): {"get"},
+        ("events", ""): {"create"},
+        ("customresourcedefinitions", "apiextensions.k8s.io"): {"get", "list", "watch"},
+        ("namespaces", ""): {"list", "watch"},
+        ("clusterkopfpeerings", "kopf.dev"): {"get", "list", "watch", "patch"},
+    }
+    granted: dict[tuple[str, str], set[str]] = {}
+    for _, _, rule in rules_of(manifests):
+        for group in rule["apiGroups"]:
+            for resource in rule["resources"]:
+                granted.setdefault((resource, group), set()).update(rule["verbs"])
+    assert granted == expected
+
+
+def test_namespaced_scope_grants_only_in_the_watched_namespaces(helm: Path) -> None:
+    manifests = render(helm, "rbac.scope=namespaced", "watchNamespaces={team-a,team-b}")
+    roles = [m for m in manifests if m["kind"] == "Role"]
+    assert sorted(r["metadata"]["namespace"] for r in roles) == ["team-a", "team-b"]
+    bindings = [m for m in manifests if m["kind"] == "RoleBinding"]
+    assert sorted(b["metadata"]["namespace"] for b in bindings) == ["team-a", "team-b"]
+    for binding in bindings:
+        assert binding["subjects"] == [{"kind": "ServiceAccount", "name": FULLNAME, "namespace": "operators"}]
+    # Secrets, workloads and Services only where ProjectorSets are watched; never cluster-wide.
+    assert allows(manifests, "secrets", "get") == {"team-a", "team-b"}
+    assert allows(manifests, "deployments", "create", "apps") == {"team-a", "team-b"}
+    assert allows(manifests, "services", "patch") == {"team-a", "team-b"}
+    # Cluster-wide, only what Kopf must read to discover its resources.
+    cluster_rules = [rule for kind, _, rule in rules_of(manifests) if kind == "ClusterRole"]
+    assert cluster_rules == [
+        {
+            "apiGroups": ["apiextensions.k8s.io"],
+            "resources": ["customresourcedefinitions"],
+            "verbs": ["get", "list", "watch"],
+        }
+    ]
+    # Peering per namespace, and the operator told which namespaces to watch.
+    peerings = [m for m in manifests if m["kind"] == "KopfPeering"]
+    assert sorted(p["metadata"]["namespace"] for p in peerings) == ["team-a", "team-b"]
+    assert allows(manifests, "kopfpeerings", "patch", "kopf.dev") == {"team-a", "team-b"}
+    args = container(manifests)["args"]
+    assert "--namespace=team-a" in args and "--namespace=team-b" in args
+
+
+# --- the CRDs ------------------------------------------------------------------------------------
+
+
+def test_chart_crd_is_the_generated_one(helm: Path) -> None:
+    chart_copy = CHART / "crds" / "projectorsets.yaml"
+    assert chart_copy.read_text() == (REPO / "crds" / "projectorsets.yaml").read_text(), (
+        "charts/projectorset-operator/crds/projectorsets.yaml differs from crds/projectorsets.yaml: run `make crds`"
+    )
+    crds = {m["metadata"]["name"] for m in render(helm) if m["kind"] == "CustomResourceDefinition"}
+    assert crds == {"projectorsets.projectorset.io", "clusterkopfpeerings.kopf.dev", "kopfpeerings.kopf.dev"}
+    # Helm installs crds/ before the templates and never deletes them: not rendered as templates.
+    templates = run_helm(helm, "template", RELEASE, str(CHART), "--skip-crds")
+    assert "CustomResourceDefinition" not in templates.stdout
