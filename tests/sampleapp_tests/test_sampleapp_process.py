@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -59,3 +60,30 @@ def test_web_process_without_database_url_exits_with_a_clear_message() -> None:
     )
     assert completed.returncode == 2
     assert "DATABASE_URL is not set" in completed.stderr
+
+
+def test_load_cli_writes_and_verifies_zero_loss(database_url: str, app, tmp_path) -> None:
+    run_migrate(database_url, "v1", activate=True)
+    acks = tmp_path / "acks.jsonl"
+    env = {**os.environ, "PYTHONPATH": str(TESTS_DIR), "DATABASE_URL": database_url}
+    with app("v1") as v1:
+        run = subprocess.run(
+            [sys.executable, "-m", "sampleapp.load", "run", "--url", v1.base_url, "--seconds", "1", "--out", str(acks)],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    assert run.returncode == 0, run.stderr
+    summary = json.loads(run.stdout)
+    assert summary["acknowledged"] > 0 and summary["errors"] == 0
+    assert len(acks.read_text().splitlines()) == summary["acknowledged"]
+    check = subprocess.run(
+        [sys.executable, "-m", "sampleapp.load", "verify", "--acks", str(acks)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert check.returncode == 0, check.stdout + check.stderr
+    assert json.loads(check.stdout)["lost"] == 0

@@ -6,79 +6,18 @@ import json
 import os
 import subprocess
 import sys
-import threading
 import time
-from collections import Counter
-from dataclasses import dataclass, field
 
 import psycopg
 import pytest
-from sampleapp_tests.helpers import TESTS_DIR, AppClient, projector_state_rows, run_migrate, settings_for
+from sampleapp_tests.helpers import TESTS_DIR, projector_state_rows, run_migrate, settings_for
 
 from sampleapp import store
+from sampleapp.load import LoadGenerator, verify
 from sampleapp.releases import get_release
 from sampleapp.replay import Replayer
 
 ACCOUNTS = [f"acct-{n}" for n in range(7)]
-
-
-@dataclass
-class Writer:
-    """Deposits continuously from a few threads to whichever app ``target`` names."""
-
-    target: AppClient
-    threads: int = 3
-    acknowledged: list[tuple[str, int, int]] = field(default_factory=list)  # account, sequence, amount
-    refused: Counter = field(default_factory=Counter)
-    other_failures: list[str] = field(default_factory=list)
-    _stop: threading.Event = field(default_factory=threading.Event)
-    _lock: threading.Lock = field(default_factory=threading.Lock)
-    _workers: list[threading.Thread] = field(default_factory=list)
-
-    def start(self) -> Writer:
-        for index in range(self.threads):
-            worker = threading.Thread(target=self._run, args=(index,), daemon=True)
-            worker.start()
-            self._workers.append(worker)
-        return self
-
-    def _run(self, index: int) -> None:
-        n = 0
-        while not self._stop.is_set():
-            n += 1
-            account = ACCOUNTS[(index + n) % len(ACCOUNTS)]
-            amount = 1 + (n * 7 + index) % 50
-            target = self.target
-            try:
-                response = target.deposit(account, amount)
-            except Exception as error:  # recorded, and the test fails on it
-                with self._lock:
-                    self.other_failures.append(repr(error))
-                continue
-            with self._lock:
-                if response.status == 201:
-                    self.acknowledged.append((account, response.body["sequence_number"], amount))
-                elif response.status == 503:
-                    self.refused[(target.release, response.body["error"])] += 1
-                else:
-                    self.other_failures.append(f"{response.status} {response.body}")
-
-    def acks(self) -> int:
-        with self._lock:
-            return len(self.acknowledged)
-
-    def wait_for_more(self, count: int, timeout: float = 30.0) -> None:
-        goal = self.acks() + count
-        deadline = time.monotonic() + timeout
-        while self.acks() < goal:
-            assert time.monotonic() < deadline, f"writer stalled at {self.acks()} acknowledged deposits"
-            assert not self.other_failures, self.other_failures
-            time.sleep(0.01)
-
-    def stop(self) -> None:
-        self._stop.set()
-        for worker in self._workers:
-            worker.join(timeout=30)
 
 
 def ok(result) -> str:
@@ -142,9 +81,9 @@ def upgrade_by_replay(stage, release: str, projectors: str = "AccountProjector")
 def test_replay_v1_to_v2_under_concurrent_writes_loses_no_event(database_url: str, app, stage) -> None:
     ok(stage("v1", "--activate", module="sampleapp.migrate"))
     with app("v1") as v1, app("v2") as v2:
-        writer = Writer(v1).start()
+        load = LoadGenerator(v1.base_url, threads=3, accounts=7).start()
         try:
-            writer.wait_for_more(60)
+            load.wait_for_acks(60)
             # v2's code is refused while v1's AccountProjector is active.
             assert v2.deposit("probe", 1).body["error"] == "DifferentProjectorVersionIsActiveError"
 
@@ -153,31 +92,37 @@ def test_replay_v1_to_v2_under_concurrent_writes_loses_no_event(database_url: st
                 "AccountProjector": (1, None, 2),
                 "AuditProjector": (1, None, None),
             }
-            writer.wait_for_more(30)
+            load.wait_for_acks(30)
             ok(stage("v2", "replay", "2", "2"))
             replayed = status(stage, "v2")
             assert replayed["state"] == "replayed"
-            writer.wait_for_more(30)
+            load.wait_for_acks(30)
             assert status(stage, "v2")["lag"] > 0
             ok(stage("v2", "catchup"))
             assert status(stage, "v2")["state"] == "replayed"
             ok(stage("v2", "optimize"))
-            writer.wait_for_more(30)
+            load.wait_for_acks(30)
             ok(stage("v2", "catchup", "1", "1"))
             assert status(stage, "v2")["state"] == "optimized"
-            writer.wait_for_more(30)
+            load.wait_for_acks(30)
+            assert load.counts()[1] == 0  # nothing refused before golive
 
+            golive_started = time.time()
             assert "live" in ok(stage("v2", "golive"))
             # Right after activation the old code is refused and the new code accepts.
             assert v1.deposit("probe", 1).body["error"] == "DifferentProjectorVersionIsActiveError"
             assert v2.deposit("probe", 1).status == 201
-            writer.target = v2  # the traffic switch
-            writer.wait_for_more(30)
+            switched_at = time.time()
+            load.url = v2.base_url  # the traffic switch
+            load.wait_for_acks(30)
         finally:
-            writer.stop()
-        assert not writer.other_failures, writer.other_failures
-        assert set(writer.refused) <= {("v1", "DifferentProjectorVersionIsActiveError")}
-        print(f"acknowledged {writer.acks()}, refused {dict(writer.refused)}")
+            load.stop()
+        summary = load.summary()
+        assert not load.errors, load.errors[:5]
+        assert set(summary["refused"]) <= {"DifferentProjectorVersionIsActiveError"}
+        # Refused only between activation and the switch (plus requests already in flight to v1).
+        assert all(golive_started <= at <= switched_at + 5 for at, _ in load.refusals)
+        print(summary)
 
     final = status(stage, "v2")
     assert (final["state"], final["lag"]) == ("live", None)
@@ -187,9 +132,11 @@ def test_replay_v1_to_v2_under_concurrent_writes_loses_no_event(database_url: st
     }
     # Zero lost: every acknowledged deposit is an event, and nothing else is (bar the probe).
     events = events_by_account(database_url)
-    acknowledged = sorted((a, s, x) for a, s, x in writer.acknowledged)
+    acknowledged = sorted((a.account_id, a.sequence_number, a.amount) for a in load.acks)
     stored = sorted((a, s, x) for a, rows in events.items() if a != "probe" for s, x in rows)
     assert stored == acknowledged
+    verdict = verify(database_url, load.acks)
+    assert (verdict["lost"], verdict["wrong_balances"], verdict["ok"]) == (0, [], True)
     assert_projections_match_events(database_url, "v2")
     with psycopg.connect(database_url) as conn:
         schemas = {row[0] for row in conn.execute("SELECT nspname FROM pg_namespace")}
@@ -298,26 +245,27 @@ def test_v3_activates_without_replay_and_rollback_to_v1_by_replay(database_url: 
         "AuditProjector": (1, None, None),
     }
     with app("v3") as v3, app("v1") as v1:
-        writer: Writer = Writer(v3, threads=2).start()
+        load = LoadGenerator(v3.base_url, threads=2, accounts=5).start()
         try:
-            writer.wait_for_more(20)
+            load.wait_for_acks(20)
             # Rolling back to v1 means replaying AccountProjector at the lower version 1.
             ok(stage("v1", "prepare", "AccountProjector"))
             assert projector_state_rows(database_url)["AccountProjector"] == (2, None, 1)
             assert v1.deposit("probe", 1).body["error"] == "DifferentProjectorVersionIsActiveError"
-            writer.wait_for_more(20)
+            load.wait_for_acks(20)
             ok(stage("v1", "replay", "3", "1"))
-            writer.wait_for_more(20)
+            load.wait_for_acks(20)
             ok(stage("v1", "catchup"))
             ok(stage("v1", "optimize"))
-            writer.wait_for_more(20)
+            load.wait_for_acks(20)
             ok(stage("v1", "golive"))
             assert v3.deposit("probe", 1).body["error"] == "DifferentProjectorVersionIsActiveError"
-            writer.target = v1
-            writer.wait_for_more(20)
+            load.url = v1.base_url
+            load.wait_for_acks(20)
         finally:
-            writer.stop()
-        assert not writer.other_failures, writer.other_failures
+            load.stop()
+        assert not load.errors, load.errors[:5]
+    assert verify(database_url, load.acks)["ok"]
     assert projector_state_rows(database_url)["AccountProjector"] == (1, None, None)
     assert_projections_match_events(database_url, "v1")
 
