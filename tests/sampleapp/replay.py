@@ -554,7 +554,7 @@ def main(argv: list[str] | None = None) -> int:
             run(Replayer(conn, settings, release, out), args)
     except (ConfigurationError, UnknownName, ReplayError, TimeoutError, psycopg.Error) as error:
         message = str(error).strip() or type(error).__name__
-        print(f"replay {args.stage} failed: {message}", file=sys.stderr, flush=True)
+        print(f"sampleapp.replay {args.stage} failed: {message}", file=sys.stderr, flush=True)
         return 1
     return 0
 

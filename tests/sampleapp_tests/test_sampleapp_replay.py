@@ -323,3 +323,23 @@ def test_golive_waits_for_an_in_flight_publisher_and_replays_its_event(database_
     assert_projections_match_events(database_url, "v2")
     with app("v2") as v2:
         assert v2.account("late").body["balance"] == 77
+
+
+def test_a_failing_replay_marks_the_replay_failed_and_abort_recovers(database_url: str, app, stage) -> None:
+    run_migrate(database_url, "v1", activate=True)
+    with app("v1") as v1:
+        assert v1.deposit("jane", 3).status == 201
+        ok(stage("v2", "prepare", "AccountProjector"))
+        with psycopg.connect(database_url) as conn:  # sabotage: the replay has nowhere to write
+            conn.execute("DROP TABLE replay_schema.account_balances")
+        failed = stage("v2", "replay")
+        assert failed.returncode == 1
+        assert "sampleapp.replay replay failed" in failed.stderr and "account_balances" in failed.stderr
+        assert status(stage, "v2")["state"] == "failed"
+        again = stage("v2", "replay")  # a Job retry fails fast on the state, changing nothing
+        assert again.returncode == 1 and "replay 1 is failed" in again.stderr
+        assert v1.deposit("jane", 4).status == 201  # the old version keeps serving
+        ok(stage("v2", "abort", "AccountProjector"))
+        assert v1.deposit("jane", 5).status == 201
+    assert status(stage, "v2")["state"] == "aborted"
+    assert projector_state_rows(database_url)["AccountProjector"] == (1, None, None)
