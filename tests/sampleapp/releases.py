@@ -10,6 +10,7 @@ set-wise from the event store (``SELECT ... FROM events WHERE <filter>``), so li
 | v1      | 1                | 1              |
 | v2      | 2 (new table shape: replay) | 1       |
 | v3      | 2 (no change: activation only) | 1    |
+| v4      | 2                | 1              | + DailyTotalsProjector 1 (new: replay)
 """
 
 from __future__ import annotations
@@ -165,6 +166,23 @@ AUDIT_PROJECTOR_V1 = Projector(
 )
 
 
+# Only in v4: a new projector, so going to v4 replays a projector that has no view table yet,
+# and once it is active, code without it (v1-v3) is refused with UnknownActiveProjectorError.
+DAILY_TOTALS_PROJECTOR_V1 = Projector(
+    name="DailyTotalsProjector",
+    version=1,
+    tables=(Table("daily_deposit_totals", "day date PRIMARY KEY, total bigint NOT NULL, deposits integer NOT NULL"),),
+    apply_statements=(
+        f"""
+        INSERT INTO {{target}}.daily_deposit_totals AS t (day, total, deposits)
+        SELECT (d.created_at AT TIME ZONE 'UTC')::date, sum(d.amount), count(*)
+          FROM ({_DEPOSITS}) d GROUP BY 1
+        ON CONFLICT (day) DO UPDATE SET total = t.total + excluded.total, deposits = t.deposits + excluded.deposits
+        """,
+    ),
+)
+
+
 @dataclass(frozen=True)
 class Release:
     name: str
@@ -186,6 +204,7 @@ RELEASES: dict[str, Release] = {
     "v1": Release("v1", (ACCOUNT_PROJECTOR_V1, AUDIT_PROJECTOR_V1)),
     "v2": Release("v2", (ACCOUNT_PROJECTOR_V2, AUDIT_PROJECTOR_V1)),
     "v3": Release("v3", (ACCOUNT_PROJECTOR_V2, AUDIT_PROJECTOR_V1)),
+    "v4": Release("v4", (ACCOUNT_PROJECTOR_V2, AUDIT_PROJECTOR_V1, DAILY_TOTALS_PROJECTOR_V1)),
 }
 
 

@@ -343,3 +343,25 @@ def test_a_failing_replay_marks_the_replay_failed_and_abort_recovers(database_ur
         assert v1.deposit("jane", 5).status == 201
     assert status(stage, "v2")["state"] == "aborted"
     assert projector_state_rows(database_url)["AccountProjector"] == (1, None, None)
+
+
+def test_a_new_projector_is_replayed_and_then_old_code_is_unknown(database_url: str, app, stage) -> None:
+    run_migrate(database_url, "v3", activate=True)
+    with app("v3") as v3, app("v4") as v4:
+        for n in range(9):
+            assert v3.deposit(ACCOUNTS[n % 3], n + 1).status == 201
+        # v4's extra projector has no row yet: it is skipped, the rest is projected.
+        assert v4.deposit("kim", 2).body["projected_by"] == ["AccountProjector", "AuditProjector"]
+        upgrade_by_replay(stage, "v4", "DailyTotalsProjector")
+        refused = v3.deposit("kim", 1)
+        assert (refused.status, refused.body["error"]) == (503, "UnknownActiveProjectorError")
+        assert "DailyTotalsProjector" in refused.body["message"]
+        assert v4.deposit("kim", 1).body["projected_by"] == [
+            "AccountProjector",
+            "AuditProjector",
+            "DailyTotalsProjector",
+        ]
+    assert_projections_match_events(database_url, "v2")
+    with psycopg.connect(database_url) as conn:
+        totals = conn.execute("SELECT sum(total), sum(deposits) FROM view_schema.daily_deposit_totals").fetchone()
+    assert totals == (sum(range(1, 10)) + 2 + 1, 11)
