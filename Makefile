@@ -46,3 +46,16 @@ uninstall: ## Remove the CRD (and every ProjectorSet) from the current cluster
 
 clean: ## Remove the virtualenv and caches in the work tree
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+
+# The local Kubernetes cluster of tests/testbed (binaries built from Go modules, cached outside the tree).
+TESTBED := PYTHONPATH=tests:operator $(abspath $(BIN))/python
+.PHONY: tools
+
+tools: $(STAMP) ## Build etcd, the control plane, kubectl and helm from Go modules; prints their directory
+	@$(TESTBED) -m testbed.toolchain
+
+cluster-up: $(STAMP) ## Start the local cluster in the background; the last line is `export KUBECONFIG=...`
+	@$(TESTBED) -m testbed.cluster up
+
+cluster-down: ## Stop the local cluster, leaving no process or directory behind
+	@$(TESTBED) -m testbed.cluster down

@@ -1,0 +1,74 @@
+"""Fixtures for tests against the real local cluster (``testbed.cluster``).
+
+The cluster is started once per session; its binaries are built from Go modules on
+first use (never skipped: a missing binary is built, which takes long only once).
+Every test in this directory carries the ``cluster`` marker, so ``pytest -m 'not cluster'``
+runs without it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from kubernetes import client, config
+
+from testbed import toolchain
+from testbed.cluster import LocalCluster
+
+_HERE = Path(__file__).resolve().parent
+
+Kubectl = Callable[..., "subprocess.CompletedProcess[str]"]
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if Path(str(item.fspath)).resolve().is_relative_to(_HERE):
+            item.add_marker(pytest.mark.cluster)
+
+
+@pytest.fixture(scope="session")
+def local_cluster() -> Iterator[LocalCluster]:
+    cluster = LocalCluster.start()
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture(scope="session")
+def kubectl(local_cluster: LocalCluster) -> Kubectl:
+    """Run the real kubectl against the cluster: ``kubectl("get", "pods", check=True)``."""
+    binary = toolchain.binary("kubectl")
+
+    def run(
+        *args: str, check: bool = False, input: str | None = None, timeout: float = 60
+    ) -> subprocess.CompletedProcess[str]:
+        env = dict(os.environ, KUBECONFIG=str(local_cluster.kubeconfig))
+        return subprocess.run(
+            [str(binary), *args], env=env, input=input, capture_output=True, text=True, check=check, timeout=timeout
+        )
+
+    return run
+
+
+@pytest.fixture(scope="session")
+def kube_api(local_cluster: LocalCluster) -> Iterator[client.ApiClient]:
+    configuration = client.Configuration()
+    config.load_kube_config(config_file=str(local_cluster.kubeconfig), client_configuration=configuration)
+    with client.ApiClient(configuration) as api:
+        yield api
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    # Build the binaries before any test runs: a cold build takes far longer than the
+    # per-test timeout, and hooks are not under it. Only when cluster tests were selected.
+    if any(item.get_closest_marker("cluster") for item in session.items):
+        capture = session.config.pluginmanager.getplugin("capturemanager")
+        # Uncaptured, so the build's progress shows instead of a long silence.
+        with capture.global_and_fixture_disabled() if capture else contextlib.nullcontext():
+            toolchain.ensure_binaries()
