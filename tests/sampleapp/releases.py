@@ -39,8 +39,15 @@ class Table:
     indexes: tuple[tuple[str, str], ...] = ()
 
     def create(self, conn: psycopg.Connection, schema: str, *, with_indexes: bool) -> None:
+        """Create the table if missing. An existing table is left alone, even in another shape (an
+        older version's): replacing it is the replay's job."""
+        exists = conn.execute(
+            "SELECT EXISTS (SELECT 1 FROM pg_tables WHERE schemaname = %s AND tablename = %s)", [schema, self.name]
+        ).fetchone()
+        if exists and exists[0]:
+            return
         conn.execute(
-            sql.SQL("CREATE TABLE IF NOT EXISTS {}.{} ({})").format(
+            sql.SQL("CREATE TABLE {}.{} ({})").format(
                 sql.Identifier(schema), sql.Identifier(self.name), sql.SQL(self.columns)
             )
         )

@@ -72,3 +72,19 @@ def test_commands_and_template_run_a_whole_upgrade(database_url: str, app) -> No
         states = [row[0] for row in conn.execute("SELECT state FROM sequent_schema.replay_states ORDER BY id")]
     assert states == ["live", "aborted"]
     assert projector_state_rows(database_url)["AccountProjector"] == (2, None, None)
+
+
+def test_migrate_of_a_new_release_leaves_the_old_tables_alone(database_url: str) -> None:
+    run_migrate(database_url, "v1", activate=True)
+    run_migrate(database_url, "v2", activate=False)  # what v2's init container does
+    with psycopg.connect(database_url) as conn:
+        columns = [
+            row[0]
+            for row in conn.execute(
+                "SELECT column_name FROM information_schema.columns WHERE table_schema = 'view_schema' "
+                "AND table_name = 'account_balances' ORDER BY ordinal_position"
+            )
+        ]
+        indexes = [row[0] for row in conn.execute("SELECT indexname FROM pg_indexes WHERE schemaname = 'view_schema'")]
+    assert columns == ["account_id", "balance"]
+    assert "account_balances_balance_idx" not in indexes
