@@ -17,6 +17,7 @@ import pytest
 from testbed.kubelet import (
     Container,
     IPAllocator,
+    PodNetwork,
     Prober,
     ProbeTracker,
     expand,
@@ -62,6 +63,55 @@ def test_ip_allocator_runs_out() -> None:
     ips.allocate("b")
     with pytest.raises(RuntimeError):
         ips.allocate("c")
+
+
+def test_ip_allocator_on_a_routed_network() -> None:
+    ips = IPAllocator("198.18.3.0/24")
+    assert ips.allocate("a") == "198.18.3.2"
+    assert ips.allocate("b", preferred="198.18.3.77") == "198.18.3.77"
+    assert ips.allocate("c", preferred="127.0.0.5") == "198.18.3.3"  # not in this network
+
+
+class FakeIp:
+    """Stands in for the `ip` command: routes in ``taken`` exist already; ``denied`` fails all."""
+
+    def __init__(self, taken: tuple[str, ...] = (), denied: bool = False) -> None:
+        self.taken, self.denied = set(taken), denied
+        self.calls: list[list[str]] = []
+
+    def __call__(self, argv: list[str]) -> tuple[int, str]:
+        self.calls.append(argv)
+        if self.denied:
+            return 2, "RTNETLINK answers: Operation not permitted"
+        if argv[:2] == ["route", "add"] and argv[3] in self.taken:
+            return 2, "RTNETLINK answers: File exists"
+        return 0, ""
+
+
+def test_pod_network_takes_the_first_free_range_and_removes_its_route() -> None:
+    ip = FakeIp(taken=("198.18.0.0/24", "198.18.1.0/24"))
+    network = PodNetwork(run=ip)
+    assert str(network.setup().network) == "198.18.2.0/24"
+    network.teardown()
+    assert ip.calls[-1] == ["route", "del", "local", "198.18.2.0/24", "dev", "lo"]
+
+
+def test_pod_network_falls_back_to_loopback_without_permission() -> None:
+    ip = FakeIp(denied=True)
+    network = PodNetwork(run=ip)
+    assert str(network.setup().network) == "127.0.0.0/24"
+    network.teardown()
+    assert len(ip.calls) == 1  # no route added, none removed
+
+
+def test_pod_network_given_explicitly() -> None:
+    ip = FakeIp(taken=("10.77.0.0/24",))
+    network = PodNetwork("10.77.0.0/24", run=ip)
+    assert network.setup().allocate("x") == "10.77.0.2"
+    network.teardown()
+    assert len(ip.calls) == 1  # a route that existed before is not ours to remove
+    with pytest.raises(RuntimeError):
+        PodNetwork("10.78.0.0/24", run=FakeIp(denied=True)).setup()
 
 
 def test_probe_tracker_applies_thresholds_and_period() -> None:

@@ -27,6 +27,7 @@ import argparse
 import base64
 import contextlib
 import http.client
+import ipaddress
 import logging
 import os
 import platform
@@ -84,28 +85,33 @@ def expand(text: str, variables: Mapping[str, str]) -> str:
 
 
 class IPAllocator:
-    """Loopback pod IPs 127.0.0.2 .. 127.0.0.254; the lowest free address is handed out first."""
+    """Pod IPs from one /24 (.2 to .254); the lowest free address is handed out first."""
 
-    def __init__(self, first: int = 2, last: int = 254) -> None:
-        self._free = list(range(first, last + 1))
+    def __init__(self, network: str = "127.0.0.0/24", first: int = 2, last: int = 254) -> None:
+        self.network = ipaddress.ip_network(network)
+        self._base = int(self.network.network_address)
+        self._free = list(range(first, min(last, self.network.num_addresses - 2) + 1))
         self._owners: dict[str, int] = {}
         self._lock = threading.Lock()
+
+    def _address(self, host: int) -> str:
+        return str(ipaddress.ip_address(self._base + host))
 
     def allocate(self, owner: str, preferred: str | None = None) -> str:
         with self._lock:
             if owner in self._owners:
-                return f"127.0.0.{self._owners[owner]}"
+                return self._address(self._owners[owner])
             wanted = None
-            if preferred and preferred.startswith("127.0.0."):
-                with contextlib.suppress(ValueError):
-                    wanted = int(preferred.rsplit(".", 1)[1])
+            with contextlib.suppress(ValueError):
+                if preferred and ipaddress.ip_address(preferred) in self.network:
+                    wanted = int(ipaddress.ip_address(preferred)) - self._base
             if wanted is None or wanted not in self._free:
                 if not self._free:
-                    raise RuntimeError("no free pod IP left")
+                    raise RuntimeError(f"no free pod IP left in {self.network}")
                 wanted = min(self._free)
             self._free.remove(wanted)
             self._owners[owner] = wanted
-            return f"127.0.0.{wanted}"
+            return self._address(wanted)
 
     def release(self, owner: str) -> None:
         with self._lock:
@@ -115,7 +121,63 @@ class IPAllocator:
 
     def in_use(self) -> dict[str, str]:
         with self._lock:
-            return {owner: f"127.0.0.{n}" for owner, n in self._owners.items()}
+            return {owner: self._address(n) for owner, n in self._owners.items()}
+
+
+class PodNetwork:
+    """Where pod IPs come from: a /24 routed to ``lo``, or loopback addresses as a fallback.
+
+    Linux delivers all of 127/8 locally, but the API rejects loopback addresses in EndpointSlices,
+    so Services would have no endpoints. A ``local`` route (``ip route add local NET dev lo``)
+    makes a whole non-loopback range local the same way, without any interface or namespace.
+    The default range is a free /24 of 198.18.0.0/15 (RFC 2544, reserved for tests and never on a
+    real network); the route is removed on exit. Without CAP_NET_ADMIN the kubelet falls back to
+    127.0.0.N: pods still run and are reachable, but their Services get no endpoints.
+    """
+
+    AUTO_RANGE = ipaddress.ip_network("198.18.0.0/15")
+
+    def __init__(self, cidr: str | None = None, run: Callable[[list[str]], tuple[int, str]] | None = None) -> None:
+        self.cidr = cidr
+        self.run = run or self._ip
+        self.added: str | None = None
+
+    @staticmethod
+    def _ip(argv: list[str]) -> tuple[int, str]:
+        try:
+            result = subprocess.run(["ip", *argv], capture_output=True, text=True, check=False)
+        except FileNotFoundError:
+            return 127, "the ip command (iproute2) is not installed"
+        return result.returncode, result.stderr.strip()
+
+    def setup(self) -> IPAllocator:
+        if self.cidr == "loopback":
+            return IPAllocator("127.0.0.0/24")
+        if self.cidr:
+            code, error = self.run(["route", "add", "local", self.cidr, "dev", "lo"])
+            if code == 0:
+                self.added = self.cidr
+            elif "File exists" not in error:  # an existing route is someone's deliberate setup
+                raise RuntimeError(f"cannot route pod network {self.cidr} to lo: {error}")
+            return IPAllocator(self.cidr)
+        for candidate in self.AUTO_RANGE.subnets(new_prefix=24):
+            code, error = self.run(["route", "add", "local", str(candidate), "dev", "lo"])
+            if code == 0:
+                self.added = str(candidate)
+                return IPAllocator(self.added)
+            if "File exists" not in error:  # not another kubelet's range: no permission, no tool
+                log.warning(
+                    "cannot route a pod network to lo (%s): pods get 127.0.0.N addresses, which "
+                    "EndpointSlices reject, so Services will have no endpoints",
+                    error,
+                )
+                break
+        return IPAllocator("127.0.0.0/24")
+
+    def teardown(self) -> None:
+        if self.added:
+            self.run(["route", "del", "local", self.added, "dev", "lo"])
+            self.added = None
 
 
 class ConfigError(Exception):
@@ -543,7 +605,7 @@ class KubeletConfig:
     max_restart_backoff: float = 60.0
 
 
-class PodWorker(threading.Thread):
+class PodWorker:
     """Runs one pod: init containers, then the containers, probes, restarts, status, deletion."""
 
     TICK = 0.1
@@ -557,7 +619,8 @@ class PodWorker(threading.Thread):
         on_exit: Callable[[PodWorker], None],
     ) -> None:
         meta = pod["metadata"]
-        super().__init__(name=f"pod-{meta['namespace']}/{meta['name']}", daemon=True)
+        # Composition, not a Thread subclass: Thread's own private methods must not be shadowed.
+        self.thread = threading.Thread(target=self.run, name=f"pod-{meta['namespace']}/{meta['name']}", daemon=True)
         self.pod = pod
         self.uid: str = meta["uid"]
         self.namespace: str = meta["namespace"]
@@ -814,6 +877,7 @@ class PodWorker(threading.Thread):
 def delete_pod(kube: RawKube, namespace: str, name: str, uid: str) -> None:
     """As the kubelet does once the containers are gone: the object goes away for good."""
     body = {"gracePeriodSeconds": 0, "preconditions": {"uid": uid}}
+    log.info("deleting pod %s/%s", namespace, name)
     try:
         kube.request("DELETE", f"/api/v1/namespaces/{namespace}/pods/{name}", body=body)
     except Exception as error:
@@ -883,7 +947,7 @@ class PodManager:
         worker = PodWorker(pod, pod_ip, self.kube, self.config, self._worker_exit)
         with self._lock:
             self.workers[uid] = worker
-        worker.start()
+        worker.thread.start()
 
     def run(self) -> None:
         """List, then watch from the list's resourceVersion; list again on 410 Gone."""
@@ -924,7 +988,7 @@ class PodManager:
         for worker in workers:
             worker.request_stop(grace, delete=False)
         for worker in workers:
-            worker.join(grace + 5)
+            worker.thread.join(grace + 5)
 
 
 # --------------------------------------------------------------------------------------------
@@ -1064,6 +1128,11 @@ def main(argv: list[str] | None = None) -> int:
     # KEP-4603's shorter crash-loop back-off (1 s doubling up to 60 s) keeps tests quick.
     parser.add_argument("--restart-backoff-seconds", type=float, default=1.0)
     parser.add_argument("--max-restart-backoff-seconds", type=float, default=60.0)
+    parser.add_argument(
+        "--pod-cidr",
+        default=None,
+        help="a /24 for pod IPs, routed to lo; 'loopback' for 127.0.0.N; default: a free /24 of 198.18.0.0/15",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
@@ -1076,7 +1145,10 @@ def main(argv: list[str] | None = None) -> int:
         max_restart_backoff=args.max_restart_backoff_seconds,
     )
     node = NodeAgent(kube, args.node_name, args.heartbeat_seconds)
-    manager = PodManager(kube, config, IPAllocator())
+    network = PodNetwork(args.pod_cidr)
+    ips = network.setup()
+    log.info("pod IPs come from %s", ips.network)
+    manager = PodManager(kube, config, ips)
 
     stopping = threading.Event()
 
@@ -1087,24 +1159,27 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
 
-    # The API server may still be coming up when the launcher starts us.
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            node.register()
-            break
-        except Exception as error:
-            if time.monotonic() > deadline:
-                raise
-            log.info("registering node: %s (retrying)", error)
-            time.sleep(0.5)
-    log.info("node %s registered", args.node_name)
+    try:
+        # The API server may still be coming up when the launcher starts us.
+        deadline = time.monotonic() + 60
+        while not stopping.is_set():
+            try:
+                node.register()
+                break
+            except Exception as error:
+                if time.monotonic() > deadline:
+                    raise
+                log.info("registering node: %s (retrying)", error)
+                time.sleep(0.5)
+        log.info("node %s registered", args.node_name)
 
-    threading.Thread(target=node.run, name="node-heartbeat", daemon=True).start()
-    threading.Thread(target=manager.run, name="pod-watch", daemon=True).start()
-    stopping.wait()
-    node.stop()
-    manager.stop_all(grace=5)
+        threading.Thread(target=node.run, name="node-heartbeat", daemon=True).start()
+        threading.Thread(target=manager.run, name="pod-watch", daemon=True).start()
+        stopping.wait()
+        node.stop()
+        manager.stop_all(grace=5)
+    finally:
+        network.teardown()
     log.info("kubelet stopped")
     return 0
 
