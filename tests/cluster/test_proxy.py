@@ -1,0 +1,112 @@
+"""The local service proxy on the real control plane: traffic follows the Service's EndpointSlices."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import socket
+import time
+import uuid
+from collections.abc import Iterator
+
+import pytest
+
+from testbed.kuberaw import RawKube, load_api_client
+from testbed.proxy import ServiceProxy
+from testbed.workloads import (
+    available_deployment,
+    create,
+    deployment,
+    echo_container,
+    http_json,
+    pods,
+    ready_slice_addresses,
+    service,
+    wait_until,
+)
+
+pytestmark = pytest.mark.cluster
+
+
+@pytest.fixture
+def kube(local_cluster) -> RawKube:
+    return RawKube(load_api_client(str(local_cluster.kubeconfig)))
+
+
+@pytest.fixture
+def namespace(local_cluster, kube: RawKube) -> Iterator[str]:
+    name = f"proxy-{uuid.uuid4().hex[:8]}"
+    local_cluster.create_namespace(name)
+    yield name
+    kube.request("DELETE", f"/api/v1/namespaces/{name}")
+
+
+def _ask(port: int) -> dict:
+    """One request on a new connection through the proxy."""
+    return http_json("127.0.0.1", port)
+
+
+def test_proxy_forwards_to_ready_pods_and_follows_a_selector_switch(
+    local_cluster, kube: RawKube, namespace: str
+) -> None:
+    for version in ("a", "b"):
+        labels = {"app": "shop", "version": version}
+        create(kube, namespace, deployment(f"shop-{version}", labels, 2, echo_container(version=version)))
+    create(kube, namespace, service("shop", {"app": "shop", "version": "a"}))
+    for version in ("a", "b"):
+        wait_until(f"shop-{version} Available", available_deployment(kube, namespace, f"shop-{version}", 2), timeout=90)
+    pod_names = {
+        version: {p["metadata"]["name"] for p in pods(kube, namespace, f"app=shop,version={version}")}
+        for version in ("a", "b")
+    }
+    a_ips = {p["status"]["podIP"] for p in pods(kube, namespace, "version=a")}
+    wait_until(
+        "the slices to list the a pods",
+        lambda: ready_slice_addresses(kube, namespace, "shop") == {(ip, 8080) for ip in a_ips},
+    )
+
+    proxy = ServiceProxy(load_api_client(str(local_cluster.kubeconfig)), namespace, "shop").start()
+    try:
+        answers = [_ask(proxy.port) for _ in range(6)]
+        assert {a["version"] for a in answers} == {"a"}
+        assert {a["pod"] for a in answers} == pod_names["a"]  # round-robin reaches both replicas
+
+        # A connection opened before the switch (HTTP keep-alive) stays with its pod.
+        held = http.client.HTTPConnection("127.0.0.1", proxy.port, timeout=5)
+        held.request("GET", "/")
+        before = json.loads(held.getresponse().read())
+        assert before["version"] == "a"
+
+        kube.patch(
+            f"/api/v1/namespaces/{namespace}/services/shop", {"spec": {"selector": {"app": "shop", "version": "b"}}}
+        )
+        switched = time.monotonic()
+        wait_until("a request to reach a b pod", lambda: _ask(proxy.port)["version"] == "b", interval=0.05)
+        print(f"proxied traffic reached version b {time.monotonic() - switched:.2f} s after the selector patch")
+        # Once the slices list only b pods, every new connection goes to b.
+        b_ips = {p["status"]["podIP"] for p in pods(kube, namespace, "version=b")}
+        wait_until("the proxy to drop the a endpoints", lambda: set(proxy.endpoints) == {(ip, 8080) for ip in b_ips})
+        answers = [_ask(proxy.port) for _ in range(10)]
+        assert {a["version"] for a in answers} == {"b"}
+        assert {a["pod"] for a in answers} == pod_names["b"]
+
+        held.request("GET", "/")
+        assert json.loads(held.getresponse().read())["pod"] == before["pod"]
+        held.close()
+    finally:
+        proxy.stop()
+
+
+def test_proxy_rejects_connections_when_no_endpoint_is_ready(local_cluster, kube: RawKube, namespace: str) -> None:
+    create(kube, namespace, service("nobody", {"app": "nobody"}))
+    with ServiceProxy(load_api_client(str(local_cluster.kubeconfig)), namespace, "nobody") as proxy:
+        assert proxy.endpoints == []
+        with socket.create_connection(("127.0.0.1", proxy.port), timeout=5) as conn:
+            started = time.monotonic()
+            try:
+                conn.sendall(b"GET / HTTP/1.0\r\n\r\n")
+                data = conn.recv(1024)
+            except ConnectionResetError:
+                data = b""
+            assert data == b""  # closed without an answer
+            assert time.monotonic() - started < 2
