@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import subprocess
+import sys
+import time
 import uuid
 from pathlib import Path
 
@@ -54,8 +56,8 @@ def test_helm_runs() -> None:
     assert result.stdout.strip().startswith(toolchain.HELM_VERSION)
 
 
-def _processes_under(path: Path) -> list[str]:
-    """Command lines of live processes that mention ``path`` (each component's flags name its workdir)."""
+def _processes_mentioning(text: str) -> list[str]:
+    """Command lines of live processes that mention ``text``."""
     found = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
@@ -65,7 +67,7 @@ def _processes_under(path: Path) -> list[str]:
             state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
         except OSError:
             continue
-        if str(path) in cmdline and state != "Z":
+        if text in cmdline and state != "Z":
             found.append(cmdline)
     return found
 
@@ -74,10 +76,36 @@ def test_stop_leaves_no_process_and_no_directory() -> None:
     # A second, separate cluster, so the session's cluster is not disturbed.
     cluster = LocalCluster.start()
     workdir = cluster.workdir
-    assert sorted(cluster.running()) == sorted(COMPONENTS)
-    started = [(c.pid, c.start_time) for c in cluster.components]
-    assert _processes_under(workdir)
-    cluster.stop()
-    assert _processes_under(workdir) == []
+    try:
+        assert sorted(cluster.running()) == sorted(COMPONENTS)
+        started = [(c.pid, c.start_time) for c in cluster.components]
+        # Every component's flags name the workdir; a pod's process is found by its marker.
+        assert _processes_mentioning(str(workdir))
+        marker = f"pod-marker-{uuid.uuid4().hex}"
+        cluster.create_namespace("stoptest")
+        pod = {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {"name": "sleeper"},
+            "spec": {
+                "containers": [
+                    {
+                        "name": "sleeper",
+                        "image": "ignored",
+                        "command": [sys.executable, "-c", "import time; time.sleep(3600)", marker],
+                    }
+                ]
+            },
+        }
+        status, reply = cluster.request("POST", "/api/v1/namespaces/stoptest/pods", pod)
+        assert status == 201, reply
+        deadline = time.monotonic() + 60
+        while not _processes_mentioning(marker):
+            assert time.monotonic() < deadline, "the kubelet never started the pod's process"
+            time.sleep(0.2)
+    finally:
+        cluster.stop()
+    assert _processes_mentioning(str(workdir)) == []
+    assert _processes_mentioning(marker) == []
     assert [pid for pid, start_time in started if _alive(pid, start_time)] == []
     assert not workdir.exists()

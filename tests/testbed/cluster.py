@@ -51,7 +51,6 @@ API_SERVICE_IP = "10.96.0.1"
 
 _TESTS_DIR = Path(__file__).resolve().parent.parent
 _REPO_DIR = _TESTS_DIR.parent
-_KUBELET_MODULE = Path(__file__).resolve().parent / "kubelet.py"
 
 # Stop order: the kubelet first so it can stop its pods while the API still answers.
 _STOP_ORDER = ("kubelet", "kube-scheduler", "kube-controller-manager", "kube-apiserver", "etcd")
@@ -401,8 +400,7 @@ class LocalCluster:
                 *common,
             ],
         )
-        if with_kubelet and _KUBELET_MODULE.exists():
-            # TEMPORARY guard: the process kubelet is written in parallel; start it once it exists.
+        if with_kubelet:
             self._spawn(
                 "kubelet",
                 [
