@@ -21,6 +21,7 @@ CLI (what ``make cluster-up`` / ``make cluster-down`` run):
 
 from __future__ import annotations
 
+import atexit
 import base64
 import contextlib
 import datetime
@@ -304,6 +305,8 @@ class LocalCluster:
             cluster.stop()
             raise
         cluster.started_in = time.monotonic() - began
+        # A process that exits without stop() (an interrupted test run) still takes its cluster along.
+        atexit.register(cluster.stop)
         return cluster
 
     def _spawn(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> _Component:
@@ -526,6 +529,7 @@ class LocalCluster:
 
     def stop(self, grace: float = 10.0) -> None:
         """Stop every process this cluster started (and their children); remove the workdir if ours."""
+        atexit.unregister(self.stop)
         by_name = {c.name: c for c in self.components}
         ordered = [by_name[n] for n in _STOP_ORDER if n in by_name]
         ordered += [c for c in self.components if c.name not in _STOP_ORDER]
@@ -603,6 +607,7 @@ def _up() -> int:
     # Components lead their own sessions, so they outlive this command; `down` stops them.
     cluster = LocalCluster.start(directory)
     cluster.remove_workdir = True  # `down` removes the fixed directory too
+    atexit.unregister(cluster.stop)  # this one outlives the command on purpose
     cluster._save_state()
     print(f"cluster up in {cluster.started_in:.1f} s; logs in {directory / 'logs'}", file=sys.stderr)
     print(f"kubectl and helm: export PATH={toolchain.bin_dir()}:$PATH", file=sys.stderr)
