@@ -88,3 +88,25 @@ def test_migrate_of_a_new_release_leaves_the_old_tables_alone(database_url: str)
         indexes = [row[0] for row in conn.execute("SELECT indexname FROM pg_indexes WHERE schemaname = 'view_schema'")]
     assert columns == ["account_id", "balance"]
     assert "account_balances_balance_idx" not in indexes
+
+
+def test_seed_bulk_loads_events_as_the_service_would(database_url: str, app, stage) -> None:
+    run_migrate(database_url, "v1", activate=True)
+    with app("v1") as v1:
+        assert v1.deposit("seed-3", 1000).status == 201  # an account that exists before the seed
+        result = stage("v1", "--events", "5000", "--accounts", "40", module="sampleapp.seed")
+        assert result.returncode == 0, result.stderr
+        assert "seeded 5000 events" in result.stdout
+        after = v1.deposit("seed-3", 1)
+        assert after.body["sequence_number"] == 1 + 5000 // 40 + 1
+        balance = v1.account("seed-3").body["balance"]
+    with psycopg.connect(database_url) as conn:
+        row = conn.execute(
+            "SELECT count(*), sum((event_json ->> 'amount')::bigint) FROM sequent_schema.events "
+            "WHERE event_json ->> 'account_id' = 'seed-3'"
+        ).fetchone()
+        total = conn.execute("SELECT count(*) FROM view_schema.account_audit_log").fetchone()
+    assert row == (5000 // 40 + 2, balance)
+    assert total == (5002,)
+    refused = stage("v2", "--events", "10", module="sampleapp.seed")  # v2 code while v1 is active
+    assert refused.returncode == 1 and "DifferentProjectorVersionIsActiveError" in refused.stderr
