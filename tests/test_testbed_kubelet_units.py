@@ -21,6 +21,7 @@ from testbed.kubelet import (
     Prober,
     ProbeTracker,
     expand,
+    parse_taints,
     pod_phase,
     resolve_port,
     restart_delay,
@@ -271,6 +272,16 @@ def test_select_port() -> None:
     assert select_port(service, 81)["name"] == "b"
     with pytest.raises(ValueError):
         select_port(service, 99)
+
+
+def test_parse_taints() -> None:
+    assert parse_taints("") == []
+    assert parse_taints("a=b:NoSchedule, c:NoExecute") == [
+        {"key": "a", "value": "b", "effect": "NoSchedule"},
+        {"key": "c", "effect": "NoExecute"},
+    ]
+    with pytest.raises(ValueError):
+        parse_taints("a=b:Sometimes")
 
 
 def test_loopback_addresses_are_usable() -> None:

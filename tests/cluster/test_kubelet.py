@@ -4,8 +4,12 @@ controllers and the scheduler do their part, the kubelet runs the pods as local 
 from __future__ import annotations
 
 import base64
+import contextlib
 import ipaddress
 import json
+import os
+import signal
+import subprocess
 import sys
 import time
 import uuid
@@ -348,3 +352,94 @@ def test_a_process_ignoring_sigterm_is_killed_after_the_grace_period(
     took = time.monotonic() - began
     assert 1.5 <= took < 10, took  # waited for the grace period, then killed
     wait_until("the shell and its child to be dead", lambda: not any(_alive(p) for p in pids), timeout=5)
+
+
+TESTS_DIR = Path(__file__).resolve().parent.parent
+
+
+def test_kubelet_stops_its_pods_on_sigterm_and_runs_them_again_when_back(
+    local_cluster, kube: RawKube, namespace: str, tmp_path: Path
+) -> None:
+    """A second kubelet process (its own tainted node): no orphans on SIGTERM, re-adoption on start."""
+    node_name = f"extra-{uuid.uuid4().hex[:6]}"
+    argv = [sys.executable, "-m", "testbed.kubelet", f"--kubeconfig={local_cluster.kubeconfig}"]
+    argv += [f"--node-name={node_name}", f"--state-dir={tmp_path / 'state'}", "--heartbeat-seconds=2"]
+    # A range of its own, near the top of the default one, so both runs hand out the same addresses.
+    argv += ["--pod-cidr=198.19.254.0/24", "--register-with-taints=testbed/extra=yes:NoSchedule"]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS_DIR), str(TESTS_DIR.parent / "operator")])}
+
+    def start_kubelet() -> subprocess.Popen[bytes]:
+        with open(tmp_path / "kubelet.log", "ab") as log:
+            return subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+
+    def node_ready() -> bool:
+        return is_true(kube.get(f"/api/v1/nodes/{node_name}"), "Ready")
+
+    events = tmp_path / "events"
+    container = echo_container(extra_args=["--events-file", str(events)])
+    pod = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "pinned"},
+        "spec": {
+            "containers": [container],
+            "nodeSelector": {"kubernetes.io/hostname": node_name},
+            "tolerations": [{"key": "testbed/extra", "operator": "Exists", "effect": "NoSchedule"}],
+        },
+    }
+    kubelet = start_kubelet()
+    try:
+        wait_until(f"node {node_name} to be Ready", node_ready, timeout=30)
+        lease = kube.get(f"/apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases/{node_name}")
+        assert lease["spec"]["holderIdentity"] == node_name
+        renewed = lease["spec"]["renewTime"]
+        wait_until(
+            "the node's Lease to be renewed",
+            lambda: (
+                kube.get(f"/apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases/{node_name}")["spec"][
+                    "renewTime"
+                ]
+                != renewed
+            ),
+            timeout=10,
+        )
+
+        create(kube, namespace, pod)
+        ready = wait_until(
+            "pod pinned to be Ready", lambda: (p := get(kube, namespace, "Pod", "pinned")) and is_true(p, "Ready") and p
+        )
+        assert ready["spec"]["nodeName"] == node_name  # placed by the scheduler
+        ip = ready["status"]["podIP"]
+        ((_, first),) = _events(events)
+
+        kubelet.send_signal(signal.SIGTERM)
+        assert kubelet.wait(20) == 0
+        assert ("terminated", first) in _events(events)
+        assert not _alive(first)
+        assert exists(kube, namespace, "Pod", "pinned")  # a kubelet going away leaves its pods' objects
+
+        kubelet = start_kubelet()
+
+        def running_again() -> int | None:
+            starts = [pid for word, pid in _events(events) if word == "started"]
+            current = get(kube, namespace, "Pod", "pinned")
+            return starts[-1] if len(starts) == 2 and is_true(current, "Ready") else None
+
+        second = wait_until("the pod to run again under the new kubelet", running_again, timeout=30)
+        assert second != first
+        assert get(kube, namespace, "Pod", "pinned")["status"]["podIP"] == ip
+        assert http_json(ip, 8080)["pid"] == second
+    finally:
+        with contextlib.suppress(Exception):
+            kube.request("DELETE", f"/api/v1/namespaces/{namespace}/pods/pinned")
+            wait_until("pod pinned to be gone", lambda: not exists(kube, namespace, "Pod", "pinned"), timeout=20)
+        if kubelet.poll() is None:
+            kubelet.send_signal(signal.SIGTERM)
+            try:
+                kubelet.wait(20)
+            except subprocess.TimeoutExpired:
+                os.killpg(kubelet.pid, signal.SIGKILL)
+                kubelet.wait()
+        with contextlib.suppress(Exception):
+            kube.request("DELETE", f"/api/v1/nodes/{node_name}")
+    assert not any(word == "started" and _alive(pid) for word, pid in _events(events))

@@ -1001,9 +1001,12 @@ class NodeAgent:
 
     LEASE_SECONDS = 40
 
-    def __init__(self, kube: RawKube, node_name: str, heartbeat: float = 10.0) -> None:
+    def __init__(
+        self, kube: RawKube, node_name: str, heartbeat: float = 10.0, taints: list[JSON] | None = None
+    ) -> None:
         self.kube = kube
         self.node_name = node_name
+        self.taints = taints or []
         self.heartbeat = heartbeat
         self.boot_id = str(uuid.uuid4())
         self._stop = threading.Event()
@@ -1062,7 +1065,13 @@ class NodeAgent:
             "kubernetes.io/os": "linux",
             "kubernetes.io/arch": self._status()["nodeInfo"]["architecture"],
         }
-        body = {"apiVersion": "v1", "kind": "Node", "metadata": {"name": self.node_name, "labels": labels}}
+        body = {
+            "apiVersion": "v1",
+            "kind": "Node",
+            "metadata": {"name": self.node_name, "labels": labels},
+            # Like the kubelet's --register-with-taints: only applied when the Node is created.
+            "spec": {"taints": self.taints},
+        }
         try:
             self.kube.request("POST", "/api/v1/nodes", body=body)
         except Exception as error:
@@ -1119,6 +1128,21 @@ class NodeAgent:
 # --------------------------------------------------------------------------------------------
 
 
+def parse_taints(text: str) -> list[JSON]:
+    """``key=value:Effect,key:Effect`` as the kubelet's --register-with-taints takes them."""
+    taints = []
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        key_value, _, effect = item.rpartition(":")
+        if not key_value or effect not in ("NoSchedule", "PreferNoSchedule", "NoExecute"):
+            raise ValueError(f"invalid taint {item!r}: expected key[=value]:Effect")
+        key, _, value = key_value.partition("=")
+        taint: JSON = {"key": key, "effect": effect}
+        if value:
+            taint["value"] = value
+        taints.append(taint)
+    return taints
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--kubeconfig", required=True)
@@ -1128,6 +1152,7 @@ def main(argv: list[str] | None = None) -> int:
     # KEP-4603's shorter crash-loop back-off (1 s doubling up to 60 s) keeps tests quick.
     parser.add_argument("--restart-backoff-seconds", type=float, default=1.0)
     parser.add_argument("--max-restart-backoff-seconds", type=float, default=60.0)
+    parser.add_argument("--register-with-taints", default="", help="key=value:Effect,... as the kubelet's flag")
     parser.add_argument(
         "--pod-cidr",
         default=None,
@@ -1144,7 +1169,7 @@ def main(argv: list[str] | None = None) -> int:
         restart_backoff=args.restart_backoff_seconds,
         max_restart_backoff=args.max_restart_backoff_seconds,
     )
-    node = NodeAgent(kube, args.node_name, args.heartbeat_seconds)
+    node = NodeAgent(kube, args.node_name, args.heartbeat_seconds, parse_taints(args.register_with_taints))
     network = PodNetwork(args.pod_cidr)
     ips = network.setup()
     log.info("pod IPs come from %s", ips.network)
