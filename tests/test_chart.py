@@ -161,6 +161,8 @@ def test_one_replica_runs_standalone_without_peering_or_pdb(helm: Path) -> None:
     assert not any(arg.startswith("--peering") for arg in container(manifests)["args"])
     assert "ClusterKopfPeering" not in kinds(manifests)
     assert "PodDisruptionBudget" not in kinds(manifests)
+    # Two standalone operators must never run at once, not even during a rollout.
+    assert one(manifests, "Deployment")["spec"]["strategy"] == {"type": "Recreate"}
     # Peering disabled with two replicas: no peering either (the user takes care of it).
     manifests = render(helm, "peering.enabled=false")
     assert not any(arg.startswith("--peering") for arg in container(manifests)["args"])
@@ -249,7 +251,6 @@ def test_cluster_scope_grants_what_the_operator_uses_everywhere(helm: Path) -> N
         ("secrets", ""): {"get"},
         ("events", ""): {"create"},
         ("customresourcedefinitions", "apiextensions.k8s.io"): {"get", "list", "watch"},
-        ("namespaces", ""): {"list", "watch"},
         ("clusterkopfpeerings", "kopf.dev"): {"get", "list", "watch", "patch"},
     }
     granted: dict[tuple[str, str], set[str]] = {}
@@ -272,14 +273,15 @@ def test_namespaced_scope_grants_only_in_the_watched_namespaces(helm: Path) -> N
     assert allows(manifests, "secrets", "get") == {"team-a", "team-b"}
     assert allows(manifests, "deployments", "create", "apps") == {"team-a", "team-b"}
     assert allows(manifests, "services", "patch") == {"team-a", "team-b"}
-    # Cluster-wide, only what Kopf must read to discover its resources.
+    # Cluster-wide, only what Kopf must read: the CRDs, and the namespaces (whether they exist).
     cluster_rules = [rule for kind, _, rule in rules_of(manifests) if kind == "ClusterRole"]
     assert cluster_rules == [
         {
             "apiGroups": ["apiextensions.k8s.io"],
             "resources": ["customresourcedefinitions"],
             "verbs": ["get", "list", "watch"],
-        }
+        },
+        {"apiGroups": [""], "resources": ["namespaces"], "verbs": ["list", "watch"]},
     ]
     # Peering per namespace, and the operator told which namespaces to watch.
     peerings = [m for m in manifests if m["kind"] == "KopfPeering"]

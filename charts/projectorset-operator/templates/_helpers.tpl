@@ -97,19 +97,22 @@ is watched and patched.
 {{- end }}
 {{- end -}}
 
-{{/* Cluster-scoped reads Kopf needs in every mode: it discovers resources through the CRDs. */}}
+{{/*
+Cluster-scoped reads Kopf needs: it discovers resources through the CRDs in every mode; watching
+given namespaces, it also lists and watches namespaces (to learn when they appear or go; without
+it Kopf retries, warns and assumes they exist); watching all, it needs its ClusterKopfPeering.
+*/}}
 {{- define "projectorset-operator.clusterRules" -}}
 - apiGroups: ["apiextensions.k8s.io"]
   resources: ["customresourcedefinitions"]
   verbs: ["get", "list", "watch"]
-{{- if empty .Values.watchNamespaces }}
+{{- if .Values.watchNamespaces }}
 - apiGroups: [""]
   resources: ["namespaces"]
   verbs: ["list", "watch"]
-{{- if include "projectorset-operator.peering" . }}
+{{- else if include "projectorset-operator.peering" . }}
 - apiGroups: ["kopf.dev"]
   resources: ["clusterkopfpeerings"]
   verbs: ["get", "list", "watch", "patch"]
-{{- end }}
 {{- end }}
 {{- end -}}
