@@ -89,17 +89,24 @@ class FakeIp:
         return 0, ""
 
 
-def test_pod_network_takes_the_first_free_range_and_removes_its_route() -> None:
+def test_pod_network_skips_ranges_of_live_kubelets_and_takes_over_leftovers(tmp_path: Path) -> None:
+    # 198.18.0.0/24 belongs to a live kubelet (it holds the lock); 198.18.1.0/24 has a route that
+    # a killed kubelet left behind (no lock): that one is taken over.
+    live = PodNetwork(run=FakeIp(), lock_dir=tmp_path)
+    assert str(live.setup().network) == "198.18.0.0/24"
     ip = FakeIp(taken=("198.18.0.0/24", "198.18.1.0/24"))
-    network = PodNetwork(run=ip)
-    assert str(network.setup().network) == "198.18.2.0/24"
+    network = PodNetwork(run=ip, lock_dir=tmp_path)
+    assert str(network.setup().network) == "198.18.1.0/24"
     network.teardown()
-    assert ip.calls[-1] == ["route", "del", "local", "198.18.2.0/24", "dev", "lo"]
+    assert ip.calls[-1] == ["route", "del", "local", "198.18.1.0/24", "dev", "lo"]
+    # Once released, the range is free for the next kubelet.
+    assert str(PodNetwork(run=FakeIp(), lock_dir=tmp_path).setup().network) == "198.18.1.0/24"
+    live.teardown()
 
 
-def test_pod_network_falls_back_to_loopback_without_permission() -> None:
+def test_pod_network_falls_back_to_loopback_without_permission(tmp_path: Path) -> None:
     ip = FakeIp(denied=True)
-    network = PodNetwork(run=ip)
+    network = PodNetwork(run=ip, lock_dir=tmp_path)
     assert str(network.setup().network) == "127.0.0.0/24"
     network.teardown()
     assert len(ip.calls) == 1  # no route added, none removed

@@ -248,7 +248,7 @@ def test_liveness_probe_failure_restarts_the_container(kube: RawKube, namespace:
     assert not _alive(first)
 
 
-def test_jobs_complete_or_fail_by_exit_code(kube: RawKube, namespace: str) -> None:
+def test_jobs_complete_or_fail_by_exit_code(local_cluster, kube: RawKube, namespace: str) -> None:
     def job(name: str, code: int) -> dict:
         return {
             "apiVersion": "batch/v1",
@@ -284,6 +284,10 @@ def test_jobs_complete_or_fail_by_exit_code(kube: RawKube, namespace: str) -> No
     assert done["status"]["succeeded"] == 1
     (pod,) = pods(kube, namespace, "job-name=works")
     assert pod["status"]["phase"] == "Succeeded"
+    # The container's output is kept in the kubelet's state directory.
+    meta = pod["metadata"]
+    log_file = local_cluster.workdir / "kubelet" / "pods" / f"{namespace}_{meta['name']}_{meta['uid']}" / "task.log"
+    assert log_file.read_text() == "exiting 0\n"
 
     # backoffLimit 1: a first failure, one retry after the Job controller's back-off, then Failed.
     failed = wait_until(

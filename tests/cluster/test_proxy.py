@@ -4,10 +4,15 @@ from __future__ import annotations
 
 import http.client
 import json
+import os
+import signal
 import socket
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -110,3 +115,30 @@ def test_proxy_rejects_connections_when_no_endpoint_is_ready(local_cluster, kube
                 data = b""
             assert data == b""  # closed without an answer
             assert time.monotonic() - started < 2
+
+
+def test_proxy_runs_as_a_command(local_cluster, kube: RawKube, namespace: str) -> None:
+    create(kube, namespace, deployment("solo", {"app": "solo"}, 1, echo_container(version="cli")))
+    create(kube, namespace, service("solo", {"app": "solo"}))
+    wait_until("solo Available", available_deployment(kube, namespace, "solo", 1), timeout=90)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    tests_dir = Path(__file__).resolve().parent.parent
+    argv = [sys.executable, "-m", "testbed.proxy", f"--kubeconfig={local_cluster.kubeconfig}"]
+    argv += [f"--namespace={namespace}", "--service=solo", f"--port={port}"]
+    process = subprocess.Popen(
+        argv,
+        env={**os.environ, "PYTHONPATH": str(tests_dir)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        assert process.stdout is not None
+        assert f"proxying 127.0.0.1:{port}" in process.stdout.readline()
+        answer = wait_until("an answer through the proxy command", lambda: _ask(port))
+        assert answer["version"] == "cli"
+    finally:
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(10) == 0

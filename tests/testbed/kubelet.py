@@ -4,8 +4,11 @@ Run as ``python -m testbed.kubelet --kubeconfig PATH --node-name local-node --st
 
 There is no container runtime on the test machines, so a container is a process group started from
 the container's ``command``/``args`` (the image is ignored), with the environment the pod spec
-describes. Each pod gets its own loopback address 127.0.0.N as its pod IP (Linux routes all of
-127/8 to ``lo``), so two replicas can listen on the same port. Everything else follows the real
+describes. Each pod gets its own IP on this machine, so two replicas can listen on the same port:
+an address of a /24 that the kubelet routes to ``lo`` (see ``PodNetwork``: loopback addresses
+would do for the processes, but the API rejects them in EndpointSlices). Apps bind to the pod IP,
+which they get from a ``status.podIP`` fieldRef as in any cluster. A container's output goes to
+``<state-dir>/pods/<namespace>_<pod>_<uid>/<container>.log``. Everything else follows the real
 kubelet closely enough for the Deployment, ReplicaSet, Job and EndpointSlice controllers to work:
 Node registration and heartbeats (Lease and status), probes, restarts with back-off, pod phase,
 conditions and container statuses, graceful deletion.
@@ -18,7 +21,7 @@ The parts, one class per concern:
   reports the pod status.
 - ``Container`` is one container's process and its observed state.
 - ``Prober`` runs a single httpGet/tcpSocket/exec probe; ``ProbeTracker`` applies the thresholds.
-- ``IPAllocator`` hands out pod IPs.
+- ``PodNetwork`` picks and routes the pod IP range; ``IPAllocator`` hands out its addresses.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from __future__ import annotations
 import argparse
 import base64
 import contextlib
+import fcntl
 import http.client
 import ipaddress
 import logging
@@ -35,6 +39,7 @@ import re
 import signal
 import socket
 import subprocess
+import tempfile
 import threading
 import time
 import uuid
@@ -42,7 +47,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from testbed.kuberaw import JSON, Gone, RawKube, is_status, load_api_client
 
@@ -133,14 +138,25 @@ class PodNetwork:
     The default range is a free /24 of 198.18.0.0/15 (RFC 2544, reserved for tests and never on a
     real network); the route is removed on exit. Without CAP_NET_ADMIN the kubelet falls back to
     127.0.0.N: pods still run and are reachable, but their Services get no endpoints.
+
+    Several clusters may run at once (a test run and the demo): each kubelet holds an flock on
+    its range's lock file for as long as it lives, so ranges are never shared, and the range of a
+    kubelet that was killed (its route left behind) is taken over by the next one.
     """
 
     AUTO_RANGE = ipaddress.ip_network("198.18.0.0/15")
 
-    def __init__(self, cidr: str | None = None, run: Callable[[list[str]], tuple[int, str]] | None = None) -> None:
+    def __init__(
+        self,
+        cidr: str | None = None,
+        run: Callable[[list[str]], tuple[int, str]] | None = None,
+        lock_dir: Path | None = None,
+    ) -> None:
         self.cidr = cidr
         self.run = run or self._ip
+        self.lock_dir = lock_dir or Path(tempfile.gettempdir()) / "testbed-pod-networks"
         self.added: str | None = None
+        self._lock_file: IO[str] | None = None
 
     @staticmethod
     def _ip(argv: list[str]) -> tuple[int, str]:
@@ -149,6 +165,23 @@ class PodNetwork:
         except FileNotFoundError:
             return 127, "the ip command (iproute2) is not installed"
         return result.returncode, result.stderr.strip()
+
+    def _claim(self, network: ipaddress.IPv4Network | ipaddress.IPv6Network) -> bool:
+        """Lock the range for this process's lifetime; the kernel drops the lock when it dies."""
+        self.lock_dir.mkdir(parents=True, exist_ok=True)
+        lock_file = open(self.lock_dir / f"{network.network_address}.lock", "w")  # noqa: SIM115
+        try:
+            fcntl.flock(lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lock_file.close()
+            return False
+        self._lock_file = lock_file
+        return True
+
+    def _unclaim(self) -> None:
+        if self._lock_file is not None:
+            self._lock_file.close()
+            self._lock_file = None
 
     def setup(self) -> IPAllocator:
         if self.cidr == "loopback":
@@ -161,23 +194,26 @@ class PodNetwork:
                 raise RuntimeError(f"cannot route pod network {self.cidr} to lo: {error}")
             return IPAllocator(self.cidr)
         for candidate in self.AUTO_RANGE.subnets(new_prefix=24):
+            if not self._claim(candidate):
+                continue  # a live kubelet uses it
             code, error = self.run(["route", "add", "local", str(candidate), "dev", "lo"])
-            if code == 0:
+            if code == 0 or "File exists" in error:  # "exists": left by a kubelet that was killed
                 self.added = str(candidate)
                 return IPAllocator(self.added)
-            if "File exists" not in error:  # not another kubelet's range: no permission, no tool
-                log.warning(
-                    "cannot route a pod network to lo (%s): pods get 127.0.0.N addresses, which "
-                    "EndpointSlices reject, so Services will have no endpoints",
-                    error,
-                )
-                break
+            self._unclaim()
+            log.warning(
+                "cannot route a pod network to lo (%s): pods get 127.0.0.N addresses, which "
+                "EndpointSlices reject, so Services will have no endpoints",
+                error,
+            )
+            break
         return IPAllocator("127.0.0.0/24")
 
     def teardown(self) -> None:
         if self.added:
             self.run(["route", "del", "local", self.added, "dev", "lo"])
             self.added = None
+        self._unclaim()
 
 
 class ConfigError(Exception):
