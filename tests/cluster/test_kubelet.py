@@ -447,3 +447,49 @@ def test_kubelet_stops_its_pods_on_sigterm_and_runs_them_again_when_back(
         with contextlib.suppress(Exception):
             kube.request("DELETE", f"/api/v1/nodes/{node_name}")
     assert not any(word == "started" and _alive(pid) for word, pid in _events(events))
+
+
+def test_init_containers_run_first_and_on_failure_restarts_in_place(
+    kube: RawKube, namespace: str, tmp_path: Path
+) -> None:
+    # The init container prepares a file; the main container fails once, then succeeds on its
+    # restart (restartPolicy OnFailure restarts it in the same pod).
+    prepare = f"open('{tmp_path}/prepared', 'w').write('ready')"
+    flaky = (
+        "import os, sys\n"
+        f"assert open('{tmp_path}/prepared').read() == 'ready'\n"
+        f"marker = '{tmp_path}/tried'\n"
+        "if not os.path.exists(marker):\n"
+        "    open(marker, 'w').close()\n"
+        "    sys.exit(3)\n"
+    )
+    job = {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {"name": "second-time"},
+        "spec": {
+            "backoffLimit": 2,
+            "template": {
+                "spec": {
+                    "restartPolicy": "OnFailure",
+                    "initContainers": [{"name": "prepare", "image": IMAGE, "command": [sys.executable, "-c", prepare]}],
+                    "containers": [{"name": "work", "image": IMAGE, "command": [sys.executable, "-c", flaky]}],
+                }
+            },
+        },
+    }
+    create(kube, namespace, job)
+    wait_until(
+        "Job second-time to complete",
+        lambda: is_true(get(kube, namespace, "Job", "second-time"), "Complete"),
+        timeout=60,
+    )
+    (pod,) = pods(kube, namespace, "job-name=second-time")
+    status = pod["status"]
+    assert status["phase"] == "Succeeded"
+    (init,) = status["initContainerStatuses"]
+    assert init["state"]["terminated"]["exitCode"] == 0
+    (work,) = status["containerStatuses"]
+    assert work["restartCount"] == 1
+    assert work["lastState"]["terminated"]["exitCode"] == 3
+    assert work["state"]["terminated"]["exitCode"] == 0
