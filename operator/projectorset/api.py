@@ -123,7 +123,9 @@ class CatchupSpec(Model):
 class ReplaySpec(Model):
     commands: StageCommands = Field(default_factory=StageCommands)
     container: str | None = Field(
-        default=None, description="Container of the template that runs the stages (default: the first)."
+        default=None,
+        max_length=63,
+        description="Container of the template that runs the stages (default: the first).",
     )
     group_size: int = Field(default=100, ge=1, description="Aggregates per replay group ({groupSize}).")
     processes: int = Field(default=1, ge=1, le=256, description="Replay processes ({processes}).")
@@ -159,7 +161,18 @@ def _pod_template_schema(schema: dict[str, Any]) -> None:
             "x-kubernetes-preserve-unknown-fields": True,
             "required": ["spec"],
             "properties": {
-                "metadata": {"type": "object", "x-kubernetes-preserve-unknown-fields": True},
+                "metadata": {
+                    "type": "object",
+                    "x-kubernetes-preserve-unknown-fields": True,
+                    # Typed so that the CEL rule below can read the labels.
+                    "properties": {
+                        "labels": {
+                            "type": "object",
+                            "maxProperties": 64,
+                            "additionalProperties": {"type": "string", "maxLength": 63},
+                        }
+                    },
+                },
                 "spec": {
                     "type": "object",
                     "x-kubernetes-preserve-unknown-fields": True,
@@ -168,12 +181,12 @@ def _pod_template_schema(schema: dict[str, Any]) -> None:
                         "containers": {
                             "type": "array",
                             "minItems": 1,
-                            "maxItems": 50,
+                            "maxItems": 20,
                             "items": {
                                 "type": "object",
                                 "x-kubernetes-preserve-unknown-fields": True,
                                 "required": ["name"],
-                                "properties": {"name": {"type": "string", "minLength": 1}},
+                                "properties": {"name": {"type": "string", "minLength": 1, "maxLength": 63}},
                             },
                         }
                     },

@@ -14,6 +14,7 @@ import yaml
 
 from testbed.cluster import LocalCluster
 from testbed.manifests import sample_projectorset
+from testbed.workloads import wait_until
 
 CRD = Path(__file__).resolve().parents[2] / "crds" / "projectorsets.yaml"
 NAMESPACE = "crd-validation"
@@ -39,7 +40,12 @@ def apply(kubectl: Callable[..., Any], body: dict[str, Any]) -> Any:
 def test_crd_is_discoverable_with_short_name(crd_installed: None, kubectl: Callable[..., Any]) -> None:
     resources = kubectl("api-resources", "--api-group=projectorset.io", "-o", "name", check=True).stdout
     assert "projectorsets.projectorset.io" in resources
-    explained = kubectl("explain", "projectorset.spec.replay.catchup", check=True).stdout
+    # The API server publishes the CRD's OpenAPI a few seconds after it is Established.
+    explained = wait_until(
+        "kubectl explain to know the CRD",
+        lambda: kubectl("explain", "projectorset.spec.replay.catchup").stdout,
+        timeout=60,
+    )
     assert "maxLag" in explained
 
 
