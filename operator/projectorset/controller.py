@@ -30,7 +30,7 @@ from projectorset.observation import (
     RegisterReplaying,
 )
 from projectorset.resources import Owner
-from projectorset.rollout import Decision, decide
+from projectorset.rollout import Decision, decide, release_is_active
 
 log = logging.getLogger(__name__)
 
@@ -106,6 +106,10 @@ class PassResult:
     requeue_after: float | None
     action_error: str | None = None
 
+    @property
+    def await_activation(self) -> bool:
+        return self.decision is not None and self.decision.await_activation
+
 
 class Reconciler:
     def __init__(
@@ -119,6 +123,9 @@ class Reconciler:
         self.databases = databases or DatabaseRegistry()
         self.clock = clock
         self.observer = observer
+        # The database and spec of each ProjectorSet's last pass, for the activation watch.
+        self._gates: dict[tuple[str, str], tuple[SequentDatabase, ProjectorSetSpec]] = {}
+        self._gates_lock = threading.Lock()
 
     def reconcile(self, body: dict[str, Any]) -> PassResult:
         metadata = body["metadata"]
@@ -167,9 +174,23 @@ class Reconciler:
             return DatabaseView(error_reason="SecretNotFound", error_message=view.secret_problem or "no database URI")
         try:
             database = self.databases.get(owner, uri, spec.database.event_store_schema)
+            with self._gates_lock:
+                self._gates[(owner.namespace, owner.name)] = (database, spec)
             return DatabaseView(state=database.read_state())
         except DatabaseError as error:
             return DatabaseView(error_reason=error.reason, error_message=error.message)
+
+    def activation_seen(self, namespace: str, name: str) -> bool:
+        """One cheap read of projector_states: does the database now show the release active?"""
+        with self._gates_lock:
+            gate = self._gates.get((namespace, name))
+        if gate is None:
+            return True  # nothing to watch: let a full pass decide
+        database, spec = gate
+        try:
+            return release_is_active(spec, database.read_projector_states())
+        except DatabaseError:
+            return True
 
     def _carry_out(
         self, owner: Owner, spec: ProjectorSetSpec, uri: str | None, decision: Decision

@@ -252,6 +252,20 @@ class SequentDatabase:
 
         return self._run(read)
 
+    def read_projector_states(self) -> DatabaseState:
+        """Only projector_states: the cheap read the operator repeats while golive runs."""
+
+        def read(conn: psycopg.Connection) -> DatabaseState:
+            rows = conn.execute(
+                sql.SQL("SELECT name, active_version, activating_version, replaying_version FROM {}").format(
+                    self._table("projector_states")
+                )
+            ).fetchall()
+            conn.rollback()
+            return DatabaseState(projectors={row[0]: ProjectorState(*row) for row in rows})
+
+        return self._run(read)
+
     def _lag(self, conn: psycopg.Connection, replay: ReplayState) -> int:
         if replay.continue_replay_at_xact_id is None:
             query = sql.SQL("SELECT count(*) FROM {}").format(self._table("events"))

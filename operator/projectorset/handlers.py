@@ -25,6 +25,8 @@ log = logging.getLogger(__name__)
 
 # Even with no events at all, every ProjectorSet is re-read this often.
 IDLE_RESYNC_SECONDS = 300.0
+# While golive runs, projector_states is read this often so traffic moves right after its commit.
+ACTIVATION_POLL_SECONDS = 0.05
 MAX_ERROR_BACKOFF_SECONDS = 60.0
 
 
@@ -91,6 +93,9 @@ async def run_rollouts(name: str, namespace: str | None, stopped: kopf.DaemonSto
                 result = await asyncio.to_thread(runtime.reconciler.reconcile, body)
                 failures = 0
                 delay = result.requeue_after or IDLE_RESYNC_SECONDS
+                if result.await_activation:
+                    await _watch_activation(namespace, name, wakeup, delay)
+                    continue
             except ClusterError as error:
                 failures += 1
                 delay = min(MAX_ERROR_BACKOFF_SECONDS, 2.0**failures)
@@ -107,6 +112,17 @@ async def run_rollouts(name: str, namespace: str | None, stopped: kopf.DaemonSto
         runtime.generations.pop(key, None)
         runtime.databases.forget(Owner(name, namespace, ""))
         metrics.forget(Owner(name, namespace, ""))
+
+
+async def _watch_activation(namespace: str, name: str, wakeup: asyncio.Event, timeout: float) -> None:
+    """Return as soon as the database shows the release active, a watch event arrives, or time is up."""
+    assert runtime.reconciler is not None
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not wakeup.is_set() and asyncio.get_running_loop().time() < deadline:
+        if await asyncio.to_thread(runtime.reconciler.activation_seen, namespace, name):
+            return
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(wakeup.wait(), timeout=ACTIVATION_POLL_SECONDS)
 
 
 @kopf.on.event(api.GROUP, api.VERSION, api.PLURAL)

@@ -78,6 +78,9 @@ class Decision:
     events: tuple[Event, ...]
     # Seconds until the next pass even if nothing changes; None: wait for a watch event.
     requeue_after: float | None
+    # golive or an activation is under way: watch projector_states closely, so that traffic
+    # moves within milliseconds of the commit rather than at the next pass.
+    await_activation: bool = False
 
 
 @dataclass
@@ -181,7 +184,7 @@ class _Pass:
             conditions=sorted(self.conditions.values(), key=lambda c: c.type),
             **vars(self.memory),
         )
-        return Decision(tuple(self.actions), status, tuple(self.events), self.requeue_after)
+        return Decision(tuple(self.actions), status, tuple(self.events), self.requeue_after, phase is Phase.ACTIVATING)
 
 
 def _progress_reason(status: ProjectorSetStatus) -> str | None:
@@ -379,7 +382,7 @@ def _rollout(run: _Pass, plan: Plan, db: DatabaseState) -> Decision:
     attempt = run.memory.attempt
 
     # The database is the gate: once the release is active there, traffic moves in this very pass.
-    if _release_active(spec, db, plan):
+    if release_is_active(spec, db):
         return _switch(run, db)
 
     if finished:
@@ -559,8 +562,9 @@ def _paused(run: _Pass) -> Decision:
     return run.finish(Phase.PAUSED, "PausedByUser", f"rollout of {run.spec.version} paused by spec.paused")
 
 
-def _release_active(spec: ProjectorSetSpec, db: DatabaseState, plan: Plan) -> bool:
-    """Every projector of the release is active at its version and nothing is left in flight."""
+def release_is_active(spec: ProjectorSetSpec, db: DatabaseState) -> bool:
+    """Every projector of the release is active at its version, nothing is left in flight, and
+    no projector outside the release is still active."""
     if db.empty:
         return False
     for name, version in spec.projector_versions.items():
@@ -569,7 +573,7 @@ def _release_active(spec: ProjectorSetSpec, db: DatabaseState, plan: Plan) -> bo
             return False
     if any(s.activating_version is not None or s.replaying_version is not None for s in db.projectors.values()):
         return False
-    return not plan.to_deactivate
+    return all(name in spec.projector_versions or s.active_version is None for name, s in db.projectors.items())
 
 
 def _switch(run: _Pass, db: DatabaseState) -> Decision:
