@@ -4,16 +4,19 @@
 from __future__ import annotations
 
 import copy
+import socket
 import time
 import urllib.request
 from pathlib import Path
 from typing import Any
 
+import kopf
 import psycopg
 import pytest
 from fake_cluster import FakeCluster
 from prometheus_client import CollectorRegistry, generate_latest, start_http_server
 
+from projectorset import main
 from projectorset.api import Condition, Phase, ProjectorSetStatus, ReplayStatus
 from projectorset.controller import Reconciler
 from projectorset.metrics import OperatorMetrics
@@ -211,3 +214,24 @@ def test_a_real_upgrade_is_measured(database_url: str, tmp_path: Path) -> None:
     }
     assert "replay" in timed_stages, exposition
     assert sample(registry, "projectorset_replay_lag_events", namespace="default", name="accounts") is None
+
+
+# --- the entry point -----------------------------------------------------------------------------
+
+
+def test_entry_point_serves_metrics_and_survives_a_taken_port(monkeypatch: pytest.MonkeyPatch) -> None:
+    runs: list[dict[str, Any]] = []
+    monkeypatch.setattr(kopf, "run", lambda **kwargs: runs.append(kwargs))
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    main.main(["--metrics-port", str(port), "--metrics-address", "127.0.0.1", "--peering", "ops", "-n", "a"])
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+        assert "projectorset_activation_to_switch_seconds" in response.read().decode()
+    # Peering gets a random priority: equal priorities would pause every replica.
+    assert runs[0]["peering_name"] == "ops" and runs[0]["standalone"] is False
+    assert isinstance(runs[0]["priority"], int) and runs[0]["priority"] > 0
+
+    # The port is now taken (by the server above): the operator still runs, without metrics.
+    main.main(["--metrics-port", str(port), "--metrics-address", "127.0.0.1"])
+    assert len(runs) == 2 and runs[1]["standalone"] is True

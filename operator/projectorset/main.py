@@ -70,7 +70,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     logging.getLogger("psycopg.pool").setLevel(logging.ERROR)
     if arguments.metrics_port:
-        prometheus_client.start_http_server(arguments.metrics_port, addr=arguments.metrics_address)
+        try:
+            prometheus_client.start_http_server(arguments.metrics_port, addr=arguments.metrics_address)
+        except OSError as error:
+            # Metrics are not worth a crash loop (e.g. a local Prometheus already on 9090).
+            logging.getLogger(__name__).error("no metrics on port %d: %s", arguments.metrics_port, error)
     # Replicas of one Deployment cannot be told apart by their arguments: a random priority
     # lets the highest one act and the others stand by.
     priority = arguments.priority if arguments.priority is not None else random.randint(1, 2**31 - 1)
