@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from testbed.kuberaw import RawKube, load_api_client
+from testbed.kuberaw import RawKube
 from testbed.workloads import (
     IMAGE,
     available_deployment,
@@ -41,8 +41,9 @@ POD_RANGE = ipaddress.ip_network("198.18.0.0/15")
 
 
 @pytest.fixture
-def kube(local_cluster) -> RawKube:
-    return RawKube(load_api_client(str(local_cluster.kubeconfig)))
+def kube(kube_api) -> RawKube:
+    """The session's API client, speaking plain JSON (objects read as `kubectl get -o json` shows them)."""
+    return RawKube(kube_api)
 
 
 @pytest.fixture
@@ -67,7 +68,9 @@ def _events(path: Path) -> list[tuple[str, int]]:
     return [(word, int(pid)) for word, pid in (line.split() for line in path.read_text().splitlines())]
 
 
-def test_deployment_becomes_available_on_distinct_pod_ips_with_env_from_a_secret(kube: RawKube, namespace: str) -> None:
+def test_deployment_becomes_available_on_distinct_pod_ips_with_env_from_a_secret(
+    kubectl, kube: RawKube, namespace: str
+) -> None:
     secret = {
         "apiVersion": "v1",
         "kind": "Secret",
@@ -82,6 +85,8 @@ def test_deployment_becomes_available_on_distinct_pod_ips_with_env_from_a_secret
 
     wait_until("Deployment web to be Available", available_deployment(kube, namespace, "web", 2), timeout=90)
     print(f"Deployment of 2 replicas Available after {time.monotonic() - started:.1f} s")
+    rollout = kubectl("rollout", "status", "deployment/web", "-n", namespace, "--timeout=10s", check=True)
+    assert 'deployment "web" successfully rolled out' in rollout.stdout
 
     running = pods(kube, namespace, "app=web")
     assert len(running) == 2
@@ -215,11 +220,21 @@ def test_missing_secret_keeps_pod_pending_until_it_exists(kube: RawKube, namespa
     assert http_json(pod["status"]["podIP"], 8080)["greeting"] == "finally"
 
 
-def test_liveness_probe_failure_restarts_the_container(kube: RawKube, namespace: str, tmp_path: Path) -> None:
+def _container_log(local_cluster, pod: dict, container: str) -> str:
+    meta = pod["metadata"]
+    path = local_cluster.workdir / "kubelet" / "pods" / f"{meta['namespace']}_{meta['name']}_{meta['uid']}"
+    return (path / f"{container}.log").read_text()
+
+
+def test_liveness_probe_failure_restarts_the_container(
+    local_cluster, kube: RawKube, namespace: str, tmp_path: Path
+) -> None:
     events = tmp_path / "events"
     container = echo_container(extra_args=["--healthy-checks", "3", "--events-file", str(events)], readiness=False)
+    # The delay gives a (re)started interpreter time to listen on a busy machine.
     container["livenessProbe"] = {
         "httpGet": {"path": "/healthz", "port": 8080},
+        "initialDelaySeconds": 2,
         "periodSeconds": 1,
         "failureThreshold": 2,
     }
@@ -242,7 +257,13 @@ def test_liveness_probe_failure_restarts_the_container(kube: RawKube, namespace:
         starts = [pid for word, pid in _events(events) if word == "started"]
         return starts[:2] if len(starts) >= 2 else None
 
-    first, second = wait_until("a second process", two_starts, timeout=20)
+    try:
+        first, second = wait_until("a second process", two_starts, timeout=30)
+    except AssertionError as error:
+        pod = get(kube, namespace, "Pod", "flaky")
+        raise AssertionError(
+            f"{error}\nstatus: {pod['status']}\nlog:\n{_container_log(local_cluster, pod, 'app')}"
+        ) from None
     assert first != second
     assert ("terminated", first) in _events(events)  # stopped with SIGTERM, not just killed
     assert not _alive(first)
@@ -285,9 +306,7 @@ def test_jobs_complete_or_fail_by_exit_code(local_cluster, kube: RawKube, namesp
     (pod,) = pods(kube, namespace, "job-name=works")
     assert pod["status"]["phase"] == "Succeeded"
     # The container's output is kept in the kubelet's state directory.
-    meta = pod["metadata"]
-    log_file = local_cluster.workdir / "kubelet" / "pods" / f"{namespace}_{meta['name']}_{meta['uid']}" / "task.log"
-    assert log_file.read_text() == "exiting 0\n"
+    assert _container_log(local_cluster, pod, "task") == "exiting 0\n"
 
     # backoffLimit 1: a first failure, one retry after the Job controller's back-off, then Failed.
     failed = wait_until(

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from testbed.kuberaw import RawKube, load_api_client
+from testbed.kuberaw import RawKube
 from testbed.proxy import ServiceProxy
 from testbed.workloads import (
     available_deployment,
@@ -34,8 +34,9 @@ pytestmark = pytest.mark.cluster
 
 
 @pytest.fixture
-def kube(local_cluster) -> RawKube:
-    return RawKube(load_api_client(str(local_cluster.kubeconfig)))
+def kube(kube_api) -> RawKube:
+    """The session's API client, speaking plain JSON (objects read as `kubectl get -o json` shows them)."""
+    return RawKube(kube_api)
 
 
 @pytest.fixture
@@ -51,9 +52,7 @@ def _ask(port: int) -> dict:
     return http_json("127.0.0.1", port)
 
 
-def test_proxy_forwards_to_ready_pods_and_follows_a_selector_switch(
-    local_cluster, kube: RawKube, namespace: str
-) -> None:
+def test_proxy_forwards_to_ready_pods_and_follows_a_selector_switch(kube_api, kube: RawKube, namespace: str) -> None:
     for version in ("a", "b"):
         labels = {"app": "shop", "version": version}
         create(kube, namespace, deployment(f"shop-{version}", labels, 2, echo_container(version=version)))
@@ -70,7 +69,7 @@ def test_proxy_forwards_to_ready_pods_and_follows_a_selector_switch(
         lambda: ready_slice_addresses(kube, namespace, "shop") == {(ip, 8080) for ip in a_ips},
     )
 
-    proxy = ServiceProxy(load_api_client(str(local_cluster.kubeconfig)), namespace, "shop").start()
+    proxy = ServiceProxy(kube_api, namespace, "shop").start()
     try:
         answers = [_ask(proxy.port) for _ in range(6)]
         assert {a["version"] for a in answers} == {"a"}
@@ -102,9 +101,9 @@ def test_proxy_forwards_to_ready_pods_and_follows_a_selector_switch(
         proxy.stop()
 
 
-def test_proxy_rejects_connections_when_no_endpoint_is_ready(local_cluster, kube: RawKube, namespace: str) -> None:
+def test_proxy_rejects_connections_when_no_endpoint_is_ready(kube_api, kube: RawKube, namespace: str) -> None:
     create(kube, namespace, service("nobody", {"app": "nobody"}))
-    with ServiceProxy(load_api_client(str(local_cluster.kubeconfig)), namespace, "nobody") as proxy:
+    with ServiceProxy(kube_api, namespace, "nobody") as proxy:
         assert proxy.endpoints == []
         with socket.create_connection(("127.0.0.1", proxy.port), timeout=5) as conn:
             started = time.monotonic()
