@@ -264,7 +264,7 @@ def test_namespaced_install_upgrades_the_app_with_only_the_charts_rbac(
     assert not helm.can_i(identity, "get", "secrets", app_ns)
 
 
-def test_two_replicas_peer_so_that_exactly_one_acts(
+def test_two_replicas_peer_so_that_exactly_one_acts_and_a_standby_takes_over(
     helm: Helm,
     namespaces: tuple[str, str, str],
     local_cluster: LocalCluster,
@@ -320,4 +320,12 @@ def test_two_replicas_peer_so_that_exactly_one_acts(
     assert "RolloutStarted" not in logs[standby] and "Preparing" not in logs[standby]
     events = client.CoreV1Api(kube_api).list_namespaced_event(app_ns, field_selector="involvedObject.kind=ProjectorSet")
     assert {e.reporting_instance for e in events.items} == set(acting)
+
+    # The acting pod goes away (a drain, a node failure): a standby takes over and rolls out v3.
+    helm.kubectl("delete", "pod", acting[0], "-n", operator_ns, "--wait=false")
+    scenario.apply("v3")
+    scenario.wait_active("v3", timeout=180)
+    events = client.CoreV1Api(kube_api).list_namespaced_event(app_ns, field_selector="involvedObject.kind=ProjectorSet")
+    switched_by = {e.reporting_instance for e in events.items if "version v3" in (e.message or "")}
+    assert switched_by and acting[0] not in switched_by, switched_by
     helm.helm("uninstall", release, "-n", operator_ns, "--wait", "--timeout=120s")
