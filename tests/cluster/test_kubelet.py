@@ -373,7 +373,7 @@ def test_a_process_ignoring_sigterm_is_killed_after_the_grace_period(
     kube.request("DELETE", f"/api/v1/namespaces/{namespace}/pods/stubborn")
     wait_until("pod stubborn to be gone", lambda: not exists(kube, namespace, "Pod", "stubborn"), timeout=30)
     took = time.monotonic() - began
-    assert 1.5 <= took < 10, took  # waited for the grace period, then killed
+    assert 1.5 <= took < 25, took  # waited for the grace period, then killed
     wait_until("the shell and its child to be dead", lambda: not any(_alive(p) for p in pids), timeout=5)
 
 

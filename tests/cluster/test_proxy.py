@@ -113,7 +113,7 @@ def test_proxy_rejects_connections_when_no_endpoint_is_ready(kube_api, kube: Raw
             except ConnectionResetError:
                 data = b""
             assert data == b""  # closed without an answer
-            assert time.monotonic() - started < 2
+            assert time.monotonic() - started < 5  # at once, not after a connect timeout
 
 
 def test_proxy_runs_as_a_command(local_cluster, kube: RawKube, namespace: str) -> None:
