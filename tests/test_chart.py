@@ -106,10 +106,19 @@ def test_values_schema_rejects_bad_values(helm: Path, value: str, complaint: str
     assert complaint in result.stderr
 
 
-def test_namespaced_rbac_needs_the_namespaces(helm: Path) -> None:
+def test_combinations_the_schema_cannot_express_are_refused(helm: Path) -> None:
     result = run_helm(helm, "template", RELEASE, str(CHART), "--set", "rbac.scope=namespaced")
     assert result.returncode != 0
     assert "rbac.scope=namespaced needs watchNamespaces" in result.stderr
+    result = run_helm(helm, "template", RELEASE, str(CHART), "--set", "metrics.port=8080")
+    assert result.returncode != 0
+    assert "metrics.port and health.port must differ" in result.stderr
+
+
+def test_chart_app_version_is_the_packages_version() -> None:
+    chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
+    package = re.search(r'^version = "(.+)"$', (REPO / "pyproject.toml").read_text(), re.MULTILINE)
+    assert package is not None and chart["appVersion"] == package.group(1)
 
 
 # --- the operator Deployment ---------------------------------------------------------------------

@@ -53,10 +53,13 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) -}}
 {{- end -}}
 
-{{/* namespaced RBAC names the namespaces it grants access to. */}}
+{{/* Combinations the schema cannot express. */}}
 {{- define "projectorset-operator.validate" -}}
 {{- if and (eq .Values.rbac.scope "namespaced") (empty .Values.watchNamespaces) -}}
 {{- fail "rbac.scope=namespaced needs watchNamespaces: the namespaces to grant access to" -}}
+{{- end -}}
+{{- if and .Values.metrics.enabled (eq (int .Values.metrics.port) (int .Values.health.port)) -}}
+{{- fail "metrics.port and health.port must differ: both servers listen in the same pod" -}}
 {{- end -}}
 {{- end -}}
 
