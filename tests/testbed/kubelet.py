@@ -426,8 +426,8 @@ class EnvResolver:
                     ref = source[key]
                     obj = self._object(namespace, kind, ref["name"], bool(ref.get("optional")))
                     if obj is not None:
-                        for name, value in self._data(obj, kind).items():
-                            variables[prefix + name] = value
+                        for key_name, data_value in self._data(obj, kind).items():
+                            variables[prefix + key_name] = data_value
         for entry in container.get("env") or []:
             name = entry["name"]
             if "valueFrom" not in entry:

@@ -7,17 +7,15 @@ import json
 import sys
 import time
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any
 
 from testbed.kuberaw import JSON, RawKube, is_status
-
-T = TypeVar("T")
 
 # Images are ignored by the process kubelet; a realistic name keeps the manifests valid and honest.
 IMAGE = "python:3.11-slim"
 
 
-def wait_until(what: str, check: Callable[[], T | None], timeout: float = 60.0, interval: float = 0.2) -> T:
+def wait_until(what: str, check: Callable[[], Any], timeout: float = 60.0, interval: float = 0.2) -> Any:
     """Poll ``check`` until it returns something truthy; fail with ``what`` and the last error."""
     deadline = time.monotonic() + timeout
     last_error: BaseException | None = None
@@ -169,7 +167,7 @@ def available_deployment(kube: RawKube, namespace: str, name: str, replicas: int
 def ready_slice_addresses(kube: RawKube, namespace: str, service_name: str) -> set[tuple[str, int]]:
     """(address, port) of the ready endpoints the EndpointSlice controller published for a Service."""
     path = f"/apis/discovery.k8s.io/v1/namespaces/{namespace}/endpointslices"
-    found = set()
+    found: set[tuple[str, int]] = set()
     for item in kube.get(path, labelSelector=f"kubernetes.io/service-name={service_name}")["items"]:
         ports = [p["port"] for p in item.get("ports") or []]
         for endpoint in item.get("endpoints") or []:
