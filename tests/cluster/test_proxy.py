@@ -9,6 +9,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -114,6 +115,8 @@ def test_proxy_rejects_connections_when_no_endpoint_is_ready(kube_api, kube: Raw
                 data = b""
             assert data == b""  # closed without an answer
             assert time.monotonic() - started < 5  # at once, not after a connect timeout
+    # Stopping ends the proxy's threads, its endpoint watch included.
+    assert not [t for t in threading.enumerate() if t.name.endswith("-nobody") and t.is_alive()]
 
 
 def test_proxy_runs_as_a_command(local_cluster, kube: RawKube, namespace: str) -> None:

@@ -9,7 +9,7 @@ from the official client's ``ApiClient``.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from kubernetes import client, config
@@ -78,11 +78,19 @@ class RawKube:
         kind = {"strategic": "strategic-merge-patch", "merge": "merge-patch", "json": "json-patch"}[merge]
         return self.request("PATCH", path, body=body, content_type=f"application/{kind}+json")
 
-    def watch(self, path: str, resource_version: str, timeout_seconds: int = 300, **query: Any) -> Iterator[JSON]:
+    def watch(
+        self,
+        path: str,
+        resource_version: str,
+        timeout_seconds: int = 300,
+        on_open: Callable[[Any], None] | None = None,
+        **query: Any,
+    ) -> Iterator[JSON]:
         """Yield watch events (``{"type", "object"}``) from ``resource_version`` on.
 
         Raises ``Gone`` when the server says the version expired (HTTP 410 or an ERROR event).
         Returns normally when the server closes the stream after ``timeout_seconds``.
+        ``on_open`` receives the open urllib3 response, so another thread can ``shutdown()`` it.
         """
         query.update(
             watch=True,
@@ -98,6 +106,8 @@ class RawKube:
         if response.status != 200:
             response.read()
             raise ApiException(status=response.status, reason=response.reason, body=response.data.decode())
+        if on_open is not None:
+            on_open(response.response)
         try:
             for line in iter_resp_lines(response.response):
                 if not line.strip():

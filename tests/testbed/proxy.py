@@ -85,6 +85,8 @@ class ServiceProxy:
         self._server: socket.socket | None = None
         self._connections: set[socket.socket] = set()
         self._acceptor: threading.Thread | None = None
+        self._watcher: threading.Thread | None = None
+        self._stream: Any = None
 
     # -- endpoints ----------------------------------------------------------------------------
 
@@ -116,7 +118,10 @@ class ServiceProxy:
                 self._synced.set()
                 version = listing["metadata"]["resourceVersion"]
                 while not self._stop.is_set():
-                    for event in self.kube.watch(path, version, timeout_seconds=60, labelSelector=selector):
+                    events = self.kube.watch(
+                        path, version, timeout_seconds=60, on_open=self._set_stream, labelSelector=selector
+                    )
+                    for event in events:
                         obj = event["object"]
                         version = obj["metadata"].get("resourceVersion", version)
                         if event["type"] == "BOOKMARK":
@@ -139,6 +144,20 @@ class ServiceProxy:
                 else:
                     log.warning("endpoint watch failed (%s): retrying", error)
                 self._stop.wait(1)
+
+    def _set_stream(self, response: Any) -> None:
+        with self._lock:
+            self._stream = response
+        if self._stop.is_set():
+            self._close_stream()
+
+    def _close_stream(self) -> None:
+        # Ends the watch at once: an open watch would also hold up the API server's shutdown.
+        with self._lock:
+            stream, self._stream = self._stream, None
+        if stream is not None:
+            with contextlib.suppress(Exception):
+                stream.shutdown()
 
     def _pick(self) -> tuple[str, int] | None:
         with self._lock:
@@ -200,8 +219,8 @@ class ServiceProxy:
         """Listen, and wait until the first list of endpoints has been read."""
         self._server = socket.create_server((self.listen_host, self.listen_port), reuse_port=False)
         self.port = self._server.getsockname()[1]
-        # The watch thread may sit in a long read when stopping: it is a daemon and not joined.
-        threading.Thread(target=self._watch, name=f"proxy-watch-{self.service_name}", daemon=True).start()
+        self._watcher = threading.Thread(target=self._watch, name=f"proxy-watch-{self.service_name}", daemon=True)
+        self._watcher.start()
         self._acceptor = threading.Thread(target=self._accept_loop, name=f"proxy-{self.service_name}", daemon=True)
         self._acceptor.start()
         if not self._synced.wait(sync_timeout):
@@ -210,6 +229,7 @@ class ServiceProxy:
 
     def stop(self) -> None:
         self._stop.set()
+        self._close_stream()
         if self._server is not None:
             with contextlib.suppress(OSError):
                 self._server.shutdown(socket.SHUT_RDWR)
@@ -219,8 +239,9 @@ class ServiceProxy:
         for conn in connections:
             with contextlib.suppress(OSError):
                 conn.shutdown(socket.SHUT_RDWR)
-        if self._acceptor is not None:
-            self._acceptor.join(timeout=2)
+        for thread in (self._acceptor, self._watcher):
+            if thread is not None:
+                thread.join(timeout=5)
 
     def __enter__(self) -> ServiceProxy:
         return self.start()
