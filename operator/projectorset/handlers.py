@@ -70,11 +70,6 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     runtime.reconciler = Reconciler(metrics.timed(runtime.cluster), runtime.databases, observer=metrics.observe)
 
 
-@kopf.on.cleanup()
-def close_connections(**_: Any) -> None:
-    runtime.databases.close()
-
-
 @kopf.daemon(api.GROUP, api.VERSION, api.PLURAL, cancellation_timeout=10.0)
 async def run_rollouts(name: str, namespace: str | None, stopped: kopf.DaemonStopped, **_: Any) -> None:
     assert runtime.reconciler is not None and runtime.cluster is not None

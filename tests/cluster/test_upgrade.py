@@ -15,6 +15,7 @@ from testbed.cluster import LocalCluster
 from testbed.postgres import PostgresServer
 from testbed.scenario import Scenario, running_scenario
 from testbed.sequent_schema import projector_rows as read_projector_rows
+from testbed.workloads import wait_until
 
 _namespaces = itertools.count(1)
 
@@ -182,7 +183,13 @@ def test_bad_credentials_and_missing_service_give_conditions_and_never_leak_the_
         ),
     )
     assert "password authentication failed" in status["message"]
-    assert any(e["reason"] == "DatabaseAuthenticationFailed" and e["type"] == "Warning" for e in scenario.events())
+    # The Event follows the status write of the same pass.
+    wait_until(
+        "the DatabaseAuthenticationFailed Event",
+        lambda: any(
+            e["reason"] == "DatabaseAuthenticationFailed" and e["type"] == "Warning" for e in scenario.events()
+        ),
+    )
 
     core.patch_namespaced_secret(
         f"{scenario.name}-db", scenario.namespace, {"stringData": {"uri": scenario.database_url}}

@@ -208,10 +208,17 @@ class MomentWatcher:
             thread.join(5)
 
     def _watch_database(self) -> None:
+        query = "SELECT name, active_version, updated_at FROM sequent_schema.projector_states"
         with psycopg.connect(self.database_url, autocommit=True) as conn:
+            # Only a write after the watch began counts: a release whose projectors were already
+            # active (no replay, e.g. v2 -> v3) is activated when its rows are written again.
+            baseline = max((row[2] for row in conn.execute(query)), default=None)
             while not self._stop.is_set() and self.active_at is None:
-                rows = dict(conn.execute("SELECT name, active_version FROM sequent_schema.projector_states").fetchall())
-                if all(rows.get(name) == version for name, version in self.target_projectors.items()):
+                rows = conn.execute(query).fetchall()
+                versions = {name: version for name, version, _ in rows}
+                latest = max((row[2] for row in rows), default=None)
+                written = baseline is None or (latest is not None and latest > baseline)
+                if written and all(versions.get(name) == v for name, v in self.target_projectors.items()):
                     self.active_at = time.monotonic()
                 time.sleep(0.005)
 
