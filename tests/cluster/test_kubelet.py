@@ -112,6 +112,14 @@ def test_deployment_becomes_available_on_distinct_pod_ips_with_env_from_a_secret
             "ip": ip,
         }
 
+        # Its output, through the API server and the kubelet's log endpoint.
+        name = pod["metadata"]["name"]
+        logs = kubectl("logs", name, "-n", namespace, check=True).stdout
+        assert logs.startswith(f"serving on {ip}:8080\n") and '"GET / HTTP/1.1" 200' in logs
+        last = kubectl("logs", name, "-n", namespace, "--tail=1", check=True).stdout
+        # One line (the probes keep logging, so which one depends on timing).
+        assert last.count("\n") == 1 and '" 200 ' in last
+
     # The EndpointSlice controller publishes exactly the ready pods, on the resolved target port.
     wait_until(
         "EndpointSlices of Service web to list both pods",
@@ -269,7 +277,7 @@ def test_liveness_probe_failure_restarts_the_container(
     assert not _alive(first)
 
 
-def test_jobs_complete_or_fail_by_exit_code(local_cluster, kube: RawKube, namespace: str) -> None:
+def test_jobs_complete_or_fail_by_exit_code(local_cluster, kubectl, kube: RawKube, namespace: str) -> None:
     def job(name: str, code: int) -> dict:
         return {
             "apiVersion": "batch/v1",
@@ -307,6 +315,8 @@ def test_jobs_complete_or_fail_by_exit_code(local_cluster, kube: RawKube, namesp
     assert pod["status"]["phase"] == "Succeeded"
     # The container's output is kept in the kubelet's state directory.
     assert _container_log(local_cluster, pod, "task") == "exiting 0\n"
+    # ... and served to `kubectl logs` through the API server.
+    assert kubectl("logs", "job/works", "-n", namespace, check=True).stdout == "exiting 0\n"
 
     # backoffLimit 1: a first failure, one retry after the Job controller's back-off, then Failed.
     failed = wait_until(

@@ -31,6 +31,7 @@ import base64
 import contextlib
 import fcntl
 import http.client
+import http.server
 import ipaddress
 import logging
 import os
@@ -42,6 +43,7 @@ import subprocess
 import tempfile
 import threading
 import time
+import urllib.parse
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -973,6 +975,10 @@ class PodManager:
             return
         self._start_worker(pod)
 
+    def is_running(self, namespace: str, name: str) -> bool:
+        with self._lock:
+            return any(w.namespace == namespace and w.pod_name == name for w in self.workers.values())
+
     def _start_worker(self, pod: JSON) -> None:
         uid = pod["metadata"]["uid"]
         if pod["spec"].get("hostNetwork"):
@@ -1038,11 +1044,17 @@ class NodeAgent:
     LEASE_SECONDS = 40
 
     def __init__(
-        self, kube: RawKube, node_name: str, heartbeat: float = 10.0, taints: list[JSON] | None = None
+        self,
+        kube: RawKube,
+        node_name: str,
+        heartbeat: float = 10.0,
+        taints: list[JSON] | None = None,
+        kubelet_port: int = 10250,
     ) -> None:
         self.kube = kube
         self.node_name = node_name
         self.taints = taints or []
+        self.kubelet_port = kubelet_port
         self.heartbeat = heartbeat
         self.boot_id = str(uuid.uuid4())
         self._stop = threading.Event()
@@ -1068,10 +1080,9 @@ class NodeAgent:
         return {
             "capacity": resources,
             "allocatable": resources,
-            "addresses": [
-                {"type": "InternalIP", "address": HOST_IP},
-                {"type": "Hostname", "address": self.node_name},
-            ],
+            # InternalIP only: the API server reaches the kubelet (`kubectl logs`) at the first
+            # address of its preferred types, and a Hostname would have to resolve.
+            "addresses": [{"type": "InternalIP", "address": HOST_IP}],
             "conditions": [
                 condition("MemoryPressure", "False", "KubeletHasSufficientMemory", "enough memory", self._ready_since),
                 condition("DiskPressure", "False", "KubeletHasNoDiskPressure", "no disk pressure", self._ready_since),
@@ -1080,7 +1091,7 @@ class NodeAgent:
                     "Ready", "True", "KubeletReady", "process kubelet is posting ready status", self._ready_since
                 ),
             ],
-            "daemonEndpoints": {"kubeletEndpoint": {"Port": 10250}},
+            "daemonEndpoints": {"kubeletEndpoint": {"Port": self.kubelet_port}},
             "nodeInfo": {
                 "machineID": self.boot_id.replace("-", ""),
                 "systemUUID": self.boot_id,
@@ -1160,6 +1171,136 @@ class NodeAgent:
 
 
 # --------------------------------------------------------------------------------------------
+# Logs
+# --------------------------------------------------------------------------------------------
+
+
+def _self_signed_certificate(directory: Path) -> tuple[Path, Path]:
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "process-kubelet")])
+    now = datetime.now(UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now)
+        .not_valid_after(now.replace(year=now.year + 1))
+        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address(HOST_IP))]), False)
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = directory / "kubelet.crt", directory / "kubelet.key"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+    key_path.chmod(0o600)
+    return cert_path, key_path
+
+
+class LogServer:
+    """The kubelet's ``/containerLogs`` endpoint, so ``kubectl logs [-f] [--tail N]`` works.
+
+    The API server proxies those requests to the node's ``daemonEndpoints`` port over HTTPS. It
+    verifies the kubelet's certificate only when started with --kubelet-certificate-authority, so
+    a self-signed one does; it listens on 127.0.0.1 only, on a free port the Node status reports.
+    """
+
+    def __init__(self, state_dir: Path, is_running: Callable[[str, str], bool]) -> None:
+        self.state_dir = state_dir
+        self.is_running = is_running
+        self._server: http.server.ThreadingHTTPServer | None = None
+
+    @property
+    def port(self) -> int:
+        assert self._server is not None
+        return int(self._server.server_address[1])
+
+    def log_file(self, namespace: str, pod: str, container: str) -> Path | None:
+        # The newest pod of that name: a name is reused by a new pod once the old one is gone.
+        dirs = sorted(
+            (self.state_dir / "pods").glob(f"{namespace}_{pod}_*"), key=lambda d: d.stat().st_mtime, reverse=True
+        )
+        for directory in dirs:
+            if (directory / f"{container}.log").exists():
+                return directory / f"{container}.log"
+        return None
+
+    def start(self) -> LogServer:
+        import ssl
+
+        cert, key = _self_signed_certificate(self.state_dir)
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(cert, key)
+        owner = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                owner._serve(self)
+
+            def log_message(self, format: str, *args: Any) -> None:
+                log.debug("log server: " + format, *args)
+
+        server = http.server.ThreadingHTTPServer((HOST_IP, 0), Handler)
+        server.daemon_threads = True
+        server.socket = context.wrap_socket(server.socket, server_side=True)
+        self._server = server
+        threading.Thread(target=server.serve_forever, name="log-server", daemon=True).start()
+        return self
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+
+    def _serve(self, request: http.server.BaseHTTPRequestHandler) -> None:
+        url = urllib.parse.urlsplit(request.path)
+        parts = url.path.strip("/").split("/")
+        if len(parts) != 4 or parts[0] != "containerLogs":
+            request.send_error(404, "only /containerLogs/<namespace>/<pod>/<container> is served")
+            return
+        _, namespace, pod, container = parts
+        query = urllib.parse.parse_qs(url.query)
+        path = self.log_file(namespace, pod, container)
+        if path is None:
+            request.send_error(404, f"no log for container {container} of pod {namespace}/{pod}")
+            return
+        data = path.read_bytes()
+        if "tailLines" in query:
+            lines = data.splitlines(keepends=True)
+            data = b"".join(lines[-int(query["tailLines"][0]) :]) if int(query["tailLines"][0]) > 0 else b""
+        request.send_response(200)
+        request.send_header("Content-Type", "text/plain")
+        request.end_headers()  # no length: the body ends when the connection closes
+        try:
+            request.wfile.write(data)
+            request.wfile.flush()
+            if query.get("follow", ["false"])[0] == "true":
+                self._follow(request, path, namespace, pod)
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+
+    def _follow(self, request: http.server.BaseHTTPRequestHandler, path: Path, namespace: str, pod: str) -> None:
+        with open(path, "rb") as log_file:
+            log_file.seek(0, os.SEEK_END)
+            while True:
+                chunk = log_file.read()
+                if chunk:
+                    request.wfile.write(chunk)
+                    request.wfile.flush()
+                elif not self.is_running(namespace, pod):
+                    return  # as the kubelet ends a follow when the container is gone
+                else:
+                    time.sleep(0.2)
+
+
+# --------------------------------------------------------------------------------------------
 # Entry point
 # --------------------------------------------------------------------------------------------
 
@@ -1205,11 +1346,13 @@ def main(argv: list[str] | None = None) -> int:
         restart_backoff=args.restart_backoff_seconds,
         max_restart_backoff=args.max_restart_backoff_seconds,
     )
-    node = NodeAgent(kube, args.node_name, args.heartbeat_seconds, parse_taints(args.register_with_taints))
     network = PodNetwork(args.pod_cidr)
     ips = network.setup()
     log.info("pod IPs come from %s", ips.network)
     manager = PodManager(kube, config, ips)
+    logs = LogServer(args.state_dir, manager.is_running).start()
+    taints = parse_taints(args.register_with_taints)
+    node = NodeAgent(kube, args.node_name, args.heartbeat_seconds, taints, kubelet_port=logs.port)
 
     stopping = threading.Event()
 
@@ -1240,6 +1383,7 @@ def main(argv: list[str] | None = None) -> int:
         node.stop()
         manager.stop_all(grace=5)
     finally:
+        logs.stop()
         network.teardown()
     log.info("kubelet stopped")
     return 0
