@@ -19,6 +19,7 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 
 import psycopg
@@ -27,12 +28,10 @@ from psycopg import sql
 
 from sampleapp.releases import get_release
 from testbed import toolchain
-from testbed.cluster import LocalCluster
+from testbed.cluster import OPERATOR_USER, LocalCluster
 from testbed.kuberaw import load_api_client
 from testbed.postgres import PostgresServer
 from testbed.scenario import Scenario, UpgradeResult
-
-OPERATOR_USER = "projectorset-operator"
 
 
 def seed_events(database_url: str, count: int, accounts: int = 1000, batch: int = 20_000) -> None:
@@ -83,8 +82,8 @@ def api_requests(cluster: LocalCluster, since: float) -> int:
             event = json.loads(line)
             if event.get("stage") != "ResponseComplete" or event.get("user", {}).get("username") != OPERATOR_USER:
                 continue
-            stamp = time.mktime(time.strptime(event["requestReceivedTimestamp"][:19], "%Y-%m-%dT%H:%M:%S"))
-            if stamp - time.timezone >= since - 1:
+            received = datetime.fromisoformat(event["requestReceivedTimestamp"].replace("Z", "+00:00"))
+            if received.timestamp() >= since:
                 count += 1
     return count
 

@@ -77,6 +77,17 @@ class ClusterError(RuntimeError):
 # --- certificates ---------------------------------------------------------------------------------
 
 
+OPERATOR_USER = "projectorset-operator"
+
+# Every request at Metadata level: enough to count who asked for what, nothing of bodies.
+AUDIT_POLICY = {
+    "apiVersion": "audit.k8s.io/v1",
+    "kind": "Policy",
+    "omitStages": ["RequestReceived"],
+    "rules": [{"level": "Metadata"}],
+}
+
+
 def _write_pki(pki: Path) -> None:
     """A CA, the API server's serving certificate, client certificates and the service-account keys."""
     from cryptography import x509
@@ -166,6 +177,8 @@ def _write_pki(pki: Path) -> None:
     issue("controller-manager", name("system:kube-controller-manager"), server=False)
     issue("scheduler", name("system:kube-scheduler"), server=False)
     issue("kubelet", name(f"system:node:{NODE_NAME}", "system:nodes"), server=False)
+    # An identity of its own for the operator in benchmarks, so the audit log can count its requests.
+    issue(OPERATOR_USER, name(OPERATOR_USER, "system:masters"), server=False)
 
     # Service-account tokens are signed with RSA (RS256 is what every client verifies).
     sa_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
@@ -284,7 +297,7 @@ class LocalCluster:
     # -- starting --
 
     @classmethod
-    def start(cls, workdir: Path | None = None, *, with_kubelet: bool = True) -> LocalCluster:
+    def start(cls, workdir: Path | None = None, *, with_kubelet: bool = True, audit_log: bool = False) -> LocalCluster:
         began = time.monotonic()
         binaries = toolchain.ensure_binaries()
         remove = workdir is None
@@ -299,7 +312,7 @@ class LocalCluster:
             remove_workdir=remove,
         )
         try:
-            cluster._launch(binaries, api_port, with_kubelet)
+            cluster._launch(binaries, api_port, with_kubelet, audit_log)
         except BaseException:
             cluster._print_logs()
             cluster.stop()
@@ -326,10 +339,19 @@ class LocalCluster:
         self._save_state()
         return component
 
-    def _launch(self, binaries: dict[str, Path], api_port: int, with_kubelet: bool) -> None:
+    def _launch(self, binaries: dict[str, Path], api_port: int, with_kubelet: bool, audit_log: bool = False) -> None:
         pki = self.workdir / "pki"
         _write_pki(pki)
-        for user in ("admin", "controller-manager", "scheduler", "kubelet"):
+        audit_flags: list[str] = []
+        if audit_log:
+            (self.workdir / "audit-policy.json").write_text(json.dumps(AUDIT_POLICY))
+            audit_flags = [
+                f"--audit-policy-file={self.workdir / 'audit-policy.json'}",
+                f"--audit-log-path={self.audit_log}",
+                "--audit-log-format=json",
+                "--audit-log-mode=batch",
+            ]
+        for user in ("admin", "controller-manager", "scheduler", "kubelet", OPERATOR_USER):
             _write_kubeconfig(self.workdir / f"{user}.kubeconfig", self.server, pki, user)
         shutil.copyfile(self.workdir / "admin.kubeconfig", self.kubeconfig)
         self.kubeconfig.chmod(0o600)
@@ -375,6 +397,7 @@ class LocalCluster:
                 "--endpoint-reconciler-type=none",
                 "--enable-admission-plugins=NodeRestriction",
                 "--profiling=false",
+                *audit_flags,
             ],
         )
         self._wait_ready(timeout=60.0)
@@ -483,6 +506,17 @@ class LocalCluster:
             return any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
 
         self._wait(f"node {NODE_NAME} to be Ready", timeout, ready)
+
+    @property
+    def audit_log(self) -> Path:
+        """The API server's audit log (JSON lines), written when started with ``audit_log=True``."""
+        return self.workdir / "logs" / "audit.log"
+
+    def user_kubeconfig(self, user: str, groups: list[str] | None = None) -> Path:
+        """A kubeconfig for a client-certificate identity issued at start (only the operator's)."""
+        if user != OPERATOR_USER or (groups or ["system:masters"]) != ["system:masters"]:
+            raise ValueError(f"only {OPERATOR_USER} in system:masters is issued by this cluster")
+        return self.workdir / f"{OPERATOR_USER}.kubeconfig"
 
     def wait_for_default_service_account(self, namespace: str, timeout: float = 30.0) -> None:
         """Pods are admitted only once their namespace's `default` ServiceAccount exists."""
