@@ -276,6 +276,19 @@ def test_liveness_probe_failure_restarts_the_container(
     assert ("terminated", first) in _events(events)  # stopped with SIGTERM, not just killed
     assert not _alive(first)
 
+    # What `kubectl describe pod` shows: the kubelet's Events about it.
+    def reasons() -> dict[str, list[str]]:
+        found: dict[str, list[str]] = {}
+        query = {"fieldSelector": "involvedObject.name=flaky"}
+        for event in kube.get(f"/api/v1/namespaces/{namespace}/events", **query)["items"]:
+            if event["source"].get("component") == "kubelet":
+                found.setdefault(event["reason"], []).append(event["message"])
+        return found
+
+    seen = wait_until("the kubelet's events", lambda: (r := reasons()) and len(r.get("Started", [])) >= 2 and r)
+    assert any(m.startswith("Liveness probe failed: HTTP 500") for m in seen["Unhealthy"]), seen
+    assert "Container app failed liveness probe, will be restarted" in seen["Killing"], seen
+
 
 def test_jobs_complete_or_fail_by_exit_code(local_cluster, kubectl, kube: RawKube, namespace: str) -> None:
     def job(name: str, code: int) -> dict:

@@ -635,6 +635,46 @@ class Container:
 # --------------------------------------------------------------------------------------------
 
 
+class EventRecorder:
+    """Posts core/v1 Events about pods, as the kubelet does, for `kubectl describe` and `get events`."""
+
+    def __init__(self, kube: RawKube, node_name: str) -> None:
+        self.kube = kube
+        self.node_name = node_name
+
+    def pod(self, pod: JSON, kind: str, reason: str, message: str, container: str = "") -> None:
+        meta = pod["metadata"]
+        now = now_rfc3339()
+        involved: JSON = {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "namespace": meta["namespace"],
+            "name": meta["name"],
+            "uid": meta["uid"],
+        }
+        if container:
+            involved["fieldPath"] = f"spec.containers{{{container}}}"
+        body = {
+            "apiVersion": "v1",
+            "kind": "Event",
+            "metadata": {"generateName": f"{meta['name']}.", "namespace": meta["namespace"]},
+            "involvedObject": involved,
+            "type": kind,
+            "reason": reason,
+            "message": message[:1024],
+            "source": {"component": "kubelet", "host": self.node_name},
+            "reportingComponent": "kubelet",
+            "reportingInstance": self.node_name,
+            "firstTimestamp": now,
+            "lastTimestamp": now,
+            "count": 1,
+        }
+        try:
+            self.kube.request("POST", f"/api/v1/namespaces/{meta['namespace']}/events", body=body)
+        except Exception as error:  # events are best effort, as in the kubelet
+            log.debug("event %s for %s/%s not recorded: %s", reason, meta["namespace"], meta["name"], error)
+
+
 @dataclass
 class KubeletConfig:
     node_name: str
@@ -667,6 +707,7 @@ class PodWorker:
         self.kube = kube
         self.config = config
         self.env_resolver = EnvResolver(kube)
+        self.events = EventRecorder(kube, config.node_name)
         self.on_exit = on_exit
         self.restart_policy: str = pod["spec"].get("restartPolicy") or "Always"
         log_dir = config.state_dir / "pods" / f"{self.namespace}_{self.pod_name}_{self.uid}"
@@ -727,10 +768,17 @@ class PodWorker:
         except Exception as error:
             # Missing Secret/ConfigMap, or the Node authorizer has not seen the pod's references
             # yet (403 for a moment): wait and try again, as the kubelet does.
-            container.reason, container.message = "CreateContainerConfigError", str(error)[:300]
+            message = str(error)[:300]
+            if container.message != message:
+                self._event("Warning", "Failed", f"Error: {message}", container)
+            container.reason, container.message = "CreateContainerConfigError", message
             container.next_start = time.monotonic() + 1
             return
         container.start(process_environment(pod, variables), variables)
+        if container.state == "terminated":
+            self._event("Warning", "Failed", f"Error: {container.message}", container)
+        else:
+            self._event("Normal", "Started", f"Started container {container.name}", container)
         log.info(
             "started %s/%s container %s (pid %s, ip %s)",
             self.namespace,
@@ -740,10 +788,17 @@ class PodWorker:
             self.pod_ip,
         )
 
+    def _event(self, kind: str, reason: str, message: str, container: Container) -> None:
+        with self._lock:
+            pod = self.pod
+        self.events.pod(pod, kind, reason, message, container.name)
+
     def _after_exit(self, container: Container, policy: str) -> None:
         assert container.exit_code is not None
         if should_restart(policy, container.exit_code):
             container.schedule_restart(self.config.restart_backoff, self.config.max_restart_backoff)
+            if container.exit_code != 0:
+                self._event("Warning", "BackOff", f"Back-off restarting failed container {container.name}", container)
 
     def _step_init(self) -> None:
         """Init containers run one after the other; each must exit 0 before the next starts."""
@@ -800,18 +855,29 @@ class PodWorker:
             return
         if container.liveness is not None and container.liveness.due(now):
             ok, message = Prober.run(container.liveness.probe, self.pod_ip, container.spec, container.env)
-            if not container.liveness.record(ok, now, message):
+            alive = container.liveness.record(ok, now, message)
+            self._probe_failed(container, container.liveness, "Liveness")
+            if not alive:
                 self._kill_for_restart(container, container.liveness, "liveness", message)
                 return
         if container.readiness is not None:
             if container.readiness.due(now):
                 ok, message = Prober.run(container.readiness.probe, self.pod_ip, container.spec, container.env)
                 container.readiness.record(ok, now, message)
+                self._probe_failed(container, container.readiness, "Readiness")
             container.ready = container.readiness.result
         else:
             container.ready = container.started
 
+    def _probe_failed(self, container: Container, tracker: ProbeTracker, kind: str) -> None:
+        # One event per run of failures, not one per attempt: enough to see why, without a flood.
+        if tracker.failures == 1:
+            self._event("Warning", "Unhealthy", f"{kind} probe failed: {tracker.last_message}", container)
+
     def _kill_for_restart(self, container: Container, tracker: ProbeTracker, kind: str, message: str) -> None:
+        self._event(
+            "Normal", "Killing", f"Container {container.name} failed {kind} probe, will be restarted", container
+        )
         log.info(
             "%s/%s container %s failed %s probe (%s): restarting",
             self.namespace,
@@ -830,6 +896,8 @@ class PodWorker:
         if self._stop.is_set():
             everything = self.init_containers + self.containers
             for container in everything:
+                if self._delete_after_stop and container.state == "running":
+                    self._event("Normal", "Killing", f"Stopping container {container.name}", container)
                 container.begin_stop("Error")
             deadline = time.monotonic() + self._stop_grace
             while time.monotonic() < deadline and any(c.state == "running" for c in everything):
