@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 # Even with no events at all, every ProjectorSet is re-read this often.
 IDLE_RESYNC_SECONDS = 300.0
 # While golive runs, projector_states is read this often so traffic moves right after its commit.
-ACTIVATION_POLL_SECONDS = 0.05
+ACTIVATION_POLL_SECONDS = 0.02
 MAX_ERROR_BACKOFF_SECONDS = 60.0
 
 
