@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import os
@@ -117,6 +118,14 @@ def test_proxy_rejects_connections_when_no_endpoint_is_ready(kube_api, kube: Raw
             assert time.monotonic() - started < 5  # at once, not after a connect timeout
     # Stopping ends the proxy's threads, its endpoint watch included.
     assert not [t for t in threading.enumerate() if t.name.endswith("-nobody") and t.is_alive()]
+
+    # A Service that does not exist (yet) has no endpoints either: the proxy starts and rejects.
+    started = time.monotonic()
+    with ServiceProxy(kube_api, namespace, "missing") as proxy:
+        assert time.monotonic() - started < 10
+        conn = socket.create_connection(("127.0.0.1", proxy.port), timeout=5)
+        with conn, contextlib.suppress(ConnectionResetError):  # a reset is a rejection too
+            assert conn.recv(1024) == b""
 
 
 def test_proxy_runs_as_a_command(local_cluster, kube: RawKube, namespace: str) -> None:

@@ -140,7 +140,9 @@ class ServiceProxy:
                 if self._stop.is_set():
                     return
                 if is_status(error, 404):
+                    # No Service, no endpoints: connections are refused until it appears.
                     log.info("service %s/%s not found yet", self.namespace, self.service_name)
+                    self._synced.set()
                 else:
                     log.warning("endpoint watch failed (%s): retrying", error)
                 self._stop.wait(1)
