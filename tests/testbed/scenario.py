@@ -428,7 +428,10 @@ class Scenario:
         listed = self.core.list_namespaced_event(
             self.namespace, field_selector=f"involvedObject.name={self.name},involvedObject.kind=ProjectorSet"
         )
-        return [{"type": e.type, "reason": e.reason, "message": e.message} for e in listed.items]
+        ordered = sorted(
+            listed.items, key=lambda e: (e.first_timestamp or e.metadata.creation_timestamp, e.metadata.name)
+        )
+        return [{"type": e.type, "reason": e.reason, "message": e.message} for e in ordered]
 
     def deployment_replicas(self, version: str) -> int | None:
         apps = client.AppsV1Api(self.api_client)
