@@ -59,3 +59,11 @@ cluster-up: $(STAMP) ## Start the local cluster in the background; the last line
 
 cluster-down: ## Stop the local cluster, leaving no process or directory behind
 	@$(TESTBED) -m testbed.cluster down
+
+demo: $(STAMP) ## Local cluster + PostgreSQL + the operator: upgrade the sample application v1 -> v2 under writes
+	@$(TESTBED) -m testbed.demo
+
+EVENTS ?= 10000,100000
+RUNS ?= 3
+bench: $(STAMP) ## Measure upgrades (EVENTS=10000,100000 RUNS=3): totals, Jobs vs operator, switch latency, memory, API calls
+	@$(TESTBED) -m testbed.bench --events $(EVENTS) --runs $(RUNS)
