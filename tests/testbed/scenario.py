@@ -474,10 +474,15 @@ class Scenario:
         active_to_switch = None
         if watcher.active_at is not None and watcher.switched_at is not None:
             active_to_switch = max(0.0, watcher.switched_at - watcher.active_at) * 1000
-        # A write refused before golive began or long after the switch would be a bug, not the window.
+        # Writes may be refused only between the activation commit and the switch (plus the time the
+        # proxy takes to follow the EndpointSlices): one answered before the commit, or sent well
+        # after the switch, would be a bug, not the window.
         outside = 0
         if watcher.switched_at is not None:
-            outside = sum(1 for w in refused if w.started > watcher.switched_at + 5.0)
+            outside += sum(1 for w in refused if w.started > watcher.switched_at + 5.0)
+        if watcher.active_at is not None:
+            # 0.1 s: the watcher sees the commit a few milliseconds after it happens.
+            outside += sum(1 for w in refused if w.finished < watcher.active_at - 0.1)
         assert self.load is not None
         lost = len(self.lost_writes(self.load.snapshot()))
         return UpgradeResult(
