@@ -93,12 +93,6 @@ class DatabaseRegistry:
         if current is not None:
             current.database.close()
 
-    def close(self) -> None:
-        with self._lock:
-            connections, self._connections = list(self._connections.values()), {}
-        for connection in connections:
-            connection.database.close()
-
 
 @dataclass(frozen=True)
 class PassResult:

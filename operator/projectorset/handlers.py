@@ -77,12 +77,14 @@ async def run_rollouts(name: str, namespace: str | None, stopped: kopf.DaemonSto
     key = (namespace, name)
     wakeup = runtime.wakeups.setdefault(key, asyncio.Event())
     failures = 0
+    deleted = False
     try:
         while not stopped:
             wakeup.clear()
             try:
                 body = await asyncio.to_thread(runtime.cluster.read_projectorset, namespace, name)
                 if body is None or body["metadata"].get("deletionTimestamp"):
+                    deleted = True
                     return
                 runtime.generations[key] = int(body["metadata"].get("generation", 0))
                 result = await asyncio.to_thread(runtime.reconciler.reconcile, body)
@@ -105,8 +107,11 @@ async def run_rollouts(name: str, namespace: str | None, stopped: kopf.DaemonSto
     finally:
         runtime.wakeups.pop(key, None)
         runtime.generations.pop(key, None)
-        runtime.databases.forget(Owner(name, namespace, ""))
         metrics.forget(Owner(name, namespace, ""))
+        # Only a deleted ProjectorSet gives its pool up: when the operator stops, a pass may still
+        # be running in its thread, and a closed pool would make it report a false outage.
+        if deleted:
+            runtime.databases.forget(Owner(name, namespace, ""))
 
 
 async def _watch_activation(namespace: str, name: str, wakeup: asyncio.Event, timeout: float) -> None:
