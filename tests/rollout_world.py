@@ -195,7 +195,10 @@ class World:
                 self.projectors[name_] = ProjectorState(name_, state.replaying_version, None, None)
             self.replay = replace(replay, state="live")
         elif job.stage == "abort" and replay is not None and replay.in_progress:
+            # Sequent's abort also clears the replaying and activating versions itself.
             self.replay = replace(replay, state="aborted")
+            for name_, state in self.projectors.items():
+                self.projectors[name_] = replace(state, replaying_version=None, activating_version=None)
 
     def finish_running_jobs(self) -> None:
         for name, job in list(self.jobs.items()):

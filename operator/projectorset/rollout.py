@@ -615,7 +615,10 @@ def _cleanup_pending(run: _Pass, db: DatabaseState) -> bool:
     jobs_running = any(
         job.state is JobState.RUNNING for job in run.cluster.jobs_for(run.spec.version, run.previous.attempt)
     )
-    return in_flight or replay_open or jobs_running
+    # The abort stage may clear the database by itself; the new version must still be scaled down.
+    deployment = run.cluster.deployments.get(run.spec.version)
+    still_scaled_up = deployment is not None and deployment.replicas > 0
+    return in_flight or replay_open or jobs_running or still_scaled_up
 
 
 def _fail(run: _Pass, plan: Plan, db: DatabaseState, reason: str, message: str) -> Decision:
