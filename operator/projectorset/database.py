@@ -224,11 +224,7 @@ class SequentDatabase:
     def read_state(self) -> DatabaseState:
         def read(conn: psycopg.Connection) -> DatabaseState:
             with conn.transaction():
-                rows = conn.execute(
-                    sql.SQL(
-                        "SELECT name, active_version, activating_version, replaying_version FROM {} ORDER BY name"
-                    ).format(self._table("projector_states"))
-                ).fetchall()
+                projectors = self._projector_rows(conn)
                 replay_row = conn.execute(
                     sql.SQL(
                         "SELECT id, state, projectors, continue_replay_at_xact_id FROM {} "
@@ -246,25 +242,20 @@ class SequentDatabase:
                     else None
                 )
                 lag = self._lag(conn, replay) if replay is not None and replay.in_progress else None
-            return DatabaseState(
-                projectors={row[0]: ProjectorState(*row) for row in rows}, replay=replay, replay_lag=lag
-            )
+            return DatabaseState(projectors=projectors, replay=replay, replay_lag=lag)
 
         return self._run(read)
 
     def read_projector_states(self) -> DatabaseState:
         """Only projector_states: the cheap read the operator repeats while golive runs."""
 
-        def read(conn: psycopg.Connection) -> DatabaseState:
-            rows = conn.execute(
-                sql.SQL("SELECT name, active_version, activating_version, replaying_version FROM {}").format(
-                    self._table("projector_states")
-                )
-            ).fetchall()
-            conn.rollback()
-            return DatabaseState(projectors={row[0]: ProjectorState(*row) for row in rows})
+        return self._run(lambda conn: DatabaseState(projectors=self._projector_rows(conn)))
 
-        return self._run(read)
+    def _projector_rows(self, conn: psycopg.Connection) -> dict[str, ProjectorState]:
+        query = sql.SQL(
+            "SELECT name, active_version, activating_version, replaying_version FROM {} ORDER BY name"
+        ).format(self._table("projector_states"))
+        return {row[0]: ProjectorState(*row) for row in conn.execute(query)}
 
     def _lag(self, conn: psycopg.Connection, replay: ReplayState) -> int:
         if replay.continue_replay_at_xact_id is None:
@@ -296,15 +287,7 @@ class SequentDatabase:
                     conn.execute(
                         sql.SQL("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE").format(self._table("projector_states"))
                     )
-                    current = {
-                        row[0]: ProjectorState(*row)
-                        for row in conn.execute(
-                            sql.SQL(
-                                "SELECT name, active_version, activating_version, replaying_version FROM {}"
-                            ).format(self._table("projector_states"))
-                        )
-                    }
-                    change(conn, current)
+                    change(conn, self._projector_rows(conn))
                 return True
             except errors.LockNotAvailable:
                 return False
