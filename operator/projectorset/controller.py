@@ -17,7 +17,7 @@ from typing import Any, Protocol
 
 from pydantic import ValidationError
 
-from projectorset.api import Condition, ProjectorSetSpec, ProjectorSetStatus
+from projectorset.api import ProjectorSetSpec, ProjectorSetStatus
 from projectorset.database import DatabaseError, IllegalProjectorState, SequentDatabase
 from projectorset.observation import (
     Action,
@@ -30,7 +30,7 @@ from projectorset.observation import (
     RegisterReplaying,
 )
 from projectorset.resources import Owner
-from projectorset.rollout import Decision, decide, release_is_active
+from projectorset.rollout import Decision, decide, next_condition, release_is_active
 
 log = logging.getLogger(__name__)
 
@@ -273,17 +273,6 @@ def _with_condition(
     old = next((c for c in status.conditions if c.type == type_), None)
     if old is not None and old.status == text and old.reason == reason and old.message == message:
         return status
-    condition = Condition(
-        type=type_,
-        status=text,  # type: ignore[arg-type]
-        reason=reason,
-        message=message,
-        last_transition_time=(
-            old.last_transition_time
-            if old is not None and old.status == text
-            else now.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-        ),
-        observed_generation=generation,
-    )
+    condition = next_condition(old, type_, value, reason, message, generation, now)
     others = [c for c in status.conditions if c.type != type_]
     return status.model_copy(update={"conditions": sorted([*others, condition], key=lambda c: c.type)})

@@ -136,17 +136,16 @@ class _Pass:
         return _iso(self.now)
 
     def condition(self, type_: str, status: bool | None, reason: str, message: str = "") -> None:
-        value: Literal["True", "False", "Unknown"] = "Unknown" if status is None else ("True" if status else "False")
-        old = self.conditions.get(type_)
-        changed = old is None or old.status != value
-        self.conditions[type_] = Condition(
-            type=type_,
-            status=value,
-            reason=reason,
-            message=message,
-            last_transition_time=self.timestamp() if changed or old is None else old.last_transition_time,
-            observed_generation=self.generation,
+        self.conditions[type_] = next_condition(
+            self.conditions.get(type_), type_, status, reason, message, self.generation, self.now
         )
+
+    def ensure_deployment(self) -> None:
+        """Ask for spec.version's Deployment only when it is missing or has other replicas:
+        the cluster view already shows it, so a pass need not read it again."""
+        deployment = self.cluster.deployments.get(self.spec.version)
+        if deployment is None or deployment.replicas != self.spec.replicas:
+            self.act(EnsureDeployment(self.spec.version, self.spec.replicas))
 
     def act(self, *actions: Action) -> None:
         self.actions.extend(actions)
@@ -199,6 +198,28 @@ def _progress_message(status: ProjectorSetStatus) -> str:
         if condition.type == "Progressing":
             return condition.message
     return status.message
+
+
+def next_condition(
+    old: Condition | None,
+    type_: str,
+    status: bool | None,
+    reason: str,
+    message: str,
+    generation: int,
+    now: datetime,
+) -> Condition:
+    """The condition as it is now; lastTransitionTime moves only when its status changes."""
+    value: Literal["True", "False", "Unknown"] = "Unknown" if status is None else ("True" if status else "False")
+    changed = old is None or old.status != value
+    return Condition(
+        type=type_,
+        status=value,
+        reason=reason,
+        message=message,
+        last_transition_time=_iso(now) if changed or old is None else old.last_transition_time,
+        observed_generation=generation,
+    )
 
 
 def _iso(moment: datetime) -> str:
@@ -300,7 +321,7 @@ def _replay_status(
 def _steady(run: _Pass, plan: Plan) -> Decision:
     spec, cluster = run.spec, run.cluster
     target = spec.version
-    run.act(EnsureDeployment(target, spec.replicas))
+    run.ensure_deployment()
     _retire_old_versions(run)
     run.memory.target_version = target
     drift = [p for p in plan.projectors if p.change is not Change.UNCHANGED]
@@ -397,7 +418,7 @@ def _rollout(run: _Pass, plan: Plan, db: DatabaseState) -> Decision:
         return _clean_up(run, plan, db, Phase.ABORTED, "Aborted", f"rollout of {target} aborted by spec.abort")
 
     # 1. The new version runs beside the old one, outside the Service.
-    run.act(EnsureDeployment(target, spec.replicas))
+    run.ensure_deployment()
     deployment = cluster.deployments.get(target)
     if deployment is not None and deployment.failure:
         return _fail(run, plan, db, "DeploymentFailed", f"Deployment of {target}: {deployment.failure}")
@@ -571,9 +592,14 @@ def release_is_active(spec: ProjectorSetSpec, db: DatabaseState) -> bool:
         state = db.projectors.get(name)
         if state is None or state.active_version != version:
             return False
-    if any(s.activating_version is not None or s.replaying_version is not None for s in db.projectors.values()):
+    if _in_flight(db):
         return False
     return all(name in spec.projector_versions or s.active_version is None for name, s in db.projectors.items())
+
+
+def _in_flight(db: DatabaseState) -> bool:
+    """Some projector is replaying or activating."""
+    return any(s.replaying_version is not None or s.activating_version is not None for s in db.projectors.values())
 
 
 def _switch(run: _Pass, db: DatabaseState) -> Decision:
@@ -586,7 +612,7 @@ def _switch(run: _Pass, db: DatabaseState) -> Decision:
     deployment = cluster.deployments.get(target)
     if deployment is None or not deployment.available:
         # Switching to pods that are not ready would drop every request; keep the old pods.
-        run.act(EnsureDeployment(target, spec.replicas))
+        run.ensure_deployment()
         run.poll(ROLLOUT_POLL_SECONDS)
         return run.finish(
             Phase.SWITCHING,
@@ -610,7 +636,7 @@ def _switch(run: _Pass, db: DatabaseState) -> Decision:
 
 
 def _cleanup_pending(run: _Pass, db: DatabaseState) -> bool:
-    in_flight = any(s.replaying_version is not None or s.activating_version is not None for s in db.projectors.values())
+    in_flight = _in_flight(db)
     replay_open = db.replay is not None and db.replay.in_progress
     jobs_running = any(
         job.state is JobState.RUNNING for job in run.cluster.jobs_for(run.spec.version, run.previous.attempt)
@@ -639,7 +665,7 @@ def _clean_up(run: _Pass, plan: Plan, db: DatabaseState, phase: Phase, reason: s
         if job.state is JobState.RUNNING and job.stage != "abort":
             run.act(DeleteJob(job.name))
     replay_open = db.replay is not None and db.replay.in_progress
-    in_flight = any(s.replaying_version is not None or s.activating_version is not None for s in db.projectors.values())
+    in_flight = _in_flight(db)
     abort_job = _latest([j for j in jobs if j.stage == "abort"])
     if replay_open:
         if abort_job is None:
