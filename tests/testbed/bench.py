@@ -24,9 +24,10 @@ from pathlib import Path
 
 import psycopg
 from kubernetes import client
-from psycopg import sql
 
+from sampleapp.config import Settings
 from sampleapp.releases import get_release
+from sampleapp.seed import seed
 from testbed import toolchain
 from testbed.cluster import OPERATOR_USER, LocalCluster
 from testbed.kuberaw import load_api_client
@@ -34,34 +35,11 @@ from testbed.postgres import PostgresServer
 from testbed.scenario import Scenario, UpgradeResult
 
 
-def seed_events(database_url: str, count: int, accounts: int = 1000, batch: int = 20_000) -> None:
-    """``count`` deposits spread over ``accounts``, in batches (so over many transaction ids),
-    projected by v1 as if the application had written them."""
+def seed_events(database_url: str, count: int, accounts: int = 1000) -> None:
+    """``count`` deposits spread over ``accounts``, gated and projected by v1 as the application
+    would have written them (``sampleapp.seed``)."""
     with psycopg.connect(database_url, autocommit=True) as conn:
-        conn.execute(
-            "INSERT INTO sequent_schema.aggregates (aggregate_id, aggregate_type) "
-            "SELECT md5('seed-' || a)::uuid, 'Account' FROM generate_series(0, %s - 1) a ON CONFLICT DO NOTHING",
-            (accounts,),
-        )
-        for start in range(0, count, batch):
-            size = min(batch, count - start)
-            conn.execute(
-                "INSERT INTO sequent_schema.events (aggregate_id, sequence_number, event_type, event_json) "
-                "SELECT md5('seed-' || (n %% %(accounts)s))::uuid, n / %(accounts)s + 1, 'Deposited', "
-                "jsonb_build_object('account_id', 'seed-' || (n %% %(accounts)s), 'amount', 1) "
-                "FROM generate_series(%(start)s, %(end)s - 1) n",
-                {"accounts": accounts, "start": start, "end": start + size},
-            )
-        release = get_release("v1")
-        with conn.transaction():
-            for projector in release.projectors:
-                projector.apply(
-                    conn,
-                    target_schema="view_schema",
-                    event_store_schema="sequent_schema",
-                    event_filter=sql.SQL("TRUE"),
-                    params={},
-                )
+        seed(conn, Settings(database_url=database_url, release="v1"), get_release("v1"), count, accounts)
         conn.execute("ANALYZE sequent_schema.events")
 
 
