@@ -1192,8 +1192,9 @@ class NodeAgent:
         except Exception as error:
             if not is_status(error, 409):
                 raise
-        self.update_status()
+        # The Lease first: a node that reports Ready already has its heartbeat (as in run()).
         self.renew_lease()
+        self.update_status()
 
     def update_status(self) -> None:
         self.kube.patch(f"/api/v1/nodes/{self.node_name}/status", {"status": self._status()})
