@@ -21,6 +21,8 @@ class DeploymentView:
     # Set when the Deployment controller gave up (progress deadline exceeded).
     failure: str | None = None
     template_hash: str | None = None
+    # The projector versions of the release this Deployment runs (its release annotation).
+    projectors: Mapping[str, int] | None = None
 
 
 class JobState(StrEnum):

@@ -19,6 +19,9 @@ from projectorset.observation import DeploymentView, JobState, JobView
 ATTEMPT_LABEL = f"{api.GROUP}/attempt"
 ROUND_LABEL = f"{api.GROUP}/round"
 TEMPLATE_HASH_ANNOTATION = f"{api.GROUP}/template-hash"
+# The release a Deployment runs (version, projector versions, replicas and the spec's own template, as
+# JSON): what the database must show active for this version to serve, and what a rollback re-applies.
+RELEASE_ANNOTATION = f"{api.GROUP}/release"
 MANAGED_BY = "projectorset-operator"
 # How long the Deployment controller may take before it reports the new version as failed.
 PROGRESS_DEADLINE_SECONDS = 600
@@ -73,6 +76,25 @@ def template_hash(template: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(template, sort_keys=True).encode()).hexdigest()[:16]
 
 
+def release_annotation(spec: api.ProjectorSetSpec, version: str) -> str:
+    release = {
+        "version": version,
+        "projectors": dict(sorted(spec.projector_versions.items())),
+        "replicas": spec.replicas,
+        "template": spec.template,
+    }
+    return json.dumps(release, sort_keys=True, separators=(",", ":"))
+
+
+def _release_projectors(annotations: dict[str, str]) -> dict[str, int] | None:
+    """The projector versions recorded on a Deployment; None when absent or unreadable (never guessed)."""
+    try:
+        projectors = json.loads(annotations[RELEASE_ANNOTATION])["projectors"]
+        return {str(name): int(version) for name, version in projectors.items()}
+    except (KeyError, TypeError, ValueError, AttributeError):
+        return None
+
+
 def _pod_template(owner: Owner, spec: api.ProjectorSetSpec, version: str) -> dict[str, Any]:
     template = copy.deepcopy(spec.template)
     metadata = template.setdefault("metadata", {})
@@ -89,7 +111,10 @@ def build_deployment(owner: Owner, spec: api.ProjectorSetSpec, version: str) -> 
             "name": deployment_name(owner, version),
             "namespace": owner.namespace,
             "labels": labels,
-            "annotations": {TEMPLATE_HASH_ANNOTATION: template_hash(spec.template)},
+            "annotations": {
+                TEMPLATE_HASH_ANNOTATION: template_hash(spec.template),
+                RELEASE_ANNOTATION: release_annotation(spec, version),
+            },
             "ownerReferences": [_owner_reference(owner)],
         },
         "spec": {
@@ -185,6 +210,7 @@ def _conditions(obj: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
 def deployment_view(obj: dict[str, Any]) -> DeploymentView:
     labels = obj["metadata"].get("labels") or {}
+    annotations = obj["metadata"].get("annotations") or {}
     spec = obj.get("spec") or {}
     status = obj.get("status") or {}
     replicas = int(spec.get("replicas", 1))
@@ -204,7 +230,8 @@ def deployment_view(obj: dict[str, Any]) -> DeploymentView:
         ready_replicas=int(status.get("readyReplicas") or 0),
         available=replicas > 0 and up_to_date and conditions.get("Available", {}).get("status") == "True",
         failure=failure,
-        template_hash=(obj["metadata"].get("annotations") or {}).get(TEMPLATE_HASH_ANNOTATION),
+        template_hash=annotations.get(TEMPLATE_HASH_ANNOTATION),
+        projectors=_release_projectors(annotations),
     )
 
 
