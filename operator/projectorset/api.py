@@ -246,6 +246,12 @@ class ProjectorSetSpec(Model):
         max_length=40,
         description="With manual promotion: the version allowed to go live (set it to spec.version).",
     )
+    retry: int = Field(
+        default=0,
+        ge=0,
+        description="Bump to retry a Failed or Aborted rollout (kubectl projectorset retry): like any spec edit "
+        "with abort false, a new generation starts a new attempt.",
+    )
 
     @field_validator("projectors")
     @classmethod
