@@ -11,7 +11,9 @@ from typing import Any
 
 import pytest
 import yaml
+from prometheus_client import CollectorRegistry
 
+from projectorset.metrics import OperatorMetrics
 from testbed import toolchain
 
 REPO = Path(__file__).resolve().parent.parent
@@ -313,3 +315,129 @@ def test_chart_crd_is_the_generated_one(helm: Path) -> None:
     # Helm installs crds/ before the templates and never deletes them: not rendered as templates.
     templates = run_helm(helm, "template", RELEASE, str(CHART), "--skip-crds")
     assert "CustomResourceDefinition" not in templates.stdout
+
+
+# --- dashboards and alerts -----------------------------------------------------------------------
+
+METRIC_NAME = re.compile(r"\bprojectorset_[a-z_]+\b")
+
+
+def exported_metrics() -> set[str]:
+    """The series names the operator's metrics registry exports (counters end in _total,
+    histograms in _bucket, _sum and _count)."""
+    registry = CollectorRegistry()
+    OperatorMetrics(registry)
+    names: set[str] = set()
+    for family in registry.collect():
+        if family.type == "counter":
+            names.add(f"{family.name}_total")
+        elif family.type == "histogram":
+            names.update(f"{family.name}{suffix}" for suffix in ("_bucket", "_sum", "_count"))
+        else:
+            names.add(family.name)
+    return names
+
+
+def dashboard_of(manifests: list[Manifest]) -> Manifest:
+    configmap = one(manifests, "ConfigMap", f"{FULLNAME}-dashboard")
+    dashboard: Manifest = json.loads(configmap["data"]["projectorset-operator.json"])
+    return dashboard
+
+
+def panel_queries(dashboard: Manifest) -> dict[str, list[str]]:
+    return {
+        panel["title"]: [target["expr"] for target in panel.get("targets", [])]
+        for panel in dashboard["panels"]
+        if panel["type"] != "row"
+    }
+
+
+def test_dashboard_and_rules_are_off_by_default(helm: Path) -> None:
+    manifests = render(helm)
+    assert "ConfigMap" not in kinds(manifests)
+    assert "PrometheusRule" not in kinds(manifests)
+
+
+def test_dashboard_is_a_configmap_for_the_grafana_sidecar_using_only_exported_metrics(helm: Path) -> None:
+    manifests = render(helm, "grafanaDashboard.enabled=true", "grafanaDashboard.annotations.grafana_folder=Operators")
+    configmap = one(manifests, "ConfigMap", f"{FULLNAME}-dashboard")
+    assert configmap["metadata"]["labels"]["grafana_dashboard"] == "1"
+    assert configmap["metadata"]["namespace"] == "operators"
+    assert configmap["metadata"]["annotations"] == {"grafana_folder": "Operators"}
+    dashboard = dashboard_of(manifests)
+    queries = panel_queries(dashboard)
+    exported = exported_metrics()
+    used: set[str] = set()
+    for title, expressions in queries.items():
+        names = {name for expression in expressions for name in METRIC_NAME.findall(expression)}
+        assert names, f"panel {title!r} queries no operator metric"
+        assert names <= exported, f"panel {title!r} uses {sorted(names - exported)}, not exported by the operator"
+        used |= names
+    # What the dashboard is for: phases, lag, stage durations, active-to-switch latency, failures.
+    for wanted in (
+        "projectorset_phase",
+        "projectorset_replay_lag_events",
+        "projectorset_replay_stage_duration_seconds_sum",
+        "projectorset_activation_to_switch_seconds_bucket",
+        "projectorset_rollout_failures_total",
+    ):
+        assert wanted in used, wanted
+    variables = {v["name"] for v in dashboard["templating"]["list"]}
+    assert {"datasource", "namespace", "name"} <= variables
+
+    # The sidecar's label is configurable, and so is the namespace the sidecar watches.
+    manifests = render(
+        helm,
+        "grafanaDashboard.enabled=true",
+        "grafanaDashboard.label=team_dashboards",
+        "grafanaDashboard.labelValue=ops",
+        "grafanaDashboard.namespace=monitoring",
+    )
+    configmap = one(manifests, "ConfigMap", f"{FULLNAME}-dashboard")
+    assert configmap["metadata"]["labels"]["team_dashboards"] == "ops"
+    assert "grafana_dashboard" not in configmap["metadata"]["labels"]
+    assert configmap["metadata"]["namespace"] == "monitoring"
+
+
+def test_prometheus_rule_alerts_on_failure_catchup_stuck_and_absent_operator(helm: Path) -> None:
+    manifests = render(
+        helm,
+        "prometheusRule.enabled=true",
+        "prometheusRule.labels.release=prom",
+        "prometheusRule.additionalLabels.team=platform",
+        "prometheusRule.stuckFor=45m",
+    )
+    rule = one(manifests, "PrometheusRule", FULLNAME)
+    assert rule["apiVersion"] == "monitoring.coreos.com/v1"
+    assert rule["metadata"]["labels"]["release"] == "prom"
+    alerts = [r for group in rule["spec"]["groups"] for r in group["rules"]]
+    assert {a["alert"] for a in alerts} == {
+        "ProjectorSetRolloutFailed",
+        "ProjectorSetCatchupNotConverging",
+        "ProjectorSetRolloutStuck",
+        "ProjectorSetOperatorAbsent",
+    }
+    exported = exported_metrics()
+    for alert in alerts:
+        names = set(METRIC_NAME.findall(alert["expr"]))
+        assert names and names <= exported, (alert["alert"], sorted(names - exported))
+        assert alert["labels"]["team"] == "platform"
+        assert alert["labels"]["severity"] in ("warning", "critical")
+        # Prometheus's own templating survives Helm's.
+        assert "{{ $labels" in alert["annotations"]["summary"] or alert["alert"] == "ProjectorSetOperatorAbsent"
+    by_name = {a["alert"]: a for a in alerts}
+    assert 'phase="Failed"' in by_name["ProjectorSetRolloutFailed"]["expr"]
+    assert 'stage="catchup"' in by_name["ProjectorSetCatchupNotConverging"]["expr"]
+    stuck = [a for a in alerts if a["alert"] == "ProjectorSetRolloutStuck"]
+    assert {a["for"] for a in stuck} == {"45m", "6h"}
+    assert all("Paused" not in a["expr"] for a in stuck)  # a person's decision, not a stuck rollout
+    absent = by_name["ProjectorSetOperatorAbsent"]["expr"]
+    assert 'absent(projectorset_last_pass_timestamp_seconds{namespace="operators"})' in absent
+    assert by_name["ProjectorSetOperatorAbsent"]["labels"]["severity"] == "critical"
+
+
+def test_rule_and_dashboard_values_are_checked_by_the_schema(helm: Path) -> None:
+    for value in ("prometheusRule.stuckFor=soon", "grafanaDashboard.enabeld=true", "prometheusRule.severity.x=y"):
+        result = run_helm(helm, "template", RELEASE, str(CHART), "--set", value)
+        assert result.returncode != 0, f"{value} was accepted"
+        assert "values don't meet the specifications of the schema" in result.stderr

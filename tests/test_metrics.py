@@ -69,6 +69,27 @@ def test_phase_gauge_marks_only_the_current_phase(setup: tuple[OperatorMetrics, 
     assert sample(registry, "projectorset_phase", phase="Active", **labels) is None
 
 
+def test_replay_stage_and_last_pass_feed_the_charts_alerts(
+    setup: tuple[OperatorMetrics, CollectorRegistry, Clock],
+) -> None:
+    metrics, registry, _ = setup
+    labels = {"namespace": "shop", "name": "blog"}
+    assert sample(registry, "projectorset_last_pass_timestamp_seconds") == 0  # a standby replica: no pass yet
+    before = time.time()
+    metrics.observe(OWNER, decision(Phase.REPLAYING, replay=ReplayStatus(stage="catchup", lag=5000, job="j")))
+    assert sample(registry, "projectorset_replay_stage", stage="catchup", **labels) == 1
+    assert sample(registry, "projectorset_replay_stage", stage="replay", **labels) == 0
+    assert (sample(registry, "projectorset_last_pass_timestamp_seconds") or 0) >= before
+    # Between catch-up rounds no Job runs, but the stage is still catch-up.
+    metrics.observe(OWNER, decision(Phase.REPLAYING, replay=ReplayStatus(stage="catchup", lag=4000)))
+    assert sample(registry, "projectorset_replay_stage", stage="catchup", **labels) == 1
+    metrics.observe(OWNER, decision(Phase.ACTIVE, replay=ReplayStatus(stage="golive", state="live")))
+    assert sample(registry, "projectorset_replay_stage", stage="golive", **labels) is None
+    metrics.observe(OWNER, decision(Phase.REPLAYING, replay=ReplayStatus(stage="prepare")))
+    metrics.forget(OWNER)
+    assert sample(registry, "projectorset_replay_stage", stage="prepare", **labels) is None
+
+
 def test_phase_and_stage_durations_are_timed_only_when_their_start_was_seen(
     setup: tuple[OperatorMetrics, CollectorRegistry, Clock],
 ) -> None:

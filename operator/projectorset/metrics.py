@@ -32,6 +32,7 @@ DURATION_BUCKETS = (1, 2, 5, 10, 30, 60, 120, 300, 600, 1800, 3600, 7200, 14400,
 SWITCH_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, float("inf"))
 # Rollouts end here; anything else is still in progress.
 TERMINAL_PHASES = (Phase.ACTIVE, Phase.FAILED, Phase.ABORTED)
+REPLAY_STAGES = ("prepare", "replay", "optimize", "catchup", "golive")
 
 
 @dataclass
@@ -51,8 +52,14 @@ class _Seen:
 
 
 class OperatorMetrics:
-    def __init__(self, registry: CollectorRegistry = REGISTRY, monotonic: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        registry: CollectorRegistry = REGISTRY,
+        monotonic: Callable[[], float] = time.monotonic,
+        wall: Callable[[], float] = time.time,
+    ) -> None:
         self.monotonic = monotonic
+        self.wall = wall
         self._seen: dict[tuple[str, str], _Seen] = {}
         self._lock = threading.Lock()
         labels = ("namespace", "name")
@@ -66,6 +73,21 @@ class OperatorMetrics:
             "projectorset_replay_lag_events",
             "Events not yet caught up by the running replay (absent when no replay runs).",
             labels,
+            registry=registry,
+        )
+        # The chart's alerts need these two: a catch-up that does not converge is told from a long
+        # initial replay (whose lag grows too) by the stage, and "no operator acting" (down, or every
+        # replica standing by in the peering) by passes that stopped.
+        self.replay_stage = Gauge(
+            "projectorset_replay_stage",
+            "1 for the replay stage of each ProjectorSet's rollout in progress (prepare, replay, optimize, "
+            "catchup, golive), 0 for the others; absent when no rollout runs.",
+            (*labels, "stage"),
+            registry=registry,
+        )
+        self.last_pass = Gauge(
+            "projectorset_last_pass_timestamp_seconds",
+            "Unix time of the last reconcile pass of this operator process (only the acting replica runs passes).",
             registry=registry,
         )
         self.phase_duration = Histogram(
@@ -122,6 +144,7 @@ class OperatorMetrics:
         now = self.monotonic()
         status = decision.status
         key = (owner.namespace, owner.name)
+        self.last_pass.set(self.wall())
         with self._lock:
             seen = self._state(owner)
             # A phase or stage already under way at this process's first pass began at an unknown
@@ -163,6 +186,12 @@ class OperatorMetrics:
                 self.replay_lag.labels(*key).set(replay.lag)
             else:
                 _remove(self.replay_lag, *key)
+            current_stage = replay.stage if replay is not None and status.phase not in TERMINAL_PHASES else None
+            for known in REPLAY_STAGES:
+                if current_stage is None:
+                    _remove(self.replay_stage, *key, known)
+                else:
+                    self.replay_stage.labels(*key, known).set(1 if known == current_stage else 0)
 
             for event in decision.events:
                 if event.type == "Warning":
@@ -176,6 +205,8 @@ class OperatorMetrics:
             for phase in Phase:
                 _remove(self.phase, *key, phase.value)
             _remove(self.replay_lag, *key)
+            for known in REPLAY_STAGES:
+                _remove(self.replay_stage, *key, known)
 
     def _state(self, owner: Owner) -> _Seen:
         return self._seen.setdefault((owner.namespace, owner.name), _Seen())
