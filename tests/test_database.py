@@ -9,8 +9,10 @@ from collections.abc import Iterator
 import psycopg
 import pytest
 
+from projectorset import database
 from projectorset.database import (
     DatabaseAuthenticationFailed,
+    DatabaseReadTimedOut,
     DatabaseUnreachable,
     IllegalProjectorState,
     InvalidDatabaseURI,
@@ -128,6 +130,129 @@ def test_replay_lag_counts_events_from_continue_replay_at_xact_id(db: SequentDat
     assert state.replay is not None and state.replay.state == "replayed"
     assert state.replay.projectors == ("PostProjector",)
     assert state.replay_lag == 4  # the event at the snapshot and the three after it
+
+
+def insert_events(url: str, count: int, first_xact_id: int) -> None:
+    """``count`` events, one a transaction as far as xact_id tells: first_xact_id, +1, ..."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        aggregate = conn.execute(
+            "INSERT INTO sequent_schema.aggregates (aggregate_id, aggregate_type) "
+            "VALUES (gen_random_uuid(), 'Post') RETURNING aggregate_id"
+        ).fetchone()[0]
+        conn.execute(
+            "INSERT INTO sequent_schema.events (aggregate_id, sequence_number, event_type, event_json, xact_id) "
+            "SELECT %s, g, 'PostAdded', jsonb_build_object('title', repeat('x', 40)), %s + g "
+            "FROM generate_series(0, %s - 1) g",
+            (aggregate, first_xact_id, count),
+        )
+
+
+def start_replay(url: str, state: str, continue_at: int | None) -> None:
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(
+            "INSERT INTO sequent_schema.replay_states (state, projectors, continue_replay_at_xact_id) "
+            "VALUES (%s, ARRAY['PostProjector'], %s)",
+            (state, continue_at),
+        )
+
+
+def counted_lag(url: str, since: int) -> int:
+    with psycopg.connect(url) as conn:
+        return int(
+            conn.execute("SELECT count(*) FROM sequent_schema.events WHERE xact_id >= %s", (since,)).fetchone()[0]
+        )
+
+
+@pytest.mark.parametrize("behind", [0, 1, 37, 900, 4000])
+def test_lag_reads_the_tail_and_matches_a_full_count(db: SequentDatabase, database_url: str, behind: int) -> None:
+    """5,000 events over ~100 pages: however many are behind (one page, or tens), the tail read
+    finds exactly what a count over the whole table finds."""
+    insert_events(database_url, 5000, first_xact_id=10_000)
+    since = 10_000 + 5000 - behind
+    start_replay(database_url, "optimized", since)
+    state = db.read_state()
+    assert counted_lag(database_url, since) == behind
+    assert state.replay_lag == behind
+
+
+def test_lag_is_not_read_before_the_replay_records_where_catch_up_starts(
+    db: SequentDatabase, database_url: str
+) -> None:
+    insert_events(database_url, 10, first_xact_id=1)
+    start_replay(database_url, "replaying", None)
+    assert db.read_state().replay_lag is None
+
+
+def test_lag_read_is_bounded_and_then_a_lower_bound(
+    db: SequentDatabase, database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    insert_events(database_url, 5000, first_xact_id=1)
+    start_replay(database_url, "optimized", 1)
+    monkeypatch.setattr(database, "LAG_MAX_PAGES", 20)
+    lag = db.read_state().replay_lag
+    assert lag is not None and 0 < lag < 5000
+
+
+def test_read_state_does_not_wait_behind_a_lock_on_projector_states(db: SequentDatabase, database_url: str) -> None:
+    """golive holds projector_states in ACCESS EXCLUSIVE mode until it commits: a pass reports
+    that instead of waiting for it."""
+    db.activate({"PostProjector": 1})
+    holder = hold_projector_states_lock(database_url, seconds=3, mode="ACCESS EXCLUSIVE")
+    started = time.monotonic()
+    with pytest.raises(ProjectorStatesBusy, match="locked by another transaction") as raised:
+        db.read_state()
+    waited = time.monotonic() - started
+    holder.join(5)
+    print(f"read_state gave up after {waited * 1000:.0f} ms")
+    assert raised.value.reason == "ProjectorStatesLocked"
+    assert waited < 1.5
+    assert db.read_state().projectors["PostProjector"].active_version == 1
+
+
+def test_slow_read_is_cut_by_the_statement_timeout(database_url: str) -> None:
+    db = SequentDatabase(database_url, read_statement_timeout_ms=300)
+    try:
+        with pytest.raises(DatabaseReadTimedOut, match="statement_timeout"):
+            db._read(lambda conn: conn.execute("SELECT pg_sleep(5)"))
+        assert db.read_state().empty  # the pool's connection is usable again
+    finally:
+        db.close()
+
+
+def test_golive_watch_sees_the_commit_at_once(db: SequentDatabase, database_url: str) -> None:
+    """A golive-like transaction locks projector_states, registers active and commits; the watch
+    (short reads that wait on the lock) sees the new version right after the commit."""
+    db.activate({"PostProjector": 1})
+    committed_at: list[float] = []
+    locked = threading.Event()
+
+    def golive() -> None:
+        with psycopg.connect(database_url) as conn:
+            with conn.transaction():
+                conn.execute("LOCK TABLE sequent_schema.projector_states IN ACCESS EXCLUSIVE MODE")
+                conn.execute("UPDATE sequent_schema.projector_states SET active_version = 2")
+                locked.set()
+                time.sleep(1.0)
+            committed_at.append(time.monotonic())
+
+    thread = threading.Thread(target=golive, daemon=True)
+    thread.start()
+    assert locked.wait(10)
+    busy = 0
+    while True:
+        try:
+            state = db.read_projector_states(lock_timeout_ms=250)
+        except ProjectorStatesBusy:
+            busy += 1
+            continue
+        if state.projectors["PostProjector"].active_version == 2:
+            seen_at = time.monotonic()
+            break
+    thread.join(5)
+    delay = seen_at - committed_at[0]
+    print(f"watch saw the commit {delay * 1000:.1f} ms after it ({busy} reads timed out before)")
+    assert busy >= 1  # it did wait behind the lock
+    assert delay < 0.25  # within one lock wait: granted at the commit, not found by a later poll
 
 
 def test_in_progress_replay_is_preferred_over_finished_ones(db: SequentDatabase, database_url: str) -> None:

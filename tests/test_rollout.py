@@ -450,3 +450,27 @@ def test_conditions_carry_generation_and_transition_time() -> None:
     assert {"type", "status", "reason", "message", "lastTransitionTime", "observedGeneration"} <= set(
         dumped["conditions"][0]
     )
+
+
+def test_projector_states_locked_by_a_running_golive_is_expected_not_an_outage() -> None:
+    """golive holds projector_states until it commits: a pass whose read times out on that lock
+    keeps Activating and watching, without a warning; a lock with no golive running is reported."""
+    world = upgraded_world()
+    advance_to(world, "golive")
+    world.database_error = ("ProjectorStatesLocked", "projector_states was locked by another transaction")
+    decision = world.step()
+    assert decision.status.phase is Phase.ACTIVATING and reason(world) == "GoingLive"
+    assert decision.await_activation
+    assert decision.actions == ()
+    assert not [e for e in decision.events if e.type == "Warning"]
+    world.database_error = None
+    world.finish_running_jobs()
+    world.step()
+    assert world.service_version == "v2"
+
+    other = upgraded_world()
+    advance_to(other, "replay")
+    other.database_error = ("ProjectorStatesLocked", "projector_states was locked by another transaction")
+    decision = other.step()
+    assert reason(other) == "ProjectorStatesLocked"
+    assert [e.type for e in decision.events] == ["Warning"]

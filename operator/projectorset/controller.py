@@ -18,7 +18,13 @@ from typing import Any, Protocol
 from pydantic import ValidationError
 
 from projectorset.api import ProjectorSetSpec, ProjectorSetStatus
-from projectorset.database import DatabaseError, IllegalProjectorState, SequentDatabase
+from projectorset.database import (
+    WATCH_LOCK_TIMEOUT_MS,
+    DatabaseError,
+    IllegalProjectorState,
+    ProjectorStatesBusy,
+    SequentDatabase,
+)
 from projectorset.observation import (
     Action,
     Activate,
@@ -182,7 +188,9 @@ class Reconciler:
             return True  # nothing to watch: let a full pass decide
         database, spec = gate
         try:
-            return release_is_active(spec, database.read_projector_states())
+            return release_is_active(spec, database.read_projector_states(lock_timeout_ms=WATCH_LOCK_TIMEOUT_MS))
+        except ProjectorStatesBusy:
+            return False  # golive still holds the table: the next read is granted at its commit
         except DatabaseError:
             return True
 

@@ -8,6 +8,11 @@ in every event transaction, so no write here may make them wait for long.
 
 Every illegal transition is refused *inside* the lock, before anything is written,
 with an error that names the projector and the versions involved.
+
+Every read runs in its own short transaction with a ``lock_timeout`` and a
+``statement_timeout``: golive holds ``projector_states`` in ACCESS EXCLUSIVE mode for its whole
+transaction, so a read that waited for it would stall the pass (and a read that held the table
+while counting events would stall golive and, behind golive, every publisher).
 """
 
 from __future__ import annotations
@@ -26,6 +31,10 @@ from psycopg.conninfo import conninfo_to_dict
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+
+# While golive runs, the watch reads projector_states in a loop. Each read waits on golive's lock,
+# which is granted the moment golive commits; this bounds one wait so a wakeup is never missed long.
+WATCH_LOCK_TIMEOUT_MS = 250
 
 IN_PROGRESS_REPLAY_STATES = frozenset({"created", "prepared", "replaying", "catching_up", "replayed", "optimized"})
 FINISHED_REPLAY_STATES = frozenset({"live", "aborted", "failed"})
@@ -102,6 +111,12 @@ class ProjectorStatesBusy(DatabaseError):
     reason = "ProjectorStatesLocked"
 
 
+class DatabaseReadTimedOut(DatabaseError):
+    """A read hit its statement_timeout (a slow or overloaded database): nothing was changed."""
+
+    reason = "DatabaseReadTimedOut"
+
+
 class IllegalProjectorState(DatabaseError):
     """A write that Sequent's protocol forbids; the message names the projector and versions."""
 
@@ -150,6 +165,8 @@ class SequentDatabase:
         *,
         lock_timeout_ms: int = 100,
         write_timeout_s: float = 10.0,
+        read_lock_timeout_ms: int = 200,
+        read_statement_timeout_ms: int = 5000,
         connect_timeout_s: float = 5.0,
         pool_size: int = 2,
     ) -> None:
@@ -157,6 +174,8 @@ class SequentDatabase:
         self.schema = schema
         self.lock_timeout_ms = lock_timeout_ms
         self.write_timeout_s = write_timeout_s
+        self.read_lock_timeout_ms = read_lock_timeout_ms
+        self.read_statement_timeout_ms = read_statement_timeout_ms
         self._connect_timeout_s = connect_timeout_s
         try:
             conninfo_to_dict(conninfo)
@@ -221,35 +240,66 @@ class SequentDatabase:
 
     # -- reads --
 
-    def read_state(self) -> DatabaseState:
-        def read(conn: psycopg.Connection) -> DatabaseState:
-            with conn.transaction():
-                projectors = self._projector_rows(conn)
-                replay_row = conn.execute(
-                    sql.SQL(
-                        "SELECT id, state, projectors, continue_replay_at_xact_id FROM {} "
-                        "ORDER BY (state NOT IN ('live', 'aborted', 'failed')) DESC, id DESC LIMIT 1"
-                    ).format(self._table("replay_states"))
-                ).fetchone()
-                replay = (
-                    ReplayState(
-                        id=replay_row[0],
-                        state=replay_row[1],
-                        projectors=tuple(replay_row[2] or ()),
-                        continue_replay_at_xact_id=replay_row[3],
-                    )
-                    if replay_row
-                    else None
-                )
-                lag = self._lag(conn, replay) if replay is not None and replay.in_progress else None
-            return DatabaseState(projectors=projectors, replay=replay, replay_lag=lag)
+    def _read(self, work: Callable[[psycopg.Connection], T], *, lock_timeout_ms: int | None = None) -> T:
+        """Run ``work`` in a read transaction that neither waits long for a lock nor runs long."""
+        lock_ms = self.read_lock_timeout_ms if lock_timeout_ms is None else lock_timeout_ms
+
+        def read(conn: psycopg.Connection) -> T:
+            try:
+                with conn.transaction():
+                    _set_timeouts(conn, lock_ms, max(lock_ms, self.read_statement_timeout_ms))
+                    return work(conn)
+            except errors.LockNotAvailable:
+                raise ProjectorStatesBusy(
+                    f"projector_states was locked by another transaction for more than {lock_ms} ms "
+                    "(golive holds it until it commits; a stuck transaction holds it until it ends); "
+                    "read again at the next pass"
+                ) from None
+            except errors.QueryCanceled:
+                raise DatabaseReadTimedOut(
+                    f"a read of {self.schema} took longer than {self.read_statement_timeout_ms} ms "
+                    "(statement_timeout); nothing was changed"
+                ) from None
 
         return self._run(read)
 
-    def read_projector_states(self) -> DatabaseState:
-        """Only projector_states: the cheap read the operator repeats while golive runs."""
+    def read_state(self) -> DatabaseState:
+        """projector_states and the replay, then the lag: two short transactions, so the
+        count of events never holds projector_states."""
 
-        return self._run(lambda conn: DatabaseState(projectors=self._projector_rows(conn)))
+        def read(conn: psycopg.Connection) -> tuple[dict[str, ProjectorState], ReplayState | None]:
+            projectors = self._projector_rows(conn)
+            replay_row = conn.execute(
+                sql.SQL(
+                    "SELECT id, state, projectors, continue_replay_at_xact_id FROM {} "
+                    "ORDER BY (state NOT IN ('live', 'aborted', 'failed')) DESC, id DESC LIMIT 1"
+                ).format(self._table("replay_states"))
+            ).fetchone()
+            replay = (
+                ReplayState(
+                    id=replay_row[0],
+                    state=replay_row[1],
+                    projectors=tuple(replay_row[2] or ()),
+                    continue_replay_at_xact_id=replay_row[3],
+                )
+                if replay_row
+                else None
+            )
+            return projectors, replay
+
+        projectors, replay = self._read(read)
+        lag = None
+        if replay is not None and replay.in_progress and replay.continue_replay_at_xact_id is not None:
+            lag = self.replay_lag(replay.continue_replay_at_xact_id)
+        return DatabaseState(projectors=projectors, replay=replay, replay_lag=lag)
+
+    def read_projector_states(self, lock_timeout_ms: int | None = None) -> DatabaseState:
+        """Only projector_states: the cheap read the operator repeats while golive runs. Waiting
+        on golive's lock is what makes it see the commit at once; ``lock_timeout_ms`` bounds it."""
+
+        return self._read(
+            lambda conn: DatabaseState(projectors=self._projector_rows(conn)), lock_timeout_ms=lock_timeout_ms
+        )
 
     def _projector_rows(self, conn: psycopg.Connection) -> dict[str, ProjectorState]:
         query = sql.SQL(
@@ -257,17 +307,16 @@ class SequentDatabase:
         ).format(self._table("projector_states"))
         return {row[0]: ProjectorState(*row) for row in conn.execute(query)}
 
-    def _lag(self, conn: psycopg.Connection, replay: ReplayState) -> int:
-        if replay.continue_replay_at_xact_id is None:
-            query = sql.SQL("SELECT count(*) FROM {}").format(self._table("events"))
-            row = conn.execute(query).fetchone()
-        else:
-            query = sql.SQL("SELECT count(*) FROM {} WHERE xact_id >= %s").format(self._table("events"))
-            row = conn.execute(query, (replay.continue_replay_at_xact_id,)).fetchone()
-        return int(row[0]) if row else 0
+    def replay_lag(self, since_xact_id: int) -> int:
+        """Events a catch-up would still replay: those with ``xact_id >= since_xact_id``.
 
-    def replay_lag(self) -> int | None:
-        return self.read_state().replay_lag
+        ``events.xact_id`` has no index and the table is Sequent's largest, so this reads only
+        the tail of each partition: events are appended, so the newest ones sit in its last
+        pages. Chunks of pages are read backwards (a TID range scan) until a chunk holds no new
+        event, or until ``LAG_MAX_PAGES`` were read; the count is then a lower bound. Events that
+        PostgreSQL placed in free space further back are missed (an append-only table has little).
+        See docs/sequent-protocol.md ("lag")."""
+        return self._read(lambda conn: _tail_lag(conn, self._table("events"), since_xact_id))
 
     # -- writes --
 
@@ -281,9 +330,7 @@ class SequentDatabase:
             attempts += 1
             try:
                 with conn.transaction():
-                    conn.execute(
-                        sql.SQL("SET LOCAL lock_timeout = {}").format(sql.Literal(f"{self.lock_timeout_ms}ms"))
-                    )
+                    _set_timeouts(conn, self.lock_timeout_ms, self.read_statement_timeout_ms)
                     conn.execute(
                         sql.SQL("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE").format(self._table("projector_states"))
                     )
@@ -405,6 +452,70 @@ class SequentDatabase:
                     self._upsert(conn, name, active=KEEP, activating=None, replaying=None)
 
         self._write("abort", change)
+
+
+def _set_timeouts(conn: psycopg.Connection, lock_timeout_ms: int, statement_timeout_ms: int) -> None:
+    conn.execute(
+        sql.SQL("SET LOCAL lock_timeout = {}; SET LOCAL statement_timeout = {}").format(
+            sql.Literal(f"{lock_timeout_ms}ms"), sql.Literal(f"{statement_timeout_ms}ms")
+        )
+    )
+
+
+# The lag read: the first chunk of pages read at the end of each partition, and the most pages one
+# read may cover (8 kB each: 4096 pages are 32 MB, a few milliseconds from cache).
+LAG_FIRST_CHUNK_PAGES = 8
+LAG_MAX_PAGES = 4096
+
+
+@dataclass
+class _Tail:
+    """The part of one partition not read yet: pages [0, end)."""
+
+    table: sql.Composable
+    end: int
+    chunk: int = LAG_FIRST_CHUNK_PAGES
+
+
+def _tail_lag(conn: psycopg.Connection, events: sql.Composable, since_xact_id: int) -> int:
+    leaves = conn.execute(
+        sql.SQL(
+            "SELECT n.nspname, c.relname, pg_relation_size(c.oid) / current_setting('block_size')::bigint "
+            "FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+            # Sequent's events table is partitioned; an older or test schema may have a plain one.
+            "WHERE c.relkind = 'r' AND c.oid IN "
+            "(SELECT relid FROM pg_partition_tree({events}::regclass) WHERE isleaf UNION SELECT {events}::regclass)"
+        ).format(events=sql.Literal(events.as_string(conn)))
+    ).fetchall()
+    tails = [_Tail(sql.Identifier(schema, name), int(pages)) for schema, name, pages in leaves if pages]
+    lag = 0
+    budget = LAG_MAX_PAGES
+    while tails and budget > 0:
+        # One statement a round: the next chunk of every partition still showing new events.
+        parts = []
+        for tail in tails:
+            start = max(0, tail.end - min(tail.chunk, budget))
+            budget -= tail.end - start
+            parts.append(
+                sql.SQL(
+                    "SELECT count(*) FILTER (WHERE xact_id >= {since}) FROM {table} "
+                    "WHERE ctid >= {start}::tid AND ctid < {end}::tid"
+                ).format(
+                    since=sql.Literal(since_xact_id),
+                    table=tail.table,
+                    start=sql.Literal(f"({start},0)"),
+                    end=sql.Literal(f"({tail.end},0)"),
+                )
+            )
+            tail.end = start
+            tail.chunk *= 2
+            if budget <= 0:
+                break
+        counts = [int(row[0]) for row in conn.execute(sql.SQL(" UNION ALL ").join(parts)).fetchall()]
+        lag += sum(counts)
+        # A partition is done once a chunk held no new event or it was read to its first page.
+        tails = [tail for tail, count in zip(tails, counts, strict=False) if count > 0 and tail.end > 0]
+    return lag
 
 
 class _Keep:

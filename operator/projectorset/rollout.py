@@ -260,6 +260,13 @@ def decide(
         run.poll(BLOCKED_POLL_SECONDS)
         return run.finish(_waiting_phase(status), "SecretNotFound", cluster.secret_problem, warning=True)
     if database.state is None:
+        golive = [job for job in cluster.jobs if job.stage == "golive" and job.state is JobState.RUNNING]
+        if golive and database.error_reason == "ProjectorStatesLocked":
+            # golive holds projector_states until it commits: expected, and watched closely.
+            run.poll(ROLLOUT_POLL_SECONDS)
+            return run.finish(
+                Phase.ACTIVATING, "GoingLive", f"golive is running in Job {golive[0].name} (projector_states locked)"
+            )
         reason = database.error_reason or "DatabaseUnreachable"
         message = database.error_message or "the database could not be read"
         run.condition("DatabaseReady", False, reason, message)
