@@ -15,9 +15,10 @@ from pathlib import Path
 from typing import Any
 
 from projectorset import api
-from projectorset.controller import ClusterError
+from projectorset.cluster import ClusterError, Owner
+from projectorset.conditions import Reason
 from projectorset.observation import (
-    Action,
+    ClusterAction,
     ClusterView,
     DeleteDeployment,
     DeleteJob,
@@ -33,7 +34,6 @@ from projectorset.observation import (
 from projectorset.resources import (
     ATTEMPT_LABEL,
     ROUND_LABEL,
-    Owner,
     build_deployment,
     build_stage_job,
     deployment_name,
@@ -67,7 +67,7 @@ class FakeCluster:
 
     def observe(self, owner: Owner, spec: api.ProjectorSetSpec) -> tuple[ClusterView, str | None]:
         if self.api_down:
-            raise ClusterError("KubernetesAPIError", "listing Deployments and Jobs: 503 unavailable")
+            raise ClusterError("listing Deployments and Jobs: 503 unavailable", Reason.KUBERNETES_API_ERROR)
         for job in self.jobs.values():
             self._poll(job)
         selector = self.services.get(spec.service.name)
@@ -110,9 +110,9 @@ class FakeCluster:
             uri,
         )
 
-    def apply(self, owner: Owner, spec: api.ProjectorSetSpec, action: Action) -> None:
+    def apply(self, owner: Owner, spec: api.ProjectorSetSpec, action: ClusterAction) -> None:
         if self.api_down:
-            raise ClusterError("KubernetesAPIError", f"{type(action).__name__}: 503 unavailable")
+            raise ClusterError(f"{type(action).__name__}: 503 unavailable", Reason.KUBERNETES_API_ERROR)
         match action:
             case EnsureDeployment(version=version, replicas=replicas):
                 name = deployment_name(owner, version)

@@ -13,7 +13,6 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from projectorset.api import ProjectorSetSpec, ProjectorSetStatus
-from projectorset.database import DatabaseState, ProjectorState, ReplayState
 from projectorset.observation import (
     Activate,
     ClearReplaying,
@@ -32,6 +31,7 @@ from projectorset.observation import (
     SwitchService,
 )
 from projectorset.rollout import Decision, decide
+from projectorset.sequent import DatabaseState, ProjectorState, ReplayState
 
 START = datetime(2026, 11, 27, 12, 0, 0, tzinfo=UTC)
 
@@ -199,6 +199,14 @@ class World:
             self.replay = replace(replay, state="aborted")
             for name_, state in self.projectors.items():
                 self.projectors[name_] = replace(state, replaying_version=None, activating_version=None)
+
+    def stage_raises(self, name: str, *, job_ends: bool = True) -> None:
+        """A stage fails the way Sequent's stages do: the replay is marked ``failed`` (and stays in
+        progress); the Job's pod exits non-zero (``job_ends``) or is still retrying."""
+        assert self.replay is not None
+        self.replay = replace(self.replay, state="failed")
+        if job_ends:
+            self.finish_job(name, succeed=False)
 
     def finish_running_jobs(self) -> None:
         for name, job in list(self.jobs.items()):

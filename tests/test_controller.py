@@ -14,7 +14,8 @@ import psycopg
 import pytest
 from fake_cluster import FakeCluster
 
-from projectorset.controller import ClusterError, Reconciler
+from projectorset.cluster import ClusterError
+from projectorset.controller import Reconciler
 from sampleapp.config import Settings
 from sampleapp.migrate import migrate
 from sampleapp.releases import get_release

@@ -18,10 +18,11 @@ from prometheus_client import CollectorRegistry, generate_latest, start_http_ser
 
 from projectorset import main
 from projectorset.api import Condition, Phase, ProjectorSetStatus, ReplayStatus
+from projectorset.cluster import Owner
+from projectorset.conditions import Reason
 from projectorset.controller import Reconciler
 from projectorset.metrics import OperatorMetrics
 from projectorset.observation import Event, SwitchService
-from projectorset.resources import Owner
 from projectorset.rollout import Decision
 from sampleapp.config import Settings
 from sampleapp.migrate import migrate
@@ -39,9 +40,17 @@ class Clock:
         return self.now
 
 
-def decision(phase: Phase, *events: Event, replay: ReplayStatus | None = None, reason: str = "Progressing") -> Decision:
+def decision(
+    phase: Phase,
+    *events: Event,
+    replay: ReplayStatus | None = None,
+    reason: str = "Progressing",
+    activated: bool = False,
+    failure: Reason | None = None,
+) -> Decision:
     conditions = [Condition(type="Progressing", status="True", reason=reason)]
-    return Decision((), ProjectorSetStatus(phase=phase, replay=replay, conditions=conditions), events, None)
+    status = ProjectorSetStatus(phase=phase, replay=replay, conditions=conditions)
+    return Decision((), status, events, None, activated=activated, failure=failure)
 
 
 def sample(registry: CollectorRegistry, metric: str, **labels: str) -> float | None:
@@ -137,7 +146,13 @@ def test_switch_latency_runs_from_the_pass_that_saw_activation_to_the_service_pa
     cluster.apply(OWNER, None, SwitchService("v2"))
     clock.now += 0.5  # status and Events: after the switch, not counted
     metrics.observe(
-        OWNER, decision(Phase.ACTIVE, Event("Normal", "Activated", ""), Event("Normal", "ServiceSwitched", ""))
+        OWNER,
+        decision(
+            Phase.ACTIVE,
+            Event("Normal", Reason.ACTIVATED, ""),
+            Event("Normal", Reason.SERVICE_SWITCHED, ""),
+            activated=True,
+        ),
     )
     assert sample(registry, "projectorset_activation_to_switch_seconds_count") == 1
     assert sample(registry, "projectorset_activation_to_switch_seconds_sum") == pytest.approx(0.03)
@@ -145,28 +160,28 @@ def test_switch_latency_runs_from_the_pass_that_saw_activation_to_the_service_pa
     # Activated, but the new pods are not available yet: switched two passes later.
     metrics.pass_started(OWNER)
     clock.now += 0.01
-    metrics.observe(OWNER, decision(Phase.SWITCHING, Event("Normal", "Activated", "")))
+    metrics.observe(OWNER, decision(Phase.SWITCHING, Event("Normal", Reason.ACTIVATED, ""), activated=True))
     clock.now += 2
     metrics.pass_started(OWNER)
     metrics.observe(OWNER, decision(Phase.SWITCHING))
     clock.now += 1
     metrics.pass_started(OWNER)
     cluster.apply(OWNER, None, SwitchService("v3"))
-    metrics.observe(OWNER, decision(Phase.ACTIVE, Event("Normal", "ServiceSwitched", "")))
+    metrics.observe(OWNER, decision(Phase.ACTIVE, Event("Normal", Reason.SERVICE_SWITCHED, "")))
     assert sample(registry, "projectorset_activation_to_switch_seconds_count") == 2
     assert sample(registry, "projectorset_activation_to_switch_seconds_sum") == pytest.approx(0.03 + 3.03)
 
     # A switch whose activation this process never saw (it restarted meanwhile) is not timed.
     metrics.pass_started(OWNER)
     cluster.apply(OWNER, None, SwitchService("v4"))
-    metrics.observe(OWNER, decision(Phase.ACTIVE, Event("Normal", "ServiceSwitched", "")))
+    metrics.observe(OWNER, decision(Phase.ACTIVE, Event("Normal", Reason.SERVICE_SWITCHED, "")))
     assert sample(registry, "projectorset_activation_to_switch_seconds_count") == 2
 
 
 def test_failures_count_once_by_reason(setup: tuple[OperatorMetrics, CollectorRegistry, Clock]) -> None:
     metrics, registry, _ = setup
-    failed = Event("Warning", "StageFailed", "the optimize Job failed")
-    metrics.observe(OWNER, decision(Phase.FAILED, failed, reason="StageFailed"))
+    failed = Event("Warning", Reason.STAGE_FAILED, "the optimize Job failed")
+    metrics.observe(OWNER, decision(Phase.FAILED, failed, reason="StageFailed", failure=Reason.STAGE_FAILED))
     # Later passes of the same failure emit no Event again (the persisted status already says it).
     metrics.observe(OWNER, decision(Phase.FAILED, reason="StageFailed"))
     labels = {"namespace": "shop", "name": "blog", "reason": "StageFailed"}

@@ -9,12 +9,13 @@ import pytest
 from rollout_world import World, manifest
 
 from projectorset.api import Phase
-from projectorset.database import ProjectorState, ReplayState
+from projectorset.conditions import Reason
 from projectorset.observation import (
     Activate,
     ClearReplaying,
     Deactivate,
     DeleteDeployment,
+    DeleteJob,
     DeploymentView,
     EnsureDeployment,
     RegisterReplaying,
@@ -22,6 +23,7 @@ from projectorset.observation import (
     ScaleDeployment,
     SwitchService,
 )
+from projectorset.sequent import ProjectorState, ReplayState
 
 
 def reason(world: World) -> str:
@@ -68,6 +70,7 @@ def test_upgrade_walks_every_phase_and_switches_in_the_pass_the_database_shows_a
         "RolloutComplete",
     ]
     assert switched_in_pass_of_activation
+    assert [d.status.phase for d in world.history if d.activated] == [Phase.ACTIVE]
     assert world.golive_runs == 1
     assert world.projectors["PostProjector"] == ProjectorState("PostProjector", 2, None, None)
     assert world.status.active_version == "v2"
@@ -253,7 +256,64 @@ def test_stage_job_that_succeeds_without_moving_the_database_fails_verification(
     world.step()
     assert world.status.phase is Phase.FAILED
     assert reason(world) == "VerificationFailed"
-    assert "replay_states is 'replayed', not 'optimized'" in world.status.message
+    assert "replay_states is 'replayed'; after optimize it should be 'optimized'" in world.status.message
+
+
+def test_prepare_job_that_leaves_the_replay_created_fails_verification_naming_both_states() -> None:
+    world = upgraded_world()
+    advance_to(world, "prepare")
+    world.finish_job(world.running_job("prepare"), move_database=False)
+    world.step()
+    assert reason(world) == "VerificationFailed"
+    assert (
+        "prepare Job blog-v2-a1-prepare succeeded but replay_states is 'created'; "
+        "after prepare it should be 'prepared'" in world.status.message
+    )
+
+
+@pytest.mark.parametrize("stage", ["prepare", "replay", "catchup"])
+@pytest.mark.parametrize("job_ends", [True, False], ids=["job-failed", "job-still-retrying"])
+def test_replay_marked_failed_fails_the_rollout_aborts_it_and_a_retry_goes_live(stage: str, job_ends: bool) -> None:
+    world = upgraded_world(replay={"catchup": {"maxLag": 10}})
+    world.lag = 500
+    advance_to(world, stage)
+    job = world.running_job(stage)
+    world.stage_raises(job, job_ends=job_ends)
+    replay_id = world.replay.id if world.replay else None
+    decision = world.step()
+
+    assert decision.status.phase is Phase.FAILED
+    assert reason(world) == "ReplayFailed"
+    assert f"replay {replay_id} is 'failed' in replay_states: a stage raised" in world.status.message
+    assert f"{stage} Job {job} " in world.status.message
+    assert decision.failure is Reason.REPLAY_FAILED
+    assert any(isinstance(a, RunStageJob) and a.stage == "abort" for a in decision.actions)
+    if not job_ends:
+        assert DeleteJob(job) in decision.actions
+    world.run(passes=4)
+    assert world.status.phase is Phase.FAILED and reason(world) == "ReplayFailed"
+    assert world.replay is not None and world.replay.state == "aborted"
+    assert world.projectors["PostProjector"] == ProjectorState("PostProjector", 1, None, None)
+    assert condition(world, "ReplayAborted") == ("True", "Aborted")
+    assert world.service_version == "v1"
+    assert [d.failure for d in world.history if d.failure] == [Reason.REPLAY_FAILED]
+
+    world.lag = 0
+    world.upgrade(world.spec.model_copy(update={"replicas": 3}))
+    world.run(passes=12)
+    assert world.service_version == "v2"
+    assert world.golive_runs == 1
+
+
+def test_failed_replay_of_another_target_blocks_until_it_is_aborted() -> None:
+    world = upgraded_world()
+    world.replay = ReplayState(3, "failed", ("TagProjector",), 10)
+    world.step()
+    decision = world.step()
+    assert decision.status.phase is Phase.PENDING
+    assert reason(world) == "ReplayInProgressForOtherTarget"
+    assert "replay 3 failed building TagProjector and stays in progress until it is aborted" in world.status.message
+    assert not any(isinstance(a, (RunStageJob, RegisterReplaying)) for a in decision.actions)
 
 
 def test_abort_request_cancels_the_replay() -> None:

@@ -30,9 +30,6 @@ LABEL_VALUE_PATTERN = r"^[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$"
 PROJECTOR_NAME_PATTERN = r"^[A-Z][A-Za-z0-9_]*(::[A-Z][A-Za-z0-9_]*)*$"
 SCHEMA_NAME_PATTERN = r"^[a-z_][a-z0-9_]{0,62}$"
 
-# Placeholders substituted into every element of a stage command.
-PLACEHOLDERS = ("{projectors}", "{groupSize}", "{processes}")
-
 
 class Model(BaseModel):
     model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid", frozen=True)

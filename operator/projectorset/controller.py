@@ -1,8 +1,8 @@
 """One reconcile pass: observe the cluster and the database, decide, act, report.
 
 Knows neither Kopf nor the Kubernetes client: the cluster is reached through the
-``Cluster`` protocol (``kube.KubernetesCluster`` in production, an in-memory fake in
-unit tests), the database through ``SequentDatabase``.
+``cluster.Cluster`` protocol (``kube.KubernetesCluster`` in production, an in-memory fake
+in unit tests), the database through ``SequentDatabase``. See docs/architecture.md.
 """
 
 from __future__ import annotations
@@ -13,56 +13,30 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import Any, assert_never
 
 from pydantic import ValidationError
 
 from projectorset.api import ProjectorSetSpec, ProjectorSetStatus
-from projectorset.database import (
-    WATCH_LOCK_TIMEOUT_MS,
-    DatabaseError,
-    IllegalProjectorState,
-    ProjectorStatesBusy,
-    SequentDatabase,
-)
+from projectorset.cluster import Cluster, ClusterError, Owner
+from projectorset.conditions import ConditionType, Reason, ReportedError, set_condition
+from projectorset.database import WATCH_LOCK_TIMEOUT_MS, DatabaseError, ProjectorStatesBusy, SequentDatabase
 from projectorset.observation import (
-    Action,
     Activate,
     ClearReplaying,
     ClusterView,
+    DatabaseAction,
     DatabaseView,
     Deactivate,
     Event,
     RegisterReplaying,
 )
-from projectorset.resources import Owner
-from projectorset.rollout import Decision, decide, next_condition, release_is_active
+from projectorset.rollout import Decision, decide, release_is_active
 
 log = logging.getLogger(__name__)
 
 # After a failed action, the next pass comes sooner than an idle one but not in a tight loop.
 ACTION_FAILURE_RETRY_SECONDS = 5.0
-
-
-class ClusterError(Exception):
-    """A Kubernetes API call failed; ``reason`` is a fixed CamelCase word for conditions."""
-
-    def __init__(self, reason: str, message: str) -> None:
-        super().__init__(message)
-        self.reason = reason
-        self.message = message
-
-
-class Cluster(Protocol):
-    def observe(self, owner: Owner, spec: ProjectorSetSpec) -> tuple[ClusterView, str | None]:
-        """What the cluster shows for this ProjectorSet, and the database URI from its Secret."""
-
-    def apply(self, owner: Owner, spec: ProjectorSetSpec, action: Action) -> None:
-        """Carry out one Kubernetes action (database actions never reach the cluster)."""
-
-    def patch_status(self, owner: Owner, status: dict[str, Any]) -> None: ...
-
-    def emit(self, owner: Owner, event: Event) -> None: ...
 
 
 @dataclass
@@ -142,19 +116,19 @@ class Reconciler:
         database = self._database_view(owner, spec, view, uri)
         decision = decide(spec, generation, previous, view, database, self.clock())
         action_error = self._carry_out(owner, spec, uri, decision)
-        status = decision.status
         if action_error is not None:
             reason, message = action_error
-            status = _with_condition(status, "ActionsApplied", False, reason, message, generation, self.clock())
+            status = _with_condition(
+                decision.status, ConditionType.ACTIONS_APPLIED, False, reason, message, self.clock()
+            )
             self._emit(owner, Event("Warning", reason, message))
         else:
             status = _with_condition(
-                status,
-                "ActionsApplied",
+                decision.status,
+                ConditionType.ACTIONS_APPLIED,
                 True,
-                "Applied",
+                Reason.APPLIED,
                 "every action of the last pass succeeded",
-                generation,
                 self.clock(),
             )
         self._patch_status(owner, previous, status)
@@ -171,7 +145,9 @@ class Reconciler:
 
     def _database_view(self, owner: Owner, spec: ProjectorSetSpec, view: ClusterView, uri: str | None) -> DatabaseView:
         if uri is None:
-            return DatabaseView(error_reason="SecretNotFound", error_message=view.secret_problem or "no database URI")
+            return DatabaseView(
+                error_reason=Reason.SECRET_NOT_FOUND, error_message=view.secret_problem or "no database URI"
+            )
         try:
             database = self.databases.get(owner, uri, spec.database.event_store_schema)
             with self._gates_lock:
@@ -196,25 +172,23 @@ class Reconciler:
 
     def _carry_out(
         self, owner: Owner, spec: ProjectorSetSpec, uri: str | None, decision: Decision
-    ) -> tuple[str, str] | None:
+    ) -> tuple[Reason, str] | None:
         """Run the actions in order, stopping at the first failure: the next pass re-decides
         from what the cluster and the database then show."""
         for action in decision.actions:
             try:
-                if isinstance(action, RegisterReplaying | Activate | Deactivate | ClearReplaying):
+                if isinstance(action, DatabaseAction):
+                    # decide() asks for database actions only after it read the database, so a URI exists.
                     assert uri is not None
                     self._database_action(owner, spec, uri, action)
                 else:
                     self.cluster.apply(owner, spec, action)
-            except DatabaseError as error:
-                log.warning("%s/%s: %s failed: %s", owner.namespace, owner.name, type(action).__name__, error.message)
-                return error.reason, f"{type(action).__name__}: {error.message}"
-            except ClusterError as error:
+            except ReportedError as error:
                 log.warning("%s/%s: %s failed: %s", owner.namespace, owner.name, type(action).__name__, error.message)
                 return error.reason, f"{type(action).__name__}: {error.message}"
         return None
 
-    def _database_action(self, owner: Owner, spec: ProjectorSetSpec, uri: str, action: Action) -> None:
+    def _database_action(self, owner: Owner, spec: ProjectorSetSpec, uri: str, action: DatabaseAction) -> None:
         database = self.databases.get(owner, uri, spec.database.event_store_schema)
         match action:
             case RegisterReplaying(versions=versions):
@@ -226,7 +200,7 @@ class Reconciler:
             case ClearReplaying():
                 database.abort()
             case _:
-                raise IllegalProjectorState(f"not a database action: {action!r}")
+                assert_never(action)
 
     def _invalid_spec(
         self, owner: Owner, generation: int, previous: ProjectorSetStatus, error: ValidationError
@@ -235,10 +209,10 @@ class Reconciler:
             f"spec.{'.'.join(str(p) for p in item['loc'])}: {item['msg']}" for item in error.errors(include_url=False)
         )
         status = previous.model_copy(update={"message": f"invalid spec: {problems}", "observed_generation": generation})
-        status = _with_condition(status, "Progressing", False, "InvalidSpec", problems, generation, self.clock())
+        status = _with_condition(status, ConditionType.PROGRESSING, False, Reason.INVALID_SPEC, problems, self.clock())
         self._patch_status(owner, previous, status)
         if previous.message != status.message:
-            self._emit(owner, Event("Warning", "InvalidSpec", problems))
+            self._emit(owner, Event("Warning", Reason.INVALID_SPEC, problems))
         return PassResult(None, None, problems)
 
     def _patch_status(self, owner: Owner, previous: ProjectorSetStatus, status: ProjectorSetStatus) -> None:
@@ -269,18 +243,7 @@ def _parse_status(raw: dict[str, Any] | None) -> ProjectorSetStatus:
 
 
 def _with_condition(
-    status: ProjectorSetStatus,
-    type_: str,
-    value: bool,
-    reason: str,
-    message: str,
-    generation: int,
-    now: datetime,
+    status: ProjectorSetStatus, type_: ConditionType, value: bool, reason: Reason, message: str, now: datetime
 ) -> ProjectorSetStatus:
-    text = "True" if value else "False"
-    old = next((c for c in status.conditions if c.type == type_), None)
-    if old is not None and old.status == text and old.reason == reason and old.message == message:
-        return status
-    condition = next_condition(old, type_, value, reason, message, generation, now)
-    others = [c for c in status.conditions if c.type != type_]
-    return status.model_copy(update={"conditions": sorted([*others, condition], key=lambda c: c.type)})
+    conditions = set_condition(status.conditions, type_, value, reason, message, status.observed_generation, now)
+    return status.model_copy(update={"conditions": conditions})

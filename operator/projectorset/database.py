@@ -1,7 +1,8 @@
-"""Sequent 9's projector-state protocol, spoken with psycopg 3.
+"""Sequent's projector-state protocol, spoken with psycopg 3: the only module with SQL.
 
-Reads ``projector_states`` and ``replay_states``; writes ``projector_states`` the way
-Sequent's own writers do (DESIGN.md section 2): each change in its own transaction,
+Reads ``projector_states`` and ``replay_states`` into the plain data of ``sequent.py``;
+writes ``projector_states`` the way Sequent's own writers do (lib/sequent/core/projectors.rb;
+see docs/sequent-protocol.md): each change in its own transaction,
 ``lock_timeout`` 100 ms, ``LOCK TABLE ... IN ACCESS EXCLUSIVE MODE``, upsert, commit,
 retried on lock timeout until a total timeout. Live event publishers read the table
 in every event transaction, so no write here may make them wait for long.
@@ -21,13 +22,16 @@ import logging
 import random
 import time
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TypeVar
 
 import psycopg
 import psycopg_pool
 from psycopg import errors, sql
 from psycopg.conninfo import conninfo_to_dict
+
+from projectorset.conditions import Reason, ReportedError
+from projectorset.sequent import FINISHED_STATES, DatabaseState, ProjectorState, ReplayState
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -36,91 +40,48 @@ T = TypeVar("T")
 # which is granted the moment golive commits; this bounds one wait so a wakeup is never missed long.
 WATCH_LOCK_TIMEOUT_MS = 250
 
-IN_PROGRESS_REPLAY_STATES = frozenset({"created", "prepared", "replaying", "catching_up", "replayed", "optimized"})
-FINISHED_REPLAY_STATES = frozenset({"live", "aborted", "failed"})
-
-
-# ---- what the database holds --------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class ProjectorState:
-    name: str
-    active_version: int | None = None
-    activating_version: int | None = None
-    replaying_version: int | None = None
-
-
-@dataclass(frozen=True)
-class ReplayState:
-    id: int
-    state: str
-    projectors: tuple[str, ...]
-    continue_replay_at_xact_id: int | None
-
-    @property
-    def in_progress(self) -> bool:
-        return self.state in IN_PROGRESS_REPLAY_STATES
-
-
-@dataclass(frozen=True)
-class DatabaseState:
-    projectors: Mapping[str, ProjectorState] = field(default_factory=dict)
-    # The replay that is not live or aborted (at most one, by Sequent's unique index), else the latest.
-    replay: ReplayState | None = None
-    # Events with xact_id >= replay.continue_replay_at_xact_id; None when no replay is in progress.
-    replay_lag: int | None = None
-
-    @property
-    def empty(self) -> bool:
-        return not self.projectors
-
 
 # ---- errors -------------------------------------------------------------------------------------
 
 
-class DatabaseError(Exception):
-    """A database problem the operator reports as a condition; ``reason`` is a fixed CamelCase word."""
+class DatabaseError(ReportedError):
+    """A database problem the operator reports as a condition."""
 
-    reason = "DatabaseError"
-
-    def __init__(self, message: str) -> None:
-        super().__init__(message)
-        self.message = message
+    reason = Reason.DATABASE_ERROR
 
 
 class DatabaseUnreachable(DatabaseError):
-    reason = "DatabaseUnreachable"
+    reason = Reason.DATABASE_UNREACHABLE
 
 
 class DatabaseAuthenticationFailed(DatabaseError):
-    reason = "DatabaseAuthenticationFailed"
+    reason = Reason.DATABASE_AUTHENTICATION_FAILED
 
 
 class InvalidDatabaseURI(DatabaseError):
-    reason = "InvalidDatabaseURI"
+    reason = Reason.INVALID_DATABASE_URI
 
 
 class SequentTablesMissing(DatabaseError):
-    reason = "SequentTablesMissing"
+    reason = Reason.SEQUENT_TABLES_MISSING
 
 
 class ProjectorStatesBusy(DatabaseError):
     """The lock on projector_states could not be taken within the total timeout."""
 
-    reason = "ProjectorStatesLocked"
+    reason = Reason.PROJECTOR_STATES_LOCKED
 
 
 class DatabaseReadTimedOut(DatabaseError):
     """A read hit its statement_timeout (a slow or overloaded database): nothing was changed."""
 
-    reason = "DatabaseReadTimedOut"
+    reason = Reason.DATABASE_READ_TIMED_OUT
 
 
 class IllegalProjectorState(DatabaseError):
     """A write that Sequent's protocol forbids; the message names the projector and versions."""
 
-    reason = "IllegalProjectorState"
+    reason = Reason.ILLEGAL_PROJECTOR_STATE
 
 
 def redact(message: str, conninfo: str) -> str:
@@ -269,11 +230,13 @@ class SequentDatabase:
 
         def read(conn: psycopg.Connection) -> tuple[dict[str, ProjectorState], ReplayState | None]:
             projectors = self._projector_rows(conn)
+            # The replay in progress (Sequent's unique index admits one), else the latest one.
             replay_row = conn.execute(
                 sql.SQL(
                     "SELECT id, state, projectors, continue_replay_at_xact_id FROM {} "
-                    "ORDER BY (state NOT IN ('live', 'aborted', 'failed')) DESC, id DESC LIMIT 1"
-                ).format(self._table("replay_states"))
+                    "ORDER BY (state <> ALL(%s)) DESC, id DESC LIMIT 1"
+                ).format(self._table("replay_states")),
+                ([state.value for state in sorted(FINISHED_STATES)],),
             ).fetchone()
             replay = (
                 ReplayState(

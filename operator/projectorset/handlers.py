@@ -16,10 +16,10 @@ import kopf
 from kubernetes import config as kube_config
 
 from projectorset import api
-from projectorset.controller import ClusterError, DatabaseRegistry, Reconciler
+from projectorset.cluster import ClusterError, Owner
+from projectorset.controller import DatabaseRegistry, Reconciler
 from projectorset.kube import KubernetesCluster
 from projectorset.metrics import metrics
-from projectorset.resources import Owner
 
 log = logging.getLogger(__name__)
 

@@ -13,15 +13,16 @@ import os
 import socket
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
-from typing import Any, cast
+from typing import Any, assert_never, cast
 
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from projectorset import api
-from projectorset.controller import ClusterError
+from projectorset.cluster import ClusterError, Owner
+from projectorset.conditions import Reason
 from projectorset.observation import (
-    Action,
+    ClusterAction,
     ClusterView,
     DeleteDeployment,
     DeleteJob,
@@ -34,7 +35,6 @@ from projectorset.observation import (
     SwitchService,
 )
 from projectorset.resources import (
-    Owner,
     build_deployment,
     build_stage_job,
     deployment_name,
@@ -52,8 +52,13 @@ def _error(error: ApiException, what: str) -> ClusterError:
         detail = json.loads(error.body or "{}").get("message") or error.reason
     except (ValueError, AttributeError):
         detail = error.reason
-    reason = {403: "Forbidden", 404: "NotFound", 409: "Conflict", 422: "Invalid"}.get(error.status or 0, "APIError")
-    return ClusterError(f"Kubernetes{reason}", f"{what}: {error.status} {detail}")
+    reason = {
+        403: Reason.KUBERNETES_FORBIDDEN,
+        404: Reason.KUBERNETES_NOT_FOUND,
+        409: Reason.KUBERNETES_CONFLICT,
+        422: Reason.KUBERNETES_INVALID,
+    }.get(error.status or 0, Reason.KUBERNETES_API_ERROR)
+    return ClusterError(f"{what}: {error.status} {detail}", reason)
 
 
 class KubernetesCluster:
@@ -147,13 +152,13 @@ class KubernetesCluster:
 
     # -- acting --
 
-    def apply(self, owner: Owner, spec: api.ProjectorSetSpec, action: Action) -> None:
+    def apply(self, owner: Owner, spec: api.ProjectorSetSpec, action: ClusterAction) -> None:
         try:
             self._apply(owner, spec, action)
         except ApiException as error:
             raise _error(error, type(action).__name__) from None
 
-    def _apply(self, owner: Owner, spec: api.ProjectorSetSpec, action: Action) -> None:
+    def _apply(self, owner: Owner, spec: api.ProjectorSetSpec, action: ClusterAction) -> None:
         match action:
             case EnsureDeployment(version=version, replicas=replicas):
                 name = deployment_name(owner, version)
@@ -163,7 +168,7 @@ class KubernetesCluster:
                     if error.status != 404:
                         raise
                     if version != spec.version:
-                        raise ClusterError("KubernetesNotFound", f"Deployment {name} is gone") from None
+                        raise ClusterError(f"Deployment {name} is gone", Reason.KUBERNETES_NOT_FOUND) from None
                     self._create(
                         lambda: self.apps.create_namespaced_deployment(
                             owner.namespace, cast(client.V1Deployment, build_deployment(owner, spec, version))
@@ -192,7 +197,7 @@ class KubernetesCluster:
                 patch = [{"op": "add", "path": "/spec/selector", "value": service_selector(owner, version)}]
                 self.core.patch_namespaced_service(spec.service.name, owner.namespace, patch)
             case _:
-                raise ClusterError("UnknownAction", f"not a cluster action: {action!r}")
+                assert_never(action)
 
     def _scale(self, owner: Owner, version: str, replicas: int) -> None:
         self.apps.patch_namespaced_deployment(

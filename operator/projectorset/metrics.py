@@ -22,8 +22,8 @@ from typing import Any
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
 
 from projectorset.api import Phase, ProjectorSetSpec
-from projectorset.observation import Action, ClusterView, Event, SwitchService
-from projectorset.resources import Owner
+from projectorset.cluster import Cluster, Owner
+from projectorset.observation import ClusterAction, ClusterView, Event, SwitchService
 from projectorset.rollout import Decision
 
 # Phase and stage durations range from a second (nothing to replay) to hours (a large replay).
@@ -125,7 +125,7 @@ class OperatorMetrics:
             registry=registry,
         )
 
-    def timed(self, cluster: Any) -> TimedCluster:
+    def timed(self, cluster: Cluster) -> TimedCluster:
         return TimedCluster(cluster, self)
 
     # -- called by TimedCluster, inside a pass --
@@ -151,8 +151,7 @@ class OperatorMetrics:
             # time: its duration is not observed.
             first_pass = seen.passes == 0
             seen.passes += 1
-            reasons = {event.reason for event in decision.events}
-            if "Activated" in reasons:
+            if decision.activated:
                 # The pass that first saw the release active: the latency starts at its beginning.
                 seen.activation_seen = seen.pass_started if seen.pass_started is not None else now
             if seen.switched is not None and seen.activation_seen is not None:
@@ -169,11 +168,10 @@ class OperatorMetrics:
                 seen.phase, seen.phase_since, seen.phase_start_seen = status.phase, now, not first_pass
             for phase in Phase:
                 self.phase.labels(*key, phase.value).set(1 if phase is status.phase else 0)
-            failure = _progressing_reason(decision)
-            # The pass that turns a rollout Failed emits an Event with the failure's reason; the
-            # previous status it compares with is persisted, so a restarted operator never counts one twice.
-            if status.phase is Phase.FAILED and failure in reasons:
-                self.failures.labels(*key, failure).inc()
+            # Only the pass that turns a rollout Failed names the failure; it compares with the persisted
+            # status, so a restarted operator never counts one twice.
+            if decision.failure is not None:
+                self.failures.labels(*key, decision.failure).inc()
 
             replay = status.replay
             # Keyed by the Job: each catch-up round is its own Job; no Job running, no stage timed.
@@ -215,16 +213,15 @@ class OperatorMetrics:
 class TimedCluster:
     """The cluster adapter, with the pass start and the Service switch timed for the metrics."""
 
-    def __init__(self, cluster: Any, metrics: OperatorMetrics) -> None:
+    def __init__(self, cluster: Cluster, metrics: OperatorMetrics) -> None:
         self.cluster = cluster
         self.metrics = metrics
 
     def observe(self, owner: Owner, spec: ProjectorSetSpec) -> tuple[ClusterView, str | None]:
         self.metrics.pass_started(owner)  # every pass starts by observing the cluster
-        result: tuple[ClusterView, str | None] = self.cluster.observe(owner, spec)
-        return result
+        return self.cluster.observe(owner, spec)
 
-    def apply(self, owner: Owner, spec: ProjectorSetSpec, action: Action) -> None:
+    def apply(self, owner: Owner, spec: ProjectorSetSpec, action: ClusterAction) -> None:
         self.cluster.apply(owner, spec, action)
         if isinstance(action, SwitchService):
             self.metrics.service_switched(owner)
@@ -234,13 +231,6 @@ class TimedCluster:
 
     def emit(self, owner: Owner, event: Event) -> None:
         self.cluster.emit(owner, event)
-
-
-def _progressing_reason(decision: Decision) -> str | None:
-    for condition in decision.status.conditions:
-        if condition.type == "Progressing":
-            return condition.reason
-    return None
 
 
 def _remove(metric: Gauge, *labels: str) -> None:

@@ -1,5 +1,5 @@
-"""What the operator sees, and what it asks for: plain data shared by the phase machine and
-the Kubernetes adapter. Nothing here knows Kopf or the Kubernetes client."""
+"""What the operator sees, and what it asks for: plain data shared by the phase machine, the
+controller and the adapters. Nothing here knows Kopf, the Kubernetes client or psycopg."""
 
 from __future__ import annotations
 
@@ -7,7 +7,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 
-from projectorset.database import DatabaseState
+from projectorset.conditions import Reason
+from projectorset.sequent import DatabaseState, Stage
 
 # ---- observations -------------------------------------------------------------------------------
 
@@ -63,11 +64,13 @@ class ClusterView:
 @dataclass(frozen=True)
 class DatabaseView:
     state: DatabaseState | None = None
-    error_reason: str | None = None
+    error_reason: Reason | None = None
     error_message: str | None = None
 
 
-# ---- actions ------------------------------------------------------------------------------------
+# ---- actions: what a pass asks for, carried out by the controller in order -------------------------
+
+# Cluster actions go to ``Cluster.apply``.
 
 
 @dataclass(frozen=True)
@@ -95,7 +98,7 @@ class RunStageJob:
 
     version: str
     attempt: int
-    stage: str
+    stage: Stage
     round: int = 0
     # The projectors being replayed: {projectors} in the stage command.
     projectors: tuple[str, ...] = ()
@@ -104,6 +107,17 @@ class RunStageJob:
 @dataclass(frozen=True)
 class DeleteJob:
     name: str
+
+
+@dataclass(frozen=True)
+class SwitchService:
+    version: str
+
+
+ClusterAction = EnsureDeployment | ScaleDeployment | DeleteDeployment | RunStageJob | DeleteJob | SwitchService
+
+
+# Database actions are Sequent's writes to projector_states (``SequentDatabase``).
 
 
 @dataclass(frozen=True)
@@ -129,27 +143,12 @@ class ClearReplaying:
     """Sequent's abort write: clear replaying and activating versions of every projector."""
 
 
-@dataclass(frozen=True)
-class SwitchService:
-    version: str
-
-
-Action = (
-    EnsureDeployment
-    | ScaleDeployment
-    | DeleteDeployment
-    | RunStageJob
-    | DeleteJob
-    | RegisterReplaying
-    | Activate
-    | Deactivate
-    | ClearReplaying
-    | SwitchService
-)
+DatabaseAction = RegisterReplaying | Activate | Deactivate | ClearReplaying
+Action = ClusterAction | DatabaseAction
 
 
 @dataclass(frozen=True)
 class Event:
     type: str  # Normal or Warning
-    reason: str
+    reason: Reason
     message: str

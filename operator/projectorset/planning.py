@@ -11,7 +11,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 
-from projectorset.database import DatabaseState, ProjectorState
+from projectorset.conditions import Reason
+from projectorset.sequent import DatabaseState, ProjectorState, ReplayStateName
 
 
 class Change(StrEnum):
@@ -33,7 +34,7 @@ class ProjectorPlan:
 class PlanIssue:
     """A database state that stops the rollout until someone resolves it."""
 
-    reason: str
+    reason: Reason
     message: str
 
 
@@ -68,10 +69,13 @@ class Plan:
 
 def plan_upgrade(release: Mapping[str, int], database: DatabaseState) -> Plan:
     """Compare the release's projector versions with what the database says."""
-    first_install = all(
-        state.active_version is None and state.activating_version is None and state.replaying_version is None
-        for state in database.projectors.values()
-    ) and (database.replay is None or not database.replay.in_progress)
+    first_install = (
+        all(
+            state.active_version is None and state.activating_version is None and state.replaying_version is None
+            for state in database.projectors.values()
+        )
+        and database.replay_in_progress is None
+    )
     plans: list[ProjectorPlan] = []
     issues: list[PlanIssue] = []
     notices: list[str] = []
@@ -93,14 +97,14 @@ def plan_upgrade(release: Mapping[str, int], database: DatabaseState) -> Plan:
         if state.activating_version is not None and state.activating_version != version:
             issues.append(
                 PlanIssue(
-                    "ActivationInProgress",
+                    Reason.ACTIVATION_IN_PROGRESS,
                     f"{name}: version {state.activating_version} is activating, the release has {version}",
                 )
             )
         if state.replaying_version is not None and state.replaying_version != version:
             issues.append(
                 PlanIssue(
-                    "ReplayInProgressForOtherTarget",
+                    Reason.REPLAY_IN_PROGRESS_FOR_OTHER_TARGET,
                     f"{name}: version {state.replaying_version} is replaying, the release has {version}",
                 )
             )
@@ -113,35 +117,38 @@ def plan_upgrade(release: Mapping[str, int], database: DatabaseState) -> Plan:
         if state.activating_version is not None:
             issues.append(
                 PlanIssue(
-                    "ActivationInProgress",
+                    Reason.ACTIVATION_IN_PROGRESS,
                     f"{name}: version {state.activating_version} is activating but the release has no {name}",
                 )
             )
         if state.replaying_version is not None:
             issues.append(
                 PlanIssue(
-                    "ReplayInProgressForOtherTarget",
+                    Reason.REPLAY_IN_PROGRESS_FOR_OTHER_TARGET,
                     f"{name}: version {state.replaying_version} is replaying but the release has no {name}",
                 )
             )
 
-    replay = database.replay
-    if replay is not None and replay.in_progress:
+    replay = database.replay_in_progress
+    if replay is not None:
         wanted = {p.name for p in plans if p.change in (Change.NEW, Change.CHANGED)}
         if set(replay.projectors) != wanted:
-            issues.append(
-                PlanIssue(
-                    "ReplayInProgressForOtherTarget",
-                    f"replay {replay.id} ({replay.state}) is building {', '.join(replay.projectors) or 'nothing'}, "
-                    f"the release needs {', '.join(sorted(wanted)) or 'no replay'}",
+            building = ", ".join(replay.projectors) or "nothing"
+            needs = f"the release needs {', '.join(sorted(wanted)) or 'no replay'}"
+            if replay.state == ReplayStateName.FAILED:
+                message = (
+                    f"replay {replay.id} failed building {building} and stays in progress until it is aborted "
+                    f"(sequent:projectors:replay:abort); {needs}"
                 )
+            else:
+                message = f"replay {replay.id} ({replay.state}) is building {building}, {needs}"
+            issues.append(PlanIssue(Reason.REPLAY_IN_PROGRESS_FOR_OTHER_TARGET, message))
+    if database.replay is not None and not database.replay.known:
+        issues.append(
+            PlanIssue(
+                Reason.UNKNOWN_REPLAY_STATE,
+                f"replay {database.replay.id} is in unknown state {database.replay.state!r}",
             )
-    if replay is not None and replay.state not in _KNOWN_REPLAY_STATES:
-        issues.append(PlanIssue("UnknownReplayState", f"replay {replay.id} is in unknown state {replay.state!r}"))
+        )
 
     return Plan(tuple(plans), first_install, tuple(issues), tuple(notices))
-
-
-_KNOWN_REPLAY_STATES = frozenset(
-    {"created", "prepared", "replaying", "catching_up", "replayed", "optimized", "live", "failed", "aborted"}
-)

@@ -10,10 +10,10 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
-from dataclasses import dataclass
 from typing import Any
 
 from projectorset import api
+from projectorset.cluster import Owner
 from projectorset.observation import DeploymentView, JobState, JobView
 
 ATTEMPT_LABEL = f"{api.GROUP}/attempt"
@@ -25,15 +25,6 @@ RELEASE_ANNOTATION = f"{api.GROUP}/release"
 MANAGED_BY = "projectorset-operator"
 # How long the Deployment controller may take before it reports the new version as failed.
 PROGRESS_DEADLINE_SECONDS = 600
-
-
-@dataclass(frozen=True)
-class Owner:
-    """The ProjectorSet that owns an object (for owner references, labels and Events)."""
-
-    name: str
-    namespace: str
-    uid: str
 
 
 def _bounded_name(*parts: str) -> str:

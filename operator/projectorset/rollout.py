@@ -18,10 +18,10 @@ the database to the state its stage promises fails the rollout ("VerificationFai
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Literal
+from typing import Any
 
 from projectorset.api import (
     Condition,
@@ -32,7 +32,16 @@ from projectorset.api import (
     Promotion,
     ReplayStatus,
 )
-from projectorset.database import DatabaseState
+from projectorset.conditions import (
+    ConditionType,
+    Reason,
+    find_condition,
+    progress_message,
+    progress_reason,
+    reason_named,
+    set_condition,
+    timestamp,
+)
 from projectorset.observation import (
     Action,
     Activate,
@@ -52,23 +61,32 @@ from projectorset.observation import (
     SwitchService,
 )
 from projectorset.planning import Change, Plan, plan_upgrade
+from projectorset.sequent import (
+    STAGES,
+    DatabaseState,
+    ReplayState,
+    ReplayStateName,
+    Stage,
+    stage_at_work,
+    stage_following,
+)
 
 # How often the database is read while a rollout runs, and while it waits for a human or an outage.
 ROLLOUT_POLL_SECONDS = 2.0
 BLOCKED_POLL_SECONDS = 10.0
 
-# The replay_states.state each stage's Job must leave behind.
-STAGE_RESULT = {
-    "prepare": "prepared",
-    "replay": "replayed",
-    "optimize": "optimized",
-    "catchup": "optimized",
-    "golive": "live",
+# The Progressing reason while each stage's Job runs.
+STAGE_REASONS: Mapping[str, Reason] = {
+    Stage.PREPARE: Reason.PREPARING,
+    Stage.REPLAY: Reason.REPLAYING,
+    Stage.OPTIMIZE: Reason.OPTIMIZING,
+    Stage.CATCHUP: Reason.CATCHING_UP,
+    Stage.GOLIVE: Reason.GOING_LIVE,
 }
-# In these states a stage Job is at work: wait for it.
-STAGE_AT_WORK = {"created": "prepare", "replaying": "replay", "catching_up": "catchup"}
 
 IN_FLIGHT_PHASES = frozenset({Phase.DEPLOYING, Phase.REPLAYING, Phase.ACTIVATING, Phase.SWITCHING, Phase.PAUSED})
+# The status fields a pass rewrites every time; the others it carries forward unless it changes them.
+_PER_PASS_FIELDS = frozenset({"phase", "message", "observed_generation", "conditions"})
 
 
 @dataclass(frozen=True)
@@ -81,22 +99,10 @@ class Decision:
     # golive or an activation is under way: watch projector_states closely, so that traffic
     # moves within milliseconds of the commit rather than at the next pass.
     await_activation: bool = False
-
-
-@dataclass
-class _Memory:
-    """The status fields a pass carries forward (everything but phase, message and conditions)."""
-
-    active_version: str | None
-    target_version: str | None
-    previous_version: str | None
-    history: list[str]
-    rollout_started_at: str | None
-    activated_at: str | None
-    switched_at: str | None
-    attempt: int
-    replay: ReplayStatus | None
-    projectors: list[ProjectorStatus]
+    # This pass first saw the release active in the database (the start of the switch latency).
+    activated: bool = False
+    # This pass turned the rollout Failed, for this reason.
+    failure: Reason | None = None
 
 
 @dataclass
@@ -109,36 +115,31 @@ class _Pass:
     cluster: ClusterView
     database: DatabaseView
     now: datetime
-    memory: _Memory = field(init=False)
-    conditions: dict[str, Condition] = field(default_factory=dict)
+    # The status carried forward; ``finish`` sets its per-pass fields.
+    memory: ProjectorSetStatus = field(init=False)
+    conditions: list[Condition] = field(init=False)
     actions: list[Action] = field(default_factory=list)
     events: list[Event] = field(default_factory=list)
     requeue_after: float | None = None
+    activated: bool = False
 
     def __post_init__(self) -> None:
-        self.memory = _Memory(
-            active_version=self.previous.active_version,
-            target_version=self.previous.target_version,
-            previous_version=self.previous.previous_version,
-            history=list(self.previous.history),
-            rollout_started_at=self.previous.rollout_started_at,
-            activated_at=self.previous.activated_at,
-            switched_at=self.previous.switched_at,
-            attempt=self.previous.attempt,
-            replay=self.previous.replay,
-            projectors=list(self.previous.projectors),
-        )
-        self.conditions = {c.type: c for c in self.previous.conditions}
+        self.memory = self.previous
+        self.conditions = list(self.previous.conditions)
 
     # -- helpers used by the steps --
 
-    def timestamp(self) -> str:
-        return _iso(self.now)
+    def remember(self, **changes: Any) -> None:
+        """Change status fields carried forward to the next pass."""
+        unknown = changes.keys() - ProjectorSetStatus.model_fields.keys() | (changes.keys() & _PER_PASS_FIELDS)
+        assert not unknown, f"not a carried status field: {sorted(unknown)}"
+        self.memory = self.memory.model_copy(update=changes)
 
-    def condition(self, type_: str, status: bool | None, reason: str, message: str = "") -> None:
-        self.conditions[type_] = next_condition(
-            self.conditions.get(type_), type_, status, reason, message, self.generation, self.now
-        )
+    def timestamp(self) -> str:
+        return timestamp(self.now)
+
+    def condition(self, type_: ConditionType, status: bool | None, reason: Reason, message: str = "") -> None:
+        self.conditions = set_condition(self.conditions, type_, status, reason, message, self.generation, self.now)
 
     def ensure_deployment(self) -> None:
         """Ask for spec.version's Deployment only when it is missing or has other replicas:
@@ -150,80 +151,51 @@ class _Pass:
     def act(self, *actions: Action) -> None:
         self.actions.extend(actions)
 
-    def event(self, reason: str, message: str, warning: bool = False) -> None:
+    def event(self, reason: Reason, message: str, warning: bool = False) -> None:
         self.events.append(Event("Warning" if warning else "Normal", reason, message))
 
     def poll(self, seconds: float) -> None:
         self.requeue_after = seconds if self.requeue_after is None else min(self.requeue_after, seconds)
 
-    def finish(self, phase: Phase, reason: str, message: str, *, note: str = "", warning: bool = False) -> Decision:
+    def finish(self, phase: Phase, reason: Reason, message: str, *, note: str = "", warning: bool = False) -> Decision:
         """Build the decision; an Event accompanies every change of phase or reason.
 
         ``message`` is the cause (kept in the Progressing condition); ``note`` adds what
         happens about it, for status.message only."""
-        previous_reason = _progress_reason(self.previous)
-        if phase != self.previous.phase or reason != previous_reason:
+        changed = phase != self.previous.phase or reason != progress_reason(self.previous)
+        if changed:
             self.event(reason, message + note, warning=warning)
         progressing = phase in IN_FLIGHT_PHASES and phase is not Phase.PAUSED
-        if phase is Phase.ACTIVE:
-            self.condition("Progressing", False, reason, message)
-        else:
-            self.condition("Progressing", progressing, reason, message)
+        self.condition(ConditionType.PROGRESSING, progressing, reason, message)
         ready = phase is Phase.ACTIVE and self.memory.active_version == self.spec.version
         self.condition(
-            "Ready",
+            ConditionType.READY,
             ready,
-            "Active" if ready else reason,
+            Reason.ACTIVE if ready else reason,
             f"version {self.spec.version} serves" if ready else message,
         )
-        status = ProjectorSetStatus(
-            phase=phase,
-            message=message + note,
-            observed_generation=self.generation,
-            conditions=sorted(self.conditions.values(), key=lambda c: c.type),
-            **vars(self.memory),
+        status = self.memory.model_copy(
+            update={
+                "phase": phase,
+                "message": message + note,
+                "observed_generation": self.generation,
+                "conditions": self.conditions,
+            }
         )
-        return Decision(tuple(self.actions), status, tuple(self.events), self.requeue_after, phase is Phase.ACTIVATING)
+        return Decision(
+            tuple(self.actions),
+            status,
+            tuple(self.events),
+            self.requeue_after,
+            await_activation=phase is Phase.ACTIVATING,
+            activated=self.activated,
+            failure=reason if phase is Phase.FAILED and changed else None,
+        )
 
 
-def _progress_reason(status: ProjectorSetStatus) -> str | None:
-    for condition in status.conditions:
-        if condition.type == "Progressing":
-            return condition.reason
-    return None
-
-
-def _progress_message(status: ProjectorSetStatus) -> str:
-    for condition in status.conditions:
-        if condition.type == "Progressing":
-            return condition.message
-    return status.message
-
-
-def next_condition(
-    old: Condition | None,
-    type_: str,
-    status: bool | None,
-    reason: str,
-    message: str,
-    generation: int,
-    now: datetime,
-) -> Condition:
-    """The condition as it is now; lastTransitionTime moves only when its status changes."""
-    value: Literal["True", "False", "Unknown"] = "Unknown" if status is None else ("True" if status else "False")
-    changed = old is None or old.status != value
-    return Condition(
-        type=type_,
-        status=value,
-        reason=reason,
-        message=message,
-        last_transition_time=_iso(now) if changed or old is None else old.last_transition_time,
-        observed_generation=generation,
-    )
-
-
-def _iso(moment: datetime) -> str:
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+def _ended_reason(status: ProjectorSetStatus) -> Reason:
+    """The reason a finished rollout ended with, as its status recorded it."""
+    return reason_named(progress_reason(status)) or Reason.FAILED
 
 
 def _parse(moment: str | None) -> datetime | None:
@@ -245,39 +217,45 @@ def decide(
 ) -> Decision:
     run = _Pass(spec, generation, status, cluster, database, now)
     serving = cluster.service_version
-    run.memory.active_version = serving
+    run.remember(active_version=serving)
     target = spec.version
 
     if not cluster.service_found:
         run.poll(BLOCKED_POLL_SECONDS)
         return run.finish(
             _waiting_phase(status),
-            "ServiceNotFound",
+            Reason.SERVICE_NOT_FOUND,
             f"Service {spec.service.name} not found; create it (its selector is switched to the active version)",
             warning=True,
         )
     if cluster.secret_problem is not None:
         run.poll(BLOCKED_POLL_SECONDS)
-        return run.finish(_waiting_phase(status), "SecretNotFound", cluster.secret_problem, warning=True)
+        return run.finish(_waiting_phase(status), Reason.SECRET_NOT_FOUND, cluster.secret_problem, warning=True)
     if database.state is None:
-        golive = [job for job in cluster.jobs if job.stage == "golive" and job.state is JobState.RUNNING]
-        if golive and database.error_reason == "ProjectorStatesLocked":
+        golive = [job for job in cluster.jobs if job.stage == Stage.GOLIVE and job.state is JobState.RUNNING]
+        if golive and database.error_reason == Reason.PROJECTOR_STATES_LOCKED:
             # golive holds projector_states until it commits: expected, and watched closely.
             run.poll(ROLLOUT_POLL_SECONDS)
             return run.finish(
-                Phase.ACTIVATING, "GoingLive", f"golive is running in Job {golive[0].name} (projector_states locked)"
+                Phase.ACTIVATING,
+                Reason.GOING_LIVE,
+                f"golive is running in Job {golive[0].name} (projector_states locked)",
             )
-        reason = database.error_reason or "DatabaseUnreachable"
+        reason = database.error_reason or Reason.DATABASE_UNREACHABLE
         message = database.error_message or "the database could not be read"
-        run.condition("DatabaseReady", False, reason, message)
+        run.condition(ConditionType.DATABASE_READY, False, reason, message)
         run.poll(BLOCKED_POLL_SECONDS)
         return run.finish(_waiting_phase(status), reason, message, warning=True)
-    run.condition("DatabaseReady", True, "Connected", "projector_states and replay_states are readable")
+    run.condition(
+        ConditionType.DATABASE_READY, True, Reason.CONNECTED, "projector_states and replay_states are readable"
+    )
 
     db = database.state
     plan = plan_upgrade(spec.projector_versions, db)
-    run.memory.projectors = _projector_statuses(plan)
-    run.memory.replay = _replay_status(status.replay, db, cluster, target, status.attempt)
+    run.remember(
+        projectors=_projector_statuses(plan),
+        replay=_replay_status(status.replay, db, cluster, target, status.attempt),
+    )
 
     if serving == target:
         return _steady(run, plan)
@@ -311,7 +289,7 @@ def _replay_status(
         return previous
     jobs = cluster.jobs_for(target, attempt)
     running = [job for job in jobs if job.state is JobState.RUNNING]
-    catchups = [job.round for job in jobs if job.stage == "catchup"]
+    catchups = [job.round for job in jobs if job.stage == Stage.CATCHUP]
     return ReplayStatus(
         stage=running[-1].stage if running else (previous.stage if previous else None),
         state=replay.state,
@@ -330,25 +308,27 @@ def _steady(run: _Pass, plan: Plan) -> Decision:
     target = spec.version
     run.ensure_deployment()
     _retire_old_versions(run)
-    run.memory.target_version = target
+    run.remember(target_version=target)
     drift = [p for p in plan.projectors if p.change is not Change.UNCHANGED]
     if drift and not plan.first_install:
         details = "; ".join(f"{p.name}: active {p.state.active_version}, release {p.spec_version}" for p in drift)
-        run.condition("ProjectorsInSync", False, "ProjectorsOutOfSync", details)
+        run.condition(ConditionType.PROJECTORS_IN_SYNC, False, Reason.PROJECTORS_OUT_OF_SYNC, details)
         run.poll(BLOCKED_POLL_SECONDS)
         return run.finish(
             Phase.ACTIVE,
-            "ProjectorsOutOfSync",
+            Reason.PROJECTORS_OUT_OF_SYNC,
             f"version {target} serves but the database differs ({details}); "
             "projector changes roll out with a new spec.version",
             warning=True,
         )
-    run.condition("ProjectorsInSync", True, "InSync", "every projector is active at its release version")
+    run.condition(
+        ConditionType.PROJECTORS_IN_SYNC, True, Reason.IN_SYNC, "every projector is active at its release version"
+    )
     deployment = cluster.deployments.get(target)
     message = f"version {target} serves"
     if deployment is not None and not deployment.available:
         message += f" ({deployment.ready_replicas}/{deployment.replicas} pods ready)"
-    return run.finish(Phase.ACTIVE, "RolloutComplete", message)
+    return run.finish(Phase.ACTIVE, Reason.ROLLOUT_COMPLETE, message)
 
 
 def _retire_old_versions(run: _Pass) -> None:
@@ -373,12 +353,12 @@ def _retire_old_versions(run: _Pass) -> None:
         if version not in keep:
             run.act(DeleteDeployment(version))
             run.act(*(DeleteJob(job.name) for job in cluster.jobs if job.version == version))
-            run.event("RevisionPruned", f"version {version} deleted (revisionHistoryLimit)")
+            run.event(Reason.REVISION_PRUNED, f"version {version} deleted (revisionHistoryLimit)")
             continue
         if deployment.replicas > 0:
             run.act(ScaleDeployment(version, 0))
-            run.event("ScaledDown", f"version {version} scaled down to 0 replicas")
-    run.memory.history = history[: spec.strategy.revision_history_limit]
+            run.event(Reason.SCALED_DOWN, f"version {version} scaled down to 0 replicas")
+    run.remember(history=history[: spec.strategy.revision_history_limit])
 
 
 # ---- a rollout: the Service does not reach spec.version yet --------------------------------------
@@ -392,54 +372,53 @@ def _rollout(run: _Pass, plan: Plan, db: DatabaseState) -> Decision:
     # A new target, or a retry after a failure once the spec was edited, starts a new attempt.
     finished = previous.phase in (Phase.FAILED, Phase.ABORTED) and previous.target_version == target
     if previous.target_version != target:
-        run.memory.target_version = target
-        run.memory.attempt = 1
-        run.memory.rollout_started_at = run.timestamp()
-        run.memory.activated_at = None
-        run.memory.replay = None
-        run.event("RolloutStarted", f"rolling out version {target} (serving: {serving or 'nothing yet'})")
+        run.remember(
+            target_version=target, attempt=1, rollout_started_at=run.timestamp(), activated_at=None, replay=None
+        )
+        run.event(Reason.ROLLOUT_STARTED, f"rolling out version {target} (serving: {serving or 'nothing yet'})")
     elif finished and not _cleanup_pending(run, db):
         retry = previous.observed_generation is not None and run.generation != previous.observed_generation
         if not retry or spec.abort:
-            return _stay_finished(run, plan)
+            return _stay_finished(run)
         finished = False
-        run.memory.attempt = previous.attempt + 1
-        run.memory.rollout_started_at = run.timestamp()
-        run.memory.replay = None
-        run.event("RolloutRetried", f"retrying version {target} (attempt {previous.attempt + 1}) after a spec change")
+        run.remember(attempt=previous.attempt + 1, rollout_started_at=run.timestamp(), replay=None)
+        run.event(
+            Reason.ROLLOUT_RETRIED, f"retrying version {target} (attempt {previous.attempt + 1}) after a spec change"
+        )
     attempt = run.memory.attempt
 
     # The database is the gate: once the release is active there, traffic moves in this very pass.
     if release_is_active(spec, db):
-        return _switch(run, db)
+        return _switch(run)
 
     if finished:
-        reason = _progress_reason(previous) or "Failed"
-        return _clean_up(run, plan, db, previous.phase, reason, _progress_message(previous))
+        return _clean_up(run, db, previous.phase, _ended_reason(previous), progress_message(previous))
 
-    golive = _latest(cluster.jobs_for(target, attempt, "golive"))
+    golive = _latest(cluster.jobs_for(target, attempt, Stage.GOLIVE))
     if spec.abort:
         if golive is not None and golive.state is JobState.RUNNING:
             run.poll(ROLLOUT_POLL_SECONDS)
-            return run.finish(Phase.ACTIVATING, "AbortWaitingForGolive", "abort requested; golive is running")
-        return _clean_up(run, plan, db, Phase.ABORTED, "Aborted", f"rollout of {target} aborted by spec.abort")
+            return run.finish(Phase.ACTIVATING, Reason.ABORT_WAITING_FOR_GOLIVE, "abort requested; golive is running")
+        return _clean_up(run, db, Phase.ABORTED, Reason.ABORTED, f"rollout of {target} aborted by spec.abort")
 
     # 1. The new version runs beside the old one, outside the Service.
     run.ensure_deployment()
     deployment = cluster.deployments.get(target)
     if deployment is not None and deployment.failure:
-        return _fail(run, plan, db, "DeploymentFailed", f"Deployment of {target}: {deployment.failure}")
+        return _fail(run, db, Reason.DEPLOYMENT_FAILED, f"Deployment of {target}: {deployment.failure}")
     if deployment is None or not deployment.available:
         ready = f"{deployment.ready_replicas}/{deployment.replicas}" if deployment else "0"
         run.poll(ROLLOUT_POLL_SECONDS)
-        return run.finish(Phase.DEPLOYING, "Deploying", f"waiting for version {target} to be available ({ready} ready)")
+        return run.finish(
+            Phase.DEPLOYING, Reason.DEPLOYING, f"waiting for version {target} to be available ({ready} ready)"
+        )
 
     # 2. States the operator must not paper over.
     if plan.first_install and serving is not None:
         run.poll(BLOCKED_POLL_SECONDS)
         return run.finish(
             Phase.PENDING,
-            "ProjectorStatesEmpty",
+            Reason.PROJECTOR_STATES_EMPTY,
             f"version {serving} serves but projector_states is empty: activate it first "
             "(sequent:migrate:offline) so the operator can tell what changed",
             warning=True,
@@ -448,7 +427,7 @@ def _rollout(run: _Pass, plan: Plan, db: DatabaseState) -> Decision:
         run.poll(BLOCKED_POLL_SECONDS)
         return run.finish(Phase.PENDING, plan.issues[0].reason, "; ".join(i.message for i in plan.issues), warning=True)
     for notice in plan.notices:
-        run.condition("Planned", True, "RollbackByReplay", notice)
+        run.condition(ConditionType.PLANNED, True, Reason.ROLLBACK_BY_REPLAY, notice)
 
     # 3. Nothing to replay: activate the current configuration directly.
     if not plan.needs_replay:
@@ -458,7 +437,7 @@ def _rollout(run: _Pass, plan: Plan, db: DatabaseState) -> Decision:
         run.act(Activate(spec.projector_versions, tuple(plan.to_deactivate)))
         run.poll(ROLLOUT_POLL_SECONDS)
         what = "first install" if plan.first_install else "no projector needs a replay"
-        return run.finish(Phase.ACTIVATING, "Activating", f"{what}: activating version {target}")
+        return run.finish(Phase.ACTIVATING, Reason.ACTIVATING, f"{what}: activating version {target}")
 
     # 4. Replay, stage by stage, as the database says.
     return _replay(run, plan, db, attempt, golive)
@@ -468,74 +447,81 @@ def _replay(run: _Pass, plan: Plan, db: DatabaseState, attempt: int, golive: Job
     spec, cluster = run.spec, run.cluster
     target = spec.version
     to_replay = plan.to_replay
-    replay = db.replay if db.replay is not None and db.replay.in_progress else None
+    projectors = tuple(sorted(to_replay))
+    replay = db.replay_in_progress
     run.poll(ROLLOUT_POLL_SECONDS)
 
     if golive is not None:
         if golive.state is JobState.RUNNING:
-            return run.finish(Phase.ACTIVATING, "GoingLive", f"golive is running in Job {golive.name}")
+            return run.finish(Phase.ACTIVATING, Reason.GOING_LIVE, f"golive is running in Job {golive.name}")
         if golive.state is JobState.FAILED:
-            return _fail(run, plan, db, "StageFailed", f"golive Job {golive.name} failed: {golive.message}")
+            return _fail(run, db, Reason.STAGE_FAILED, f"golive Job {golive.name} failed: {golive.message}")
         return _fail(
             run,
-            plan,
             db,
-            "VerificationFailed",
+            Reason.VERIFICATION_FAILED,
             f"golive Job {golive.name} succeeded but the database does not show version {target} active",
         )
 
     if replay is None:
-        prepare = _latest(cluster.jobs_for(target, attempt, "prepare"))
+        prepare = _latest(cluster.jobs_for(target, attempt, Stage.PREPARE))
         if prepare is not None:
-            return _expect_running(run, plan, db, prepare, "prepared")
+            return _expect_running(run, db, prepare)
         if run.spec.paused:
             return _paused(run)
         registered = all(db.projectors.get(n) and db.projectors[n].replaying_version == v for n, v in to_replay.items())
         if not registered:
             run.act(RegisterReplaying(to_replay))
-        run.act(RunStageJob(target, attempt, "prepare", projectors=tuple(sorted(to_replay))))
+        run.act(RunStageJob(target, attempt, Stage.PREPARE, projectors=projectors))
         names = ", ".join(f"{name} v{version}" for name, version in sorted(to_replay.items()))
-        return run.finish(Phase.REPLAYING, "Preparing", f"replaying {names}: prepare")
+        return run.finish(Phase.REPLAYING, Reason.PREPARING, f"replaying {names}: prepare")
 
-    if replay.state in STAGE_AT_WORK:
-        stage = STAGE_AT_WORK[replay.state]
-        job = _latest(cluster.jobs_for(target, attempt, stage))
+    if replay.state == ReplayStateName.FAILED:
+        # Sequent marked the replay failed: it stays in progress (and holds the replay slot) until aborted.
+        return _fail(run, db, Reason.REPLAY_FAILED, _replay_failed_message(replay, cluster.jobs_for(target, attempt)))
+
+    working = stage_at_work(replay.state)
+    if working is not None:
+        job = _latest(cluster.jobs_for(target, attempt, working))
         if job is None:
             return _fail(
-                run, plan, db, "StageInterrupted", f"replay is {replay.state} but no {stage} Job of this rollout exists"
+                run,
+                db,
+                Reason.STAGE_INTERRUPTED,
+                f"replay is {replay.state} but no {working} Job of this rollout exists",
             )
-        return _expect_running(run, plan, db, job, replay.state)
+        return _expect_running(run, db, job)
 
-    next_stage = {"prepared": "replay", "replayed": "optimize"}.get(replay.state)
-    if next_stage is not None:
+    if replay.state != ReplayStateName.OPTIMIZED:
+        next_stage = stage_following(replay.state)
+        assert next_stage is not None, f"no stage follows {replay.state!r}"  # the plan refuses unknown states
         job = _latest(cluster.jobs_for(target, attempt, next_stage))
         if job is not None:
-            return _expect_running(run, plan, db, job, replay.state)
+            return _expect_running(run, db, job)
         if run.spec.paused:
             return _paused(run)
-        run.act(RunStageJob(target, attempt, next_stage, projectors=tuple(sorted(to_replay))))
-        return run.finish(Phase.REPLAYING, _stage_reason(next_stage), f"replay {replay.id}: {next_stage}")
+        run.act(RunStageJob(target, attempt, next_stage, projectors=projectors))
+        return run.finish(Phase.REPLAYING, STAGE_REASONS[next_stage], f"replay {replay.id}: {next_stage}")
 
     # optimized: catch up until the lag is small, then go live.
     lag = db.replay_lag or 0
-    catchups = cluster.jobs_for(target, attempt, "catchup")
+    catchups = cluster.jobs_for(target, attempt, Stage.CATCHUP)
     last = _latest(catchups)
     if last is not None and last.state is not JobState.SUCCEEDED:
-        return _expect_running(run, plan, db, last, replay.state)
+        return _expect_running(run, db, last)
     if lag > spec.replay.catchup.max_lag:
         if len(catchups) >= spec.replay.catchup.max_rounds:
             return _fail(
                 run,
-                plan,
                 db,
-                "CatchupDidNotConverge",
+                Reason.CATCHUP_DID_NOT_CONVERGE,
                 f"lag is still {lag} events after {len(catchups)} catch-up rounds "
                 f"(bound {spec.replay.catchup.max_lag})",
             )
         if run.spec.paused:
             return _paused(run)
-        run.act(RunStageJob(target, attempt, "catchup", round=len(catchups) + 1, projectors=tuple(sorted(to_replay))))
-        return run.finish(Phase.REPLAYING, "CatchingUp", f"catch-up round {len(catchups) + 1}: lag {lag} events")
+        run.act(RunStageJob(target, attempt, Stage.CATCHUP, round=len(catchups) + 1, projectors=projectors))
+        return run.finish(Phase.REPLAYING, Reason.CATCHING_UP, f"catch-up round {len(catchups) + 1}: lag {lag} events")
 
     gate = _promotion_gate(run)
     if gate is not None:
@@ -544,30 +530,40 @@ def _replay(run: _Pass, plan: Plan, db: DatabaseState, attempt: int, golive: Job
         # Old code skips a projector with no active version, new code would refuse to write
         # while a projector it does not know is active: deactivate before golive.
         run.act(Deactivate(tuple(plan.to_deactivate)))
-    run.act(RunStageJob(target, attempt, "golive", projectors=tuple(sorted(to_replay))))
-    return run.finish(Phase.ACTIVATING, "GoingLive", f"lag {lag} events: golive")
+    run.act(RunStageJob(target, attempt, Stage.GOLIVE, projectors=projectors))
+    return run.finish(Phase.ACTIVATING, Reason.GOING_LIVE, f"lag {lag} events: golive")
 
 
-def _stage_reason(stage: str) -> str:
-    return {"prepare": "Preparing", "replay": "Replaying", "optimize": "Optimizing", "catchup": "CatchingUp"}.get(
-        stage, "Replaying"
-    )
+def _replay_failed_message(replay: ReplayState, jobs: Sequence[JobView]) -> str:
+    message = f"replay {replay.id} is 'failed' in replay_states: a stage raised"
+    failed = [job for job in jobs if job.state is JobState.FAILED and job.stage != Stage.ABORT]
+    running = [job for job in jobs if job.state is JobState.RUNNING and job.stage != Stage.ABORT]
+    if failed:
+        return message + f" ({failed[-1].stage} Job {failed[-1].name} failed: {failed[-1].message})"
+    if running:
+        return message + f" ({running[-1].stage} Job {running[-1].name} is still running)"
+    return message
 
 
-def _expect_running(run: _Pass, plan: Plan, db: DatabaseState, job: JobView, state: str) -> Decision:
+def _stage_reason(stage: str) -> Reason:
+    return STAGE_REASONS.get(stage, Reason.REPLAYING)
+
+
+def _expect_running(run: _Pass, db: DatabaseState, job: JobView) -> Decision:
     """A stage Job exists: wait while it runs; a finished one must have moved the database on."""
     if job.state is JobState.RUNNING:
-        phase = Phase.ACTIVATING if job.stage == "golive" else Phase.REPLAYING
+        phase = Phase.ACTIVATING if job.stage == Stage.GOLIVE else Phase.REPLAYING
         return run.finish(phase, _stage_reason(job.stage), f"{job.stage} is running in Job {job.name}")
     if job.state is JobState.FAILED:
-        return _fail(run, plan, db, "StageFailed", f"{job.stage} Job {job.name} failed: {job.message}")
-    expected = STAGE_RESULT[job.stage]
+        return _fail(run, db, Reason.STAGE_FAILED, f"{job.stage} Job {job.name} failed: {job.message}")
+    expected = STAGES[Stage(job.stage)].after
+    replay = db.replay_in_progress
+    found = f"replay_states is {replay.state!r}" if replay is not None else "replay_states shows no replay in progress"
     return _fail(
         run,
-        plan,
         db,
-        "VerificationFailed",
-        f"{job.stage} Job {job.name} succeeded but replay_states is {state!r}, not {expected!r}",
+        Reason.VERIFICATION_FAILED,
+        f"{job.stage} Job {job.name} succeeded but {found}; after {job.stage} it should be {expected.value!r}",
     )
 
 
@@ -579,7 +575,7 @@ def _promotion_gate(run: _Pass) -> Decision | None:
         run.poll(BLOCKED_POLL_SECONDS)
         return run.finish(
             Phase.PAUSED,
-            "AwaitingPromotion",
+            Reason.AWAITING_PROMOTION,
             f"version {spec.version} is ready to go live; set spec.promote to {spec.version!r} to promote it",
         )
     return None
@@ -587,7 +583,7 @@ def _promotion_gate(run: _Pass) -> Decision | None:
 
 def _paused(run: _Pass) -> Decision:
     run.poll(BLOCKED_POLL_SECONDS)
-    return run.finish(Phase.PAUSED, "PausedByUser", f"rollout of {run.spec.version} paused by spec.paused")
+    return run.finish(Phase.PAUSED, Reason.PAUSED_BY_USER, f"rollout of {run.spec.version} paused by spec.paused")
 
 
 def release_is_active(spec: ProjectorSetSpec, db: DatabaseState) -> bool:
@@ -609,13 +605,14 @@ def _in_flight(db: DatabaseState) -> bool:
     return any(s.replaying_version is not None or s.activating_version is not None for s in db.projectors.values())
 
 
-def _switch(run: _Pass, db: DatabaseState) -> Decision:
+def _switch(run: _Pass) -> Decision:
     spec, cluster = run.spec, run.cluster
     target = spec.version
     serving = run.memory.active_version
     if run.memory.activated_at is None:
-        run.memory.activated_at = run.timestamp()
-        run.event("Activated", f"the database shows every projector of {target} active")
+        run.remember(activated_at=run.timestamp())
+        run.activated = True
+        run.event(Reason.ACTIVATED, f"the database shows every projector of {target} active")
     deployment = cluster.deployments.get(target)
     if deployment is None or not deployment.available:
         # Switching to pods that are not ready would drop every request; keep the old pods.
@@ -623,68 +620,68 @@ def _switch(run: _Pass, db: DatabaseState) -> Decision:
         run.poll(ROLLOUT_POLL_SECONDS)
         return run.finish(
             Phase.SWITCHING,
-            "WaitingForAvailablePods",
+            Reason.WAITING_FOR_AVAILABLE_PODS,
             f"version {target} is active in the database but its Deployment is not available",
             warning=True,
         )
     run.act(SwitchService(target))
     history = [v for v in [serving, *run.memory.history] if v and v != target]
-    run.memory.active_version = target
-    run.memory.previous_version = serving
-    run.memory.switched_at = run.timestamp()
-    run.memory.history = history
-    run.event("ServiceSwitched", f"Service {spec.service.name} now selects version {target}")
+    run.remember(active_version=target, previous_version=serving, switched_at=run.timestamp(), history=history)
+    run.event(Reason.SERVICE_SWITCHED, f"Service {spec.service.name} now selects version {target}")
     if serving is not None:
         run.poll(max(0.5, float(spec.strategy.scale_down_delay_seconds)))
-    return run.finish(Phase.ACTIVE, "RolloutComplete", f"version {target} serves")
+    return run.finish(Phase.ACTIVE, Reason.ROLLOUT_COMPLETE, f"version {target} serves")
 
 
 # ---- failure, abort and clean-up ----------------------------------------------------------------
 
 
 def _cleanup_pending(run: _Pass, db: DatabaseState) -> bool:
-    in_flight = _in_flight(db)
-    replay_open = db.replay is not None and db.replay.in_progress
     jobs_running = any(
         job.state is JobState.RUNNING for job in run.cluster.jobs_for(run.spec.version, run.previous.attempt)
     )
     # The abort stage may clear the database by itself; the new version must still be scaled down.
     deployment = run.cluster.deployments.get(run.spec.version)
     still_scaled_up = deployment is not None and deployment.replicas > 0
-    return in_flight or replay_open or jobs_running or still_scaled_up
+    return _in_flight(db) or db.replay_in_progress is not None or jobs_running or still_scaled_up
 
 
-def _fail(run: _Pass, plan: Plan, db: DatabaseState, reason: str, message: str) -> Decision:
-    return _clean_up(run, plan, db, Phase.FAILED, reason, message)
+def _fail(run: _Pass, db: DatabaseState, reason: Reason, message: str) -> Decision:
+    return _clean_up(run, db, Phase.FAILED, reason, message)
 
 
-def _clean_up(run: _Pass, plan: Plan, db: DatabaseState, phase: Phase, reason: str, message: str) -> Decision:
+def _clean_up(run: _Pass, db: DatabaseState, phase: Phase, reason: Reason, message: str) -> Decision:
     """Abort the replay and clear replaying/activating; the old version keeps serving."""
     spec, cluster = run.spec, run.cluster
     target = spec.version
     attempt = int(run.memory.attempt)
     jobs = cluster.jobs_for(target, attempt)
-    if any(job.stage == "golive" and job.state is JobState.RUNNING for job in cluster.jobs):
+    warning = phase is Phase.FAILED
+    if any(job.stage == Stage.GOLIVE and job.state is JobState.RUNNING for job in cluster.jobs):
         # golive is one transaction: it either lands (and traffic moves) or leaves nothing behind.
         run.poll(ROLLOUT_POLL_SECONDS)
-        return run.finish(Phase.ACTIVATING, "GoingLive", f"{message}; waiting for golive to finish first")
+        return run.finish(Phase.ACTIVATING, Reason.GOING_LIVE, f"{message}; waiting for golive to finish first")
     for job in cluster.jobs:
-        if job.state is JobState.RUNNING and job.stage != "abort":
+        if job.state is JobState.RUNNING and job.stage != Stage.ABORT:
             run.act(DeleteJob(job.name))
-    replay_open = db.replay is not None and db.replay.in_progress
+    replay = db.replay_in_progress
     in_flight = _in_flight(db)
-    abort_job = _latest([j for j in jobs if j.stage == "abort"])
-    if replay_open:
+    abort_job = _latest([j for j in jobs if j.stage == Stage.ABORT])
+    if replay is not None:
         if abort_job is None:
-            projectors = tuple(sorted(db.replay.projectors)) if db.replay is not None else ()
-            run.act(RunStageJob(target, attempt, "abort", projectors=projectors))
+            run.act(RunStageJob(target, attempt, Stage.ABORT, projectors=tuple(sorted(replay.projectors))))
             run.poll(ROLLOUT_POLL_SECONDS)
-            return run.finish(phase, reason, message, note="; aborting the replay", warning=phase is Phase.FAILED)
+            return run.finish(phase, reason, message, note="; aborting the replay", warning=warning)
         if abort_job.state is JobState.RUNNING:
             run.poll(ROLLOUT_POLL_SECONDS)
-            return run.finish(phase, reason, message, note="; aborting the replay", warning=phase is Phase.FAILED)
+            return run.finish(phase, reason, message, note="; aborting the replay", warning=warning)
         if abort_job.state is JobState.FAILED:
-            run.condition("ReplayAborted", False, "AbortFailed", f"abort Job {abort_job.name}: {abort_job.message}")
+            run.condition(
+                ConditionType.REPLAY_ABORTED,
+                False,
+                Reason.ABORT_FAILED,
+                f"abort Job {abort_job.name}: {abort_job.message}",
+            )
     if in_flight:
         run.act(ClearReplaying())
         run.poll(ROLLOUT_POLL_SECONDS)
@@ -693,21 +690,26 @@ def _clean_up(run: _Pass, plan: Plan, db: DatabaseState, phase: Phase, reason: s
         run.act(ScaleDeployment(target, 0))
     serving = run.memory.active_version
     note = f"; version {serving} keeps serving" if serving else ""
-    if not in_flight and not (replay_open and abort_job is not None and abort_job.state is JobState.FAILED):
-        run.condition("ReplayAborted", True, "Aborted", "replaying and activating versions are cleared")
-    return run.finish(phase, reason, message, note=note, warning=phase is Phase.FAILED)
+    abort_failed = replay is not None and abort_job is not None and abort_job.state is JobState.FAILED
+    if not in_flight and not abort_failed:
+        run.condition(
+            ConditionType.REPLAY_ABORTED, True, Reason.ABORTED, "replaying and activating versions are cleared"
+        )
+    return run.finish(phase, reason, message, note=note, warning=warning)
 
 
-def _stay_finished(run: _Pass, plan: Plan) -> Decision:
+def _stay_finished(run: _Pass) -> Decision:
     """A failed or aborted rollout waits for a spec change (a retry) with spec.abort false."""
     previous = run.previous
-    if run.conditions.get("ReplayAborted") is None or run.conditions["ReplayAborted"].reason != "AbortFailed":
-        run.condition("ReplayAborted", True, "Aborted", "replaying and activating versions are cleared")
+    aborted = find_condition(run.conditions, ConditionType.REPLAY_ABORTED)
+    if aborted is None or aborted.reason != Reason.ABORT_FAILED:
+        run.condition(
+            ConditionType.REPLAY_ABORTED, True, Reason.ABORTED, "replaying and activating versions are cleared"
+        )
     serving = run.memory.active_version
     note = f"; version {serving} keeps serving" if serving else ""
     note += "; set spec.abort to false to retry" if run.spec.abort else "; edit the spec to retry"
-    reason = _progress_reason(previous) or "Failed"
-    return run.finish(previous.phase, reason, _progress_message(previous), note=note)
+    return run.finish(previous.phase, _ended_reason(previous), progress_message(previous), note=note)
 
 
 def _latest(jobs: Sequence[JobView]) -> JobView | None:
