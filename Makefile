@@ -18,10 +18,11 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP) ## Create the virtualenv with the operator and its development tools
 
-lint: $(STAMP) ## Ruff and mypy over the operator and the tests
+lint: $(STAMP) ## Ruff, mypy and the import contracts (layers) over the operator and the tests
 	$(BIN)/ruff check operator tests
 	$(BIN)/ruff format --check operator tests
 	$(BIN)/mypy operator/projectorset
+	$(BIN)/lint-imports
 
 crds: $(STAMP) ## Regenerate crds/ from the pydantic models (and the Helm chart's copy)
 	$(BIN)/python -m projectorset.crd > crds/projectorsets.yaml
