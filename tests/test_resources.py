@@ -6,7 +6,8 @@ import json
 
 from rollout_world import manifest
 
-from projectorset.resources import RELEASE_ANNOTATION, Owner, build_deployment, deployment_view
+from projectorset.cluster import Owner
+from projectorset.resources import RELEASE_ANNOTATION, build_deployment, deployment_view
 
 OWNER = Owner("blog", "apps", "uid-1")
 

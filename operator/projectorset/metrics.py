@@ -25,6 +25,7 @@ from projectorset.api import Phase, ProjectorSetSpec
 from projectorset.cluster import Cluster, Owner
 from projectorset.observation import ClusterAction, ClusterView, Event, SwitchService
 from projectorset.rollout import Decision
+from projectorset.sequent import PIPELINE
 
 # Phase and stage durations range from a second (nothing to replay) to hours (a large replay).
 DURATION_BUCKETS = (1, 2, 5, 10, 30, 60, 120, 300, 600, 1800, 3600, 7200, 14400, float("inf"))
@@ -32,7 +33,7 @@ DURATION_BUCKETS = (1, 2, 5, 10, 30, 60, 120, 300, 600, 1800, 3600, 7200, 14400,
 SWITCH_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, float("inf"))
 # Rollouts end here; anything else is still in progress.
 TERMINAL_PHASES = (Phase.ACTIVE, Phase.FAILED, Phase.ABORTED)
-REPLAY_STAGES = ("prepare", "replay", "optimize", "catchup", "golive")
+REPLAY_STAGES = tuple(stage.value for stage in PIPELINE)
 
 
 @dataclass

@@ -13,12 +13,12 @@ import yaml
 from pydantic import ValidationError
 
 from projectorset import api
-from projectorset.database import DatabaseState, ProjectorState
 from projectorset.planning import Change as ProjectorChange
 from projectorset.planning import plan_upgrade
 from projectorset.plugin.cluster import Object
 from projectorset.plugin.errors import PluginError
 from projectorset.plugin.view import parse_time, progressing, release_of
+from projectorset.sequent import DatabaseState, ProjectorState
 
 FINISHED = ("Failed", "Aborted")
 
