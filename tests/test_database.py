@@ -1,4 +1,4 @@
-"""The projector-state protocol against a real PostgreSQL (DESIGN.md section 2)."""
+"""The projector-state protocol against a real PostgreSQL (docs/sequent-protocol.md)."""
 
 from __future__ import annotations
 

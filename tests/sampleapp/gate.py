@@ -1,4 +1,4 @@
-"""The "active projectors" publisher rules of DESIGN.md section 2, as a pure function."""
+"""The "active projectors" publisher rules of Sequent (docs/sequent-protocol.md), as a pure function."""
 
 from __future__ import annotations
 

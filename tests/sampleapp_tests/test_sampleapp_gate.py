@@ -1,4 +1,4 @@
-"""The active-projectors publisher rules (DESIGN.md section 2), as a pure function."""
+"""The active-projectors publisher rules (docs/sequent-protocol.md), as a pure function."""
 
 import pytest
 

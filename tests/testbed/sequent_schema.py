@@ -1,4 +1,4 @@
-"""Sequent 9's event-store tables, as DESIGN.md section 2 describes them.
+"""Sequent 9's event-store tables, as docs/sequent-protocol.md describes them.
 
 The operator never creates these tables (the application's migrations do); tests,
 the sample application and the demo create them with ``create_sequent_tables``.
