@@ -16,11 +16,11 @@ from projectorset.database import (
     DatabaseUnreachable,
     IllegalProjectorState,
     InvalidDatabaseURI,
-    ProjectorState,
     ProjectorStatesBusy,
     SequentDatabase,
     SequentTablesMissing,
 )
+from projectorset.sequent import ProjectorState
 from testbed.postgres import PostgresServer, free_port
 from testbed.sequent_schema import projector_rows as rows
 
