@@ -13,6 +13,7 @@ import yaml
 from pydantic import ValidationError
 
 from projectorset import api
+from projectorset.conditions import Reason
 from projectorset.planning import Change as ProjectorChange
 from projectorset.planning import plan_upgrade
 from projectorset.plugin.cluster import Object
@@ -56,7 +57,7 @@ def promote(body: Object) -> Change:
         )
     if spec.get("promote") == version:
         raise PluginError(f"projectorset {name}: version {version} is already promoted")
-    awaiting = progressing(status).get("reason") == "AwaitingPromotion"
+    awaiting = progressing(status).get("reason") == Reason.AWAITING_PROMOTION
     note = "" if awaiting else " (it goes live once its replay has caught up)"
     if spec.get("paused"):
         note += f"; the rollout is paused: resume it (kubectl projectorset resume {name})"
@@ -124,7 +125,7 @@ def _switches(events: list[Object]) -> list[tuple[datetime, str]]:
     """(time, version) of each ServiceSwitched Event still kept by the API server."""
     found = []
     for event in events:
-        if event.get("reason") != "ServiceSwitched":
+        if event.get("reason") != Reason.SERVICE_SWITCHED:
             continue
         moment = parse_time(event.get("lastTimestamp") or event.get("eventTime") or event.get("firstTimestamp"))
         version = str(event.get("message", "")).rsplit("selects version ", 1)

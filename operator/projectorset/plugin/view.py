@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from projectorset import api
+from projectorset.conditions import ConditionType
 from projectorset.plugin.cluster import Object, Snapshot
 from projectorset.resources import ATTEMPT_LABEL, RELEASE_ANNOTATION, ROUND_LABEL
 
@@ -54,7 +55,7 @@ def release_of(deployment: Object) -> dict[str, Any] | None:
 
 def progressing(status: dict[str, Any]) -> dict[str, Any]:
     for condition in status.get("conditions") or []:
-        if condition.get("type") == "Progressing":
+        if condition.get("type") == ConditionType.PROGRESSING:
             return dict(condition)
     return {}
 
