@@ -150,7 +150,14 @@ def snapshot(body: dict[str, Any] | None = None, serving: str = "v1") -> Snapsho
         service={"spec": {"selector": {api.NAME_LABEL: "blog", api.VERSION_LABEL: serving}}},
         events=[
             {
-                "metadata": {"name": "blog.1"},
+                "metadata": {"name": "blog.0", "resourceVersion": "120"},
+                "type": "Normal",
+                "reason": "Deploying",
+                "message": "waiting for version v2 to be available (0 ready)",
+                "lastTimestamp": "2026-11-29T17:00:00Z",
+            },
+            {
+                "metadata": {"name": "blog.1", "resourceVersion": "119"},
                 "type": "Normal",
                 "reason": "RolloutStarted",
                 "message": "rolling out version v2 (serving: v1)",
@@ -195,7 +202,8 @@ def test_document_has_versions_stages_replay_projectors_and_events() -> None:
     assert replay["etaSeconds"] == pytest.approx(6.7, abs=0.1)
     assert replay["progress"] == pytest.approx((9000 - 4210) / 8000)
     assert document["rolloutElapsedSeconds"] == 120
-    assert [e["reason"] for e in document["events"]] == ["RolloutStarted", "CatchingUp"]
+    # In the order they happened, also within one second (by the API server's resourceVersion).
+    assert [e["reason"] for e in document["events"]] == ["RolloutStarted", "Deploying", "CatchingUp"]
     assert [p["plan"] for p in document["projectors"]] == ["Changed", "Unchanged"]
     json.dumps(document)  # -o json prints it as it is
 
@@ -211,7 +219,7 @@ def test_tree_reads_at_a_glance() -> None:
     assert "[target]" in target and "1/2 ready" in target and "◀" not in target
     assert any("pod blog-v2-5d8-x1  Running  ready" in line for line in lines)
     assert "Service blog → v1" in text
-    assert "Replay 7  state catching_up  stage catchup (catch-up round 2)" in text
+    assert "Replay id 7 · state catching_up · stage catchup (catch-up round 2)" in text
     lag = next(line for line in lines if "lag 4,210 events" in line)
     assert "[" in lag and "ETA estimating" in lag  # one sample: no rate yet
     assert "current Job blog-v2-a1-catchup-2" in text
@@ -260,6 +268,14 @@ def test_estimate(samples: list[view.LagSample], lag: int, eta: str, seconds: fl
     result = view.estimate(samples, lag, 1000)
     assert result["eta"] == eta
     assert result["etaSeconds"] == seconds
+
+
+def test_watch_samples_only_new_lag_readings() -> None:
+    samples: list[view.LagSample] = []
+    for at, lag in ((0, 5000), (1, 5000), (2, 4000), (3, 4000), (4, None), (5, 3000)):
+        view.record(samples, lag, at)
+    assert samples == [view.LagSample(0, 5000), view.LagSample(2, 4000), view.LagSample(5, 3000)]
+    assert view.estimate(samples, 3000, 1000)["eta"] == "5s"
 
 
 def test_duration_and_bar() -> None:

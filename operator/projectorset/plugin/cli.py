@@ -101,9 +101,7 @@ def run_get(cluster: Cluster, arguments: argparse.Namespace, out: TextIO) -> int
         snapshot = cluster.snapshot(arguments.name)
         now = _now()
         lag = ((snapshot.projectorset.get("status") or {}).get("replay") or {}).get("lag")
-        if isinstance(lag, int):
-            samples.append(view.LagSample(time.monotonic(), lag))
-            del samples[:-200]
+        view.record(samples, lag, time.monotonic())
         document = view.build(snapshot, now, samples)
         return render.tree(document, now) if arguments.output == "tree" else dump(document, arguments.output)
 

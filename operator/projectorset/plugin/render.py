@@ -110,8 +110,8 @@ def tree(document: dict[str, Any], now: datetime) -> str:
 
     replay = d["replay"]
     if replay:
-        head = f"Replay {replay['id'] if replay['id'] is not None else '-'}  state {replay['state'] or '-'}"
-        head += f"  stage {replay['stage'] or '-'}"
+        head = f"Replay id {replay['id'] if replay['id'] is not None else '-'} · state {replay['state'] or '-'}"
+        head += f" · stage {replay['stage'] or '-'}"
         if replay["catchupRound"]:
             head += f" (catch-up round {replay['catchupRound']})"
         replay_lines = []

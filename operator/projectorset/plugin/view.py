@@ -27,6 +27,14 @@ class LagSample:
     lag: int
 
 
+def record(samples: list[LagSample], lag: Any, at: float, keep: int = 200) -> None:
+    """Add a lag reading to ``samples`` only when the operator wrote a new one: redraws of the
+    same status are not samples (they would make a falling lag look flat)."""
+    if isinstance(lag, int) and (not samples or samples[-1].lag != lag):
+        samples.append(LagSample(at, lag))
+        del samples[:-keep]
+
+
 def parse_time(value: Any) -> datetime | None:
     if not value or not isinstance(value, str):
         return None
@@ -202,7 +210,7 @@ def duration(seconds: float | None) -> str:
 
 
 def _events(snapshot: Snapshot) -> list[dict[str, Any]]:
-    events = []
+    events: list[tuple[datetime, int, dict[str, Any]]] = []
     for event in snapshot.events:
         moment = (
             event.get("lastTimestamp")
@@ -210,17 +218,23 @@ def _events(snapshot: Snapshot) -> list[dict[str, Any]]:
             or event.get("firstTimestamp")
             or event["metadata"].get("creationTimestamp")
         )
+        # Events of one second are ordered by when the API server stored them.
+        stored = str(event["metadata"].get("resourceVersion") or "")
         events.append(
-            {
-                "time": moment,
-                "type": event.get("type", ""),
-                "reason": event.get("reason", ""),
-                "message": event.get("message", ""),
-                "count": event.get("count") or 1,
-            }
+            (
+                parse_time(moment) or datetime.min.replace(tzinfo=UTC),
+                int(stored) if stored.isdigit() else 0,
+                {
+                    "time": moment,
+                    "type": event.get("type", ""),
+                    "reason": event.get("reason", ""),
+                    "message": event.get("message", ""),
+                    "count": event.get("count") or 1,
+                },
+            )
         )
-    events.sort(key=lambda e: parse_time(e["time"]) or datetime.min.replace(tzinfo=UTC))
-    return events[-EVENTS_SHOWN:]
+    events.sort(key=lambda entry: entry[:2])
+    return [entry[2] for entry in events[-EVENTS_SHOWN:]]
 
 
 def build(snapshot: Snapshot, now: datetime, samples: Sequence[LagSample] = ()) -> dict[str, Any]:
