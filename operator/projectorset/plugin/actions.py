@@ -143,14 +143,18 @@ def history(body: Object, deployments: list[Object], events: list[Object]) -> di
     for deployment in deployments:
         version = (deployment["metadata"].get("labels") or {}).get(api.VERSION_LABEL, "")
         release = release_of(deployment) or {}
+        # From the ServiceSwitched Events while the API server keeps them (an hour by default);
+        # the serving version's start is also in status.switchedAt.
         served = None
-        if version == serving and status.get("switchedAt"):
+        for index, (moment, switched_to) in enumerate(switches):
+            if switched_to == version:
+                until = next((m for m, v in switches[index + 1 :] if v != version), None)
+                if until is not None:
+                    served = f"{moment:%Y-%m-%dT%H:%M:%SZ} to {until:%Y-%m-%dT%H:%M:%SZ}"
+                elif version == serving:
+                    served = f"since {moment:%Y-%m-%dT%H:%M:%SZ}"
+        if served is None and version == serving and status.get("switchedAt"):
             served = f"since {status['switchedAt']}"
-        else:
-            for index, (moment, switched_to) in enumerate(switches):
-                if switched_to == version:
-                    until = next((m for m, v in switches[index + 1 :] if v != version), None)
-                    served = f"{moment:%Y-%m-%dT%H:%M:%SZ} to {until:%Y-%m-%dT%H:%M:%SZ}" if until else None
         now = []
         if version == serving:
             now.append("serving")
