@@ -13,7 +13,7 @@ import yaml
 from pydantic import ValidationError
 
 from projectorset import api
-from projectorset.conditions import Reason
+from projectorset.conditions import ConditionType, Reason
 from projectorset.planning import Change as ProjectorChange
 from projectorset.planning import plan_upgrade
 from projectorset.plugin.cluster import Object
@@ -21,7 +21,7 @@ from projectorset.plugin.errors import PluginError
 from projectorset.plugin.view import parse_time, progressing, release_of
 from projectorset.sequent import DatabaseState, ProjectorState
 
-FINISHED = ("Failed", "Aborted")
+FINISHED = (api.Phase.FAILED, api.Phase.ABORTED)
 
 
 @dataclass(frozen=True)
@@ -70,7 +70,7 @@ def abort(body: Object) -> Change:
     if spec.get("abort"):
         raise PluginError(f"projectorset {name}: the rollout of {version} is already aborted")
     if not _rollout_in_flight(spec, status):
-        if status.get("phase") == "Failed":
+        if status.get("phase") == api.Phase.FAILED:
             raise PluginError(f"projectorset {name}: the rollout of {version} already failed and was aborted")
         raise PluginError(f"projectorset {name}: version {version} serves; no rollout to abort")
     serving = status.get("activeVersion")
@@ -89,7 +89,8 @@ def retry(body: Object) -> Change:
             f"projectorset {name} is {phase or 'not reconciled yet'}, not Failed or Aborted: nothing to retry"
         )
     cleaned = any(
-        c.get("type") == "ReplayAborted" and c.get("status") == "True" for c in status.get("conditions") or []
+        c.get("type") == ConditionType.REPLAY_ABORTED and c.get("status") == "True"
+        for c in status.get("conditions") or []
     )
     if not cleaned:
         # The operator records the spec it cleans up under: a retry sent meanwhile would be taken as seen.

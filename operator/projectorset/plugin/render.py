@@ -7,11 +7,12 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
+from projectorset.api import Phase
 from projectorset.plugin.view import duration, parse_time, seconds_between
 
 BAR_WIDTH = 24
 STATE_MARKS = {"Succeeded": "✔", "Failed": "✖", "Running": "●"}
-PHASE_MARKS = {"Active": "✔", "Failed": "✖", "Aborted": "✖", "Paused": "॥"}
+PHASE_MARKS = {Phase.ACTIVE: "✔", Phase.FAILED: "✖", Phase.ABORTED: "✖", Phase.PAUSED: "॥"}
 
 
 def _ago(value: Any, now: datetime) -> str:

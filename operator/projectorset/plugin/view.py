@@ -260,14 +260,14 @@ def build(snapshot: Snapshot, now: datetime, samples: Sequence[LagSample] = ()) 
             "maxLag": bound,
             "job": replay_status.get("job"),
         }
-        catching_up = status.get("phase") == "Replaying" and (
+        catching_up = status.get("phase") == api.Phase.REPLAYING and (
             replay["stage"] == "catchup" or replay["state"] in ("optimized", "catching_up")
         )
         replay["catchingUp"] = catching_up
         if catching_up:
             replay.update(estimate(samples, replay["lag"], bound))
     started = parse_time(status.get("rolloutStartedAt"))
-    in_flight = status.get("phase") not in (None, "Active", "Failed", "Aborted")
+    in_flight = status.get("phase") not in (None, api.Phase.ACTIVE, api.Phase.FAILED, api.Phase.ABORTED)
     return {
         "name": metadata["name"],
         "namespace": metadata.get("namespace"),
