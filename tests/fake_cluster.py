@@ -148,7 +148,8 @@ class FakeCluster:
     # -- running Jobs as processes --
 
     def _start(self, manifest: dict[str, Any]) -> FakeJob:
-        container = manifest["spec"]["template"]["spec"]["containers"][0]
+        pod_spec = manifest["spec"]["template"]["spec"]
+        container = pod_spec["containers"][0]
         env = {
             **os.environ,
             "PYTHONPATH": os.pathsep.join([str(TESTS), str(TESTS.parent / "operator")]),
@@ -163,6 +164,10 @@ class FakeCluster:
                 env[variable["name"]] = "127.0.0.1"
         log = self.workdir / f"{manifest['metadata']['name']}.log"
         with log.open("wb") as output:
+            # As a kubelet does: the pod's init containers (the sample app's db:migrate) run first.
+            for init in pod_spec.get("initContainers") or []:
+                if subprocess.run(init["command"], env=env, stdout=output, stderr=subprocess.STDOUT).returncode:
+                    return FakeJob(manifest, subprocess.Popen(["false"]), log)
             process = subprocess.Popen(container["command"], env=env, stdout=output, stderr=subprocess.STDOUT)
         return FakeJob(manifest, process, log)
 

@@ -1,4 +1,4 @@
-"""The "active projectors" publisher rules of Sequent (docs/sequent-protocol.md), as a pure function."""
+"""The publisher gate of Sequent's ActiveProjectorsEventPublisher (docs/sequent-protocol.md), as a pure function."""
 
 from __future__ import annotations
 
@@ -25,10 +25,9 @@ class PublishRefused(Exception):
 
 def projectors_to_run(code_versions: Mapping[str, int], states: Iterable[ProjectorState]) -> list[str]:
     """Names of the code's projectors that must process a published event, or raise PublishRefused."""
+    # As Sequent's ActiveProjectorsEventPublisher: a projector without a row is not active, so
+    # with an empty table no projector runs (the events are still stored).
     by_name = {state.name: state for state in states}
-    if not by_name:
-        # Backwards compatibility: with no states recorded the running configuration is assumed right.
-        return list(code_versions)
     unknown = sorted(
         name
         for name, state in by_name.items()

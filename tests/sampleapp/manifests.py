@@ -6,26 +6,40 @@ PYTHONPATH, because the process kubelet ignores images and runs commands on this
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import Any
 
 from sampleapp.releases import get_release
+from testbed.postgres import _binaries as postgres_binaries
 
 TESTS_DIR = str(Path(__file__).resolve().parent.parent)
+# The stage Jobs run pg_dump and psql from PATH, as Sequent does: the "image" ships the ones of
+# the embedded PostgreSQL (the machine's own may be older than the server).
+PATH = os.pathsep.join([str(postgres_binaries()), os.environ.get("PATH", "/usr/bin:/bin")])
 
 
-def replay_commands(python: str = sys.executable) -> dict[str, list[str]]:
-    """``spec.replay.commands``: one argv per stage, with the operator's placeholders."""
-    base = [python, "-m", "sampleapp.replay"]
-    return {
-        "prepare": [*base, "prepare", "{projectors}"],
-        "replay": [*base, "replay", "{groupSize}", "{processes}"],
-        "catchup": [*base, "catchup", "{groupSize}", "{processes}"],
-        "optimize": [*base, "optimize"],
-        "golive": [*base, "golive"],
-        "abort": [*base, "abort", "{projectors}"],
+def rake(task: str, python: str = sys.executable) -> list[str]:
+    """The argv running one of Sequent's rake tasks (``sampleapp.rake``)."""
+    return [python, "-m", "sampleapp.rake", task]
+
+
+def replay_commands(python: str = sys.executable, *, migrate: bool = False) -> dict[str, list[str]]:
+    """``spec.replay.commands``: one argv per stage, with the operator's placeholders. With
+    ``migrate``, also the view-schema migration to run before ``prepare``."""
+    replay = "sequent:projectors:replay:"
+    commands = {
+        "prepare": rake(replay + "prepare[{projectors}]", python),
+        "replay": rake(replay + "replay[{groupSize},{processes}]", python),
+        "catchup": rake(replay + "catchup[{groupSize},{processes}]", python),
+        "optimize": rake(replay + "optimize", python),
+        "golive": rake(replay + "golive", python),
+        "abort": rake(replay + "abort", python),
     }
+    if migrate:
+        commands = {"migrate": rake("db:migrate", python), **commands}
+    return commands
 
 
 def projectors(release: str) -> list[dict[str, Any]]:
@@ -60,6 +74,8 @@ def container(
             {"name": "LISTEN_HOST", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
             {"name": "LISTEN_PORT", "value": str(port)},
             {"name": "PYTHONPATH", "value": TESTS_DIR},
+            {"name": "PATH", "value": PATH},
+            {"name": "SEQUENT_ENV", "value": "production"},
             *({"name": name, "value": value} for name, value in schema_env.items()),
         ],
         "ports": [{"name": "http", "containerPort": port}],
@@ -74,13 +90,12 @@ def container(
 def pod_template(
     release: str, *, secret_name: str, labels: dict[str, str] | None = None, migrate: bool = True, **kwargs: Any
 ) -> dict[str, Any]:
-    """``spec.template``. With ``migrate``, an init container creates missing tables (never activates:
-    a new release's pods must start while the old projector versions are still active)."""
+    """``spec.template``. With ``migrate``, an init container runs the release's view-schema
+    migrations (``db:migrate``: compatible with the previous release, never activates: a new
+    release's pods must start while the old projector versions are still active)."""
     main = container(release, secret_name=secret_name, **kwargs)
     spec: dict[str, Any] = {"containers": [main]}
     if migrate:
         init = {k: v for k, v in main.items() if k not in ("ports", "readinessProbe")}
-        spec["initContainers"] = [
-            {**init, "name": "migrate", "command": [main["command"][0], "-m", "sampleapp.migrate"]}
-        ]
+        spec["initContainers"] = [{**init, "name": "migrate", "command": rake("db:migrate", main["command"][0])}]
     return {"metadata": {"labels": {"app": "sampleapp", **(labels or {})}}, "spec": spec}

@@ -1,15 +1,18 @@
-"""Reading and writing ``projector_states`` the way Sequent 9 does.
+"""Reading and writing ``projector_states`` the way Sequent master does (lib/sequent/core/projectors.rb).
 
-Every write runs with ``lock_timeout`` 100 ms and takes ``projector_states`` in ACCESS
-EXCLUSIVE mode, so a writer never queues in front of live publishers for long; on a lock
-timeout the whole transaction is retried until a total timeout (Sequent's default: 10 s).
+Every write is an upsert of whole rows in its own (sub)transaction that first takes
+``projector_states`` in ACCESS EXCLUSIVE mode with ``lock_timeout`` 100 ms, so a writer never
+queues in front of live publishers for long; on a lock timeout the (sub)transaction is retried
+until a total timeout (Sequent's ``projectors_replayer_total_lock_timeout``, 10 s). The lock
+timeout covers only that (sub)transaction and is then restored to what it was.
 """
 
 from __future__ import annotations
 
 import random
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from typing import TypeVar
 
 import psycopg
@@ -22,6 +25,8 @@ T = TypeVar("T")
 LOCK_TIMEOUT = "100ms"
 TOTAL_TIMEOUT_SECONDS = 10.0
 
+Row = Mapping[str, int | None]
+
 
 def read_states(conn: psycopg.Connection, schema: str) -> list[ProjectorState]:
     rows = conn.execute(
@@ -32,14 +37,18 @@ def read_states(conn: psycopg.Connection, schema: str) -> list[ProjectorState]:
     return [ProjectorState(*row) for row in rows]
 
 
-def lock(conn: psycopg.Connection, schema: str) -> None:
-    """Inside the caller's transaction: bounded wait for the exclusive lock."""
-    conn.execute(sql.SQL("SET LOCAL lock_timeout = {}").format(sql.Literal(LOCK_TIMEOUT)))
-    conn.execute(sql.SQL("LOCK TABLE {}.projector_states IN ACCESS EXCLUSIVE MODE").format(sql.Identifier(schema)))
+@contextmanager
+def lock_timeout(conn: psycopg.Connection, value: str) -> Iterator[None]:
+    """Inside a transaction: ``lock_timeout`` is ``value`` for the block only, then restored."""
+    row = conn.execute("SELECT current_setting('lock_timeout')").fetchone()
+    previous = row[0] if row else "0"
+    conn.execute("SELECT set_config('lock_timeout', %s, true)", [value])
+    yield
+    conn.execute("SELECT set_config('lock_timeout', %s, true)", [previous])
 
 
 def with_lock_retry(conn: psycopg.Connection, work: Callable[[], T], total_timeout: float = TOTAL_TIMEOUT_SECONDS) -> T:
-    """Run ``work`` in its own transaction, retried while it fails on a lock timeout."""
+    """Run ``work`` in a (sub)transaction, retried while it fails on a lock timeout."""
     deadline = time.monotonic() + total_timeout
     attempt = 0
     while True:
@@ -49,13 +58,40 @@ def with_lock_retry(conn: psycopg.Connection, work: Callable[[], T], total_timeo
                 return work()
         except psycopg.errors.LockNotAvailable:
             if time.monotonic() >= deadline:
-                raise TimeoutError(
-                    f"could not lock projector_states within {total_timeout:g} s ({attempt} attempts)"
-                ) from None
+                raise TimeoutError(f"could not take a lock within {total_timeout:g} s ({attempt} attempts)") from None
             time.sleep(min(0.05 * attempt, 0.5) * random.uniform(0.5, 1.0))
 
 
-def _upsert(conn: psycopg.Connection, schema: str, name: str, assignments: dict[str, int | None]) -> None:
+def lock_exclusively(conn: psycopg.Connection, tables: Iterable[sql.Composable]) -> None:
+    """``LOCK TABLE ... IN ACCESS EXCLUSIVE MODE`` with a 100 ms lock timeout, retried in a
+    subtransaction until the total timeout; the lock is then held until the caller's commit."""
+
+    def work() -> None:
+        with lock_timeout(conn, LOCK_TIMEOUT):
+            conn.execute(sql.SQL("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE").format(sql.SQL(", ").join(tables)))
+
+    with_lock_retry(conn, work)
+
+
+def update(conn: psycopg.Connection, schema: str, rows: Mapping[str, Row]) -> None:
+    """Sequent's ``update_projector_state``: upsert ``{name: {column: value}}`` under the exclusive
+    lock. Inside the caller's transaction it is a subtransaction (the lock is then held until the
+    caller commits); on an idle autocommit connection it commits by itself."""
+    if not rows:
+        return
+
+    def work() -> None:
+        with lock_timeout(conn, LOCK_TIMEOUT):
+            conn.execute(
+                sql.SQL("LOCK TABLE {}.projector_states IN ACCESS EXCLUSIVE MODE").format(sql.Identifier(schema))
+            )
+            for name, columns in rows.items():
+                _upsert(conn, schema, name, columns)
+
+    with_lock_retry(conn, work)
+
+
+def _upsert(conn: psycopg.Connection, schema: str, name: str, assignments: Row) -> None:
     columns = list(assignments)
     conn.execute(
         sql.SQL(
@@ -73,58 +109,28 @@ def _upsert(conn: psycopg.Connection, schema: str, name: str, assignments: dict[
     )
 
 
-# The writes below assume the caller holds the lock (see ``lock``), inside its transaction.
+# The rows each of Sequent's Projectors.register_*! / abort / deactivate methods writes.
 
 
-def set_replaying(conn: psycopg.Connection, schema: str, versions: Iterable[tuple[str, int]]) -> None:
-    for name, version in versions:
-        _upsert(conn, schema, name, {"replaying_version": version, "activating_version": None})
+def register_replaying(conn: psycopg.Connection, schema: str, versions: Mapping[str, int]) -> None:
+    update(conn, schema, {n: {"replaying_version": v, "activating_version": None} for n, v in versions.items()})
 
 
-def set_activating(conn: psycopg.Connection, schema: str, versions: Iterable[tuple[str, int]]) -> None:
-    for name, version in versions:
-        _upsert(conn, schema, name, {"activating_version": version, "replaying_version": None})
+def register_activating(conn: psycopg.Connection, schema: str, versions: Mapping[str, int]) -> None:
+    update(conn, schema, {n: {"activating_version": v, "replaying_version": None} for n, v in versions.items()})
 
 
-def set_active(conn: psycopg.Connection, schema: str, versions: Iterable[tuple[str, int]]) -> None:
-    for name, version in versions:
-        _upsert(
-            conn,
-            schema,
-            name,
-            {"active_version": version, "activating_version": None, "replaying_version": None},
-        )
-
-
-def clear_replaying_and_activating(conn: psycopg.Connection, schema: str, names: Iterable[str]) -> None:
-    conn.execute(
-        sql.SQL(
-            "UPDATE {}.projector_states SET activating_version = NULL, replaying_version = NULL, "
-            "updated_at = now() WHERE name = ANY(%s)"
-        ).format(sql.Identifier(schema)),
-        [list(names)],
+def register_active(conn: psycopg.Connection, schema: str, versions: Mapping[str, int]) -> None:
+    update(
+        conn,
+        schema,
+        {n: {"active_version": v, "activating_version": None, "replaying_version": None} for n, v in versions.items()},
     )
+
+
+def abort_replaying(conn: psycopg.Connection, schema: str, names: Iterable[str]) -> None:
+    update(conn, schema, {n: {"activating_version": None, "replaying_version": None} for n in names})
 
 
 def deactivate(conn: psycopg.Connection, schema: str, names: Iterable[str]) -> None:
-    conn.execute(
-        sql.SQL("UPDATE {}.projector_states SET active_version = NULL, updated_at = now() WHERE name = ANY(%s)").format(
-            sql.Identifier(schema)
-        ),
-        [list(names)],
-    )
-
-
-def write(
-    conn: psycopg.Connection,
-    schema: str,
-    change: Callable[[psycopg.Connection, str], None],
-    total_timeout: float = TOTAL_TIMEOUT_SECONDS,
-) -> None:
-    """One write in its own transaction with Sequent's lock discipline. ``conn`` must be idle."""
-
-    def work() -> None:
-        lock(conn, schema)
-        change(conn, schema)
-
-    with_lock_retry(conn, work, total_timeout)
+    update(conn, schema, {n: {"active_version": None} for n in names})

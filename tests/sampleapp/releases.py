@@ -5,12 +5,16 @@ set-wise from the event store (``SELECT ... FROM events WHERE <filter>``), so li
 (filter: the one event just written), the initial replay, catch-ups and golive (filter: an
 ``xact_id`` window) share one code path and cannot drift apart.
 
-| release | AccountProjector | AuditProjector |
-|---------|------------------|----------------|
-| v1      | 1                | 1              |
-| v2      | 2 (new table shape: replay) | 1       |
-| v3      | 2 (no change: activation only) | 1    |
-| v4      | 2                | 1              | + DailyTotalsProjector 1 (new: replay)
+| release | AccountProjector | AuditProjector | view-schema migrations |
+|---------|------------------|----------------|------------------------|
+| v1      | 1                | 1              | 1, 2                   |
+| v2      | 2 (new columns: replay) | 1       | + 3 (columns for version 2) |
+| v3      | 2 (no change: activation only) | 1 | same as v2           |
+| v4      | 2                | 1              | + 4 (a table for the new DailyTotalsProjector 1: replay) |
+
+Each release's migrations run (``python -m sampleapp.rake db:migrate``) while the previous
+release still serves, before ``prepare``: ``prepare`` copies the view tables' definitions
+from the view schema, as Sequent does with ``pg_dump``.
 """
 
 from __future__ import annotations
@@ -30,52 +34,29 @@ class UnknownName(ValueError):
 
 
 @dataclass(frozen=True)
-class Table:
+class Migration:
+    """One view-schema migration (an ActiveRecord migration in a Sequent application).
+
+    Every migration is written so that the releases before it keep working on the migrated
+    schema (added columns are nullable, new tables are unused by old code): it runs while the
+    old release still serves, before ``prepare`` copies the tables' definitions. The statements
+    are idempotent; ``{view}`` is the view schema."""
+
+    version: int
     name: str
-    # Column definitions; the primary key belongs here (needed during replay for upserts).
-    columns: str
-    # Secondary indexes, name -> column list. Like Sequent, a replay builds the tables without
-    # them and the optimize stage creates them.
-    indexes: tuple[tuple[str, str], ...] = ()
-
-    def create(self, conn: psycopg.Connection, schema: str, *, with_indexes: bool) -> None:
-        """Create the table if missing. An existing table is left alone, even in another shape (an
-        older version's): replacing it is the replay's job."""
-        exists = conn.execute(
-            "SELECT EXISTS (SELECT 1 FROM pg_tables WHERE schemaname = %s AND tablename = %s)", [schema, self.name]
-        ).fetchone()
-        if exists and exists[0]:
-            return
-        conn.execute(
-            sql.SQL("CREATE TABLE {}.{} ({})").format(
-                sql.Identifier(schema), sql.Identifier(self.name), sql.SQL(self.columns)
-            )
-        )
-        if with_indexes:
-            self.create_indexes(conn, schema)
-
-    def create_indexes(self, conn: psycopg.Connection, schema: str) -> None:
-        for index_name, columns in self.indexes:
-            conn.execute(self.index_statement(schema, index_name, columns))
-
-    def index_statement(self, schema: str, index_name: str, columns: str) -> sql.Composed:
-        return sql.SQL("CREATE INDEX IF NOT EXISTS {} ON {}.{} ({})").format(
-            sql.Identifier(index_name), sql.Identifier(schema), sql.Identifier(self.name), sql.SQL(columns)
-        )
+    statements: tuple[str, ...]
 
 
 @dataclass(frozen=True)
 class Projector:
     name: str
     version: int
-    tables: tuple[Table, ...]
+    # The view tables it writes (Sequent's ``manages_tables``): prepare copies their definitions
+    # from the view schema, golive swaps them.
+    managed_tables: tuple[str, ...]
     # Statements applying the events selected by {filter} from {events}.events to the tables
     # in schema {target}; placeholders in the filter are bound from the params given to apply().
     apply_statements: tuple[str, ...]
-
-    def create_tables(self, conn: psycopg.Connection, schema: str, *, with_indexes: bool) -> None:
-        for table in self.tables:
-            table.create(conn, schema, with_indexes=with_indexes)
 
     def apply(
         self,
@@ -108,41 +89,71 @@ _DEPOSITS = """
      WHERE e.event_type = 'Deposited' AND ({filter})
 """
 
+# The view schema as it evolves. A release's schema is the migrations up to its own.
+CREATE_ACCOUNT_BALANCES = Migration(
+    1,
+    "create account_balances",
+    ("CREATE TABLE IF NOT EXISTS {view}.account_balances (account_id text PRIMARY KEY, balance bigint NOT NULL)",),
+)
+CREATE_ACCOUNT_AUDIT_LOG = Migration(
+    2,
+    "create account_audit_log",
+    (
+        "CREATE TABLE IF NOT EXISTS {view}.account_audit_log (aggregate_id uuid NOT NULL, "
+        "sequence_number integer NOT NULL, account_id text NOT NULL, amount bigint NOT NULL, "
+        "recorded_at timestamptz NOT NULL, PRIMARY KEY (aggregate_id, sequence_number))",
+        "CREATE INDEX IF NOT EXISTS account_audit_log_account_id_idx ON {view}.account_audit_log (account_id)",
+    ),
+)
+# For AccountProjector 2. Nullable, so version 1 keeps inserting (account_id, balance); the
+# replay of version 2 fills them. The index is dropped in the replay tables and rebuilt by optimize.
+ADD_ACCOUNT_BALANCES_COUNTS = Migration(
+    3,
+    "add deposit counts to account_balances",
+    (
+        "ALTER TABLE {view}.account_balances ADD COLUMN IF NOT EXISTS deposit_count integer, "
+        "ADD COLUMN IF NOT EXISTS last_sequence_number integer, "
+        "ADD COLUMN IF NOT EXISTS last_deposit_at timestamptz",
+        "CREATE INDEX IF NOT EXISTS account_balances_balance_idx ON {view}.account_balances (balance)",
+    ),
+)
+CREATE_DAILY_DEPOSIT_TOTALS = Migration(
+    4,
+    "create daily_deposit_totals",
+    (
+        "CREATE TABLE IF NOT EXISTS {view}.daily_deposit_totals "
+        "(day date PRIMARY KEY, total bigint NOT NULL, deposits integer NOT NULL)",
+    ),
+)
+
 ACCOUNT_PROJECTOR_V1 = Projector(
     name="AccountProjector",
     version=1,
-    tables=(Table("account_balances", "account_id text PRIMARY KEY, balance bigint NOT NULL"),),
+    managed_tables=("account_balances",),
     apply_statements=(
         f"""
         INSERT INTO {{target}}.account_balances AS t (account_id, balance)
-        SELECT d.account_id, sum(d.amount) FROM ({_DEPOSITS}) d GROUP BY d.account_id
+        SELECT d.account_id, sum(d.amount) FROM ({_DEPOSITS}) d GROUP BY d.account_id ORDER BY d.account_id
         ON CONFLICT (account_id) DO UPDATE SET balance = t.balance + excluded.balance
         """,
     ),
 )
 
-# Version 2 keeps the table name but changes its shape: existing rows cannot be migrated in
-# place (deposit_count needs every event again), so this version must be replayed.
+# Version 2 fills the columns migration 3 added: existing rows cannot be completed in place
+# (deposit_count needs every event again), so this version must be replayed.
 ACCOUNT_PROJECTOR_V2 = Projector(
     name="AccountProjector",
     version=2,
-    tables=(
-        Table(
-            "account_balances",
-            "account_id text PRIMARY KEY, balance bigint NOT NULL, deposit_count integer NOT NULL, "
-            "last_sequence_number integer NOT NULL, last_deposit_at timestamptz NOT NULL",
-            indexes=(("account_balances_balance_idx", "balance"),),
-        ),
-    ),
+    managed_tables=("account_balances",),
     apply_statements=(
         f"""
         INSERT INTO {{target}}.account_balances AS t
                (account_id, balance, deposit_count, last_sequence_number, last_deposit_at)
         SELECT d.account_id, sum(d.amount), count(*), max(d.sequence_number), max(d.created_at)
-          FROM ({_DEPOSITS}) d GROUP BY d.account_id
+          FROM ({_DEPOSITS}) d GROUP BY d.account_id ORDER BY d.account_id
         ON CONFLICT (account_id) DO UPDATE SET
             balance = t.balance + excluded.balance,
-            deposit_count = t.deposit_count + excluded.deposit_count,
+            deposit_count = coalesce(t.deposit_count, 0) + excluded.deposit_count,
             last_sequence_number = greatest(t.last_sequence_number, excluded.last_sequence_number),
             last_deposit_at = greatest(t.last_deposit_at, excluded.last_deposit_at)
         """,
@@ -153,15 +164,7 @@ ACCOUNT_PROJECTOR_V2 = Projector(
 AUDIT_PROJECTOR_V1 = Projector(
     name="AuditProjector",
     version=1,
-    tables=(
-        Table(
-            "account_audit_log",
-            "aggregate_id uuid NOT NULL, sequence_number integer NOT NULL, account_id text NOT NULL, "
-            "amount bigint NOT NULL, recorded_at timestamptz NOT NULL, "
-            "PRIMARY KEY (aggregate_id, sequence_number)",
-            indexes=(("account_audit_log_account_id_idx", "account_id"),),
-        ),
-    ),
+    managed_tables=("account_audit_log",),
     apply_statements=(
         f"""
         INSERT INTO {{target}}.account_audit_log
@@ -173,17 +176,17 @@ AUDIT_PROJECTOR_V1 = Projector(
 )
 
 
-# Only in v4: a new projector, so going to v4 replays a projector that has no view table yet,
-# and once it is active, code without it (v1-v3) is refused with UnknownActiveProjectorError.
+# Only in v4: a new projector, so going to v4 replays a projector whose table only migration 4
+# created, and once it is active, code without it (v1-v3) is refused with UnknownActiveProjectorError.
 DAILY_TOTALS_PROJECTOR_V1 = Projector(
     name="DailyTotalsProjector",
     version=1,
-    tables=(Table("daily_deposit_totals", "day date PRIMARY KEY, total bigint NOT NULL, deposits integer NOT NULL"),),
+    managed_tables=("daily_deposit_totals",),
     apply_statements=(
         f"""
         INSERT INTO {{target}}.daily_deposit_totals AS t (day, total, deposits)
         SELECT (d.created_at AT TIME ZONE 'UTC')::date, sum(d.amount), count(*)
-          FROM ({_DEPOSITS}) d GROUP BY 1
+          FROM ({_DEPOSITS}) d GROUP BY 1 ORDER BY 1
         ON CONFLICT (day) DO UPDATE SET total = t.total + excluded.total, deposits = t.deposits + excluded.deposits
         """,
     ),
@@ -194,6 +197,8 @@ DAILY_TOTALS_PROJECTOR_V1 = Projector(
 class Release:
     name: str
     projectors: tuple[Projector, ...]
+    # The view-schema migrations this release's code expects, oldest first.
+    migrations: tuple[Migration, ...]
 
     def projector(self, name: str) -> Projector:
         for projector in self.projectors:
@@ -206,12 +211,23 @@ class Release:
     def versions(self) -> dict[str, int]:
         return {p.name: p.version for p in self.projectors}
 
+    @property
+    def schema_version(self) -> int:
+        """Sequent's ``migrations_class.version``: the view schema this code expects."""
+        return self.migrations[-1].version
 
+
+_V1_SCHEMA = (CREATE_ACCOUNT_BALANCES, CREATE_ACCOUNT_AUDIT_LOG)
+_V2_SCHEMA = (*_V1_SCHEMA, ADD_ACCOUNT_BALANCES_COUNTS)
 RELEASES: dict[str, Release] = {
-    "v1": Release("v1", (ACCOUNT_PROJECTOR_V1, AUDIT_PROJECTOR_V1)),
-    "v2": Release("v2", (ACCOUNT_PROJECTOR_V2, AUDIT_PROJECTOR_V1)),
-    "v3": Release("v3", (ACCOUNT_PROJECTOR_V2, AUDIT_PROJECTOR_V1)),
-    "v4": Release("v4", (ACCOUNT_PROJECTOR_V2, AUDIT_PROJECTOR_V1, DAILY_TOTALS_PROJECTOR_V1)),
+    "v1": Release("v1", (ACCOUNT_PROJECTOR_V1, AUDIT_PROJECTOR_V1), _V1_SCHEMA),
+    "v2": Release("v2", (ACCOUNT_PROJECTOR_V2, AUDIT_PROJECTOR_V1), _V2_SCHEMA),
+    "v3": Release("v3", (ACCOUNT_PROJECTOR_V2, AUDIT_PROJECTOR_V1), _V2_SCHEMA),
+    "v4": Release(
+        "v4",
+        (ACCOUNT_PROJECTOR_V2, AUDIT_PROJECTOR_V1, DAILY_TOTALS_PROJECTOR_V1),
+        (*_V2_SCHEMA, CREATE_DAILY_DEPOSIT_TOTALS),
+    ),
 }
 
 

@@ -1,59 +1,82 @@
-"""``python -m sampleapp.replay <stage> [args]``: Sequent 9's replay rake tasks for the sample app.
+"""Sequent master's ProjectorsReplayer (lib/sequent/migrations/projectors_replayer.rb) for the sample app.
 
-Run every stage with the NEW release's code (``SAMPLEAPP_RELEASE``). Stages and states:
+Run every stage with the NEW release's code (``SAMPLEAPP_RELEASE``), through its rake name
+(``python -m sampleapp.rake sequent:projectors:replay:<stage>[args]``, see ``sampleapp.rake``)
+or the short form ``python -m sampleapp.replay <stage> [args]``. What each stage checks and
+writes, as in Sequent:
 
-- ``prepare P1,P2``          created -> prepared: replay tables in REPLAY_SCHEMA, register replaying
-- ``replay [group] [procs]`` prepared -> replaying -> replayed: events below a snapshot's xmin
-- ``catchup [group] [procs]`` replayed/optimized -> catching_up -> back: the next xact_id window
-- ``optimize``               replayed -> optimized: indexes, VACUUM ANALYZE
-- ``golive``                 optimized -> live, in one transaction (see ``Replayer.golive``)
-- ``abort [P1,P2]``          -> aborted: clear replaying/activating, drop the replay schema
-- ``status``                 the current (else latest) replay_states row as one line of JSON
+- ``prepare[P1,P2]``   inserts a replay ``created`` (the unique index refuses it while another
+  replay is in progress), copies the projectors' view tables into REPLAY_SCHEMA with
+  ``pg_dump --strict-names`` and ``psql`` (found on PATH), registers them replaying, drops the
+  secondary indexes and ends ``prepared``. Missing pg_dump/psql or a failing dump leave the row
+  ``created``; a failure in the last step marks it ``failed``.
+- ``replay[group_size,processes]``  ``prepared`` -> ``replaying`` -> ``replayed``: the events
+  below the xmin of a snapshot, in groups of about ``group_size`` events (at least 8 groups per
+  process), each group its own transaction, ``processes`` groups at a time.
+- ``catchup[group_size,processes]``  ``replayed``/``optimized`` -> ``catching_up`` -> back:
+  the events from ``continue_replay_at_xact_id`` to a new snapshot's xmin.
+- ``optimize``  needs ``replayed``: VACUUM FULL (or CLUSTER), recreates the dropped indexes,
+  ANALYZE, ends ``optimized``. Failures change no state: it can be run again.
+- ``golive``  needs ``optimized``; one transaction: register activating, lock the view tables,
+  replay the last events, move the view tables to ARCHIVE_SCHEMA and the replayed ones into
+  VIEW_SCHEMA, register active, ``live``. Failures roll it all back: it can be run again.
+- ``abort``  the replay in progress, whatever its state, becomes ``aborted``; its projectors'
+  replaying/activating versions are cleared and REPLAY_SCHEMA is dropped. A stage still running
+  is not stopped: it fails later and marks the replay ``failed`` again. Fails when no replay is
+  in progress.
+- ``status``  the latest replay_states row, its lag and projector_states as one line of JSON.
 
-Each event is applied exactly once across replay, catch-ups and golive: a window is
-``continue_replay_at_xact_id <= xact_id < xmin`` of a snapshot; every transaction below that
-xmin has ended, so no event can still appear inside a window already applied.
-
-A session-level advisory lock admits one stage at a time; a stage killed mid-way leaves its
-transaction rolled back, and running it again resumes (``replaying``/``catching_up`` found
-with no stage holding the lock are stale). Failures inside a stage's work mark the replay
-``failed`` (as Sequent does); precondition failures change nothing. Exit status 0 on
-success, 1 on failure (message on stderr), 2 on bad usage.
+A failure inside replay or catchup (after their state checks) and in prepare's last step marks
+the replay ``failed``; ``failed`` is in progress, so it holds the unique index until ``abort``.
+The state checks themselves change nothing. Exit status 0 on success, 1 on failure (message
+on stderr), 2 on bad usage.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
-import sys
-import time
-import zlib
+import os
+import shutil
+import subprocess
+import threading
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from datetime import datetime
 from typing import Any
 
 import psycopg
 from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
 from sampleapp import projector_states
-from sampleapp.config import ConfigurationError, Settings
-from sampleapp.releases import Projector, Release, UnknownName, get_release
+from sampleapp.config import Settings
+from sampleapp.releases import DEPOSITED, Projector, Release, UnknownName
 
-ADVISORY_NAMESPACE = 0x5E0E  # first key of the advisory lock; the second is derived from the schema
-NIL_UUID = "00000000-0000-0000-0000-000000000000"
 IN_PROGRESS = "state NOT IN ('live', 'aborted')"
+# Sequent's configuration defaults (replay_group_target_size, number_of_replay_processes).
+DEFAULT_GROUP_SIZE = 250_000
+DEFAULT_PROCESSES = 4
+# Every projector of the sample app handles this one event type.
+EVENT_TYPES = [DEPOSITED]
+# libpq parameters handed to pg_dump and psql as environment variables, as Sequent does.
+PG_ENVIRONMENT = {
+    "host": "PGHOST",
+    "dbname": "PGDATABASE",
+    "port": "PGPORT",
+    "password": "PGPASSWORD",
+    "user": "PGUSER",
+    "sslmode": "PGSSLMODE",
+    "sslcert": "PGSSLCERT",
+    "sslkey": "PGSSLKEY",
+    "sslrootcert": "PGSSLROOTCERT",
+}
 
 
 class ReplayError(Exception):
     pass
-
-
-def _csv(value: str) -> list[str]:
-    names = [name.strip() for name in value.split(",") if name.strip()]
-    return list(dict.fromkeys(names))
 
 
 class Replayer:
@@ -71,114 +94,77 @@ class Replayer:
         self.release = release
         self.out = out
         self.es = sql.Identifier(settings.event_store_schema)
-        self.replay_schema = sql.Identifier(settings.replay_schema)
 
-    # --- helpers -----------------------------------------------------------------------------
+    # --- the replay_states row ----------------------------------------------------------------
 
-    def _advisory_keys(self) -> tuple[int, int]:
-        return ADVISORY_NAMESPACE, zlib.crc32(self.settings.event_store_schema.encode()) & 0x7FFFFFFF
-
-    def _lock_holders(self) -> list[int]:
-        key1, key2 = self._advisory_keys()
-        rows = self.conn.execute(
-            "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted AND classid = %s "
-            "AND objid = %s AND objsubid = 2 AND pid <> pg_backend_pid() "
-            "AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
-            [key1, key2],
-        ).fetchall()
-        return [row[0] for row in rows]
-
-    def _try_stage_lock(self) -> bool:
-        row = self.conn.execute("SELECT pg_try_advisory_lock(%s, %s)", self._advisory_keys()).fetchone()
-        return bool(row and row[0])
-
-    @contextmanager
-    def stage_lock(self, wait_seconds: float = 0.0, terminate_holder: bool = False) -> Iterator[None]:
-        """One stage at a time; held for the session, so a killed stage releases it."""
-        deadline = time.monotonic() + wait_seconds
-        terminated = False
-        while not self._try_stage_lock():
-            if time.monotonic() >= deadline:
-                holders = self._lock_holders()
-                if terminate_holder and not terminated and holders:
-                    self.out(f"terminating the running replay stage (backend pids {holders})")
-                    for pid in holders:
-                        self.conn.execute("SELECT pg_terminate_backend(%s, 5000)", [pid])
-                    terminated = True
-                    deadline = time.monotonic() + 10.0
-                    continue
-                raise ReplayError(f"another replay stage is running (database backend pids {holders})")
-            time.sleep(0.1)
-        try:
-            yield
-        finally:
-            self.conn.execute("SELECT pg_advisory_unlock(%s, %s)", self._advisory_keys())
-
-    def _fetch_row(self, where: sql.Composable, params: Sequence[Any] = (), lock: bool = False) -> dict | None:
-        query = sql.SQL("SELECT * FROM {}.replay_states WHERE {} ORDER BY id DESC LIMIT 1{}").format(
-            self.es, where, sql.SQL(" FOR NO KEY UPDATE" if lock else "")
+    def _row(self, replay_id: int, lock: bool = False) -> dict[str, Any]:
+        query = sql.SQL("SELECT * FROM {}.replay_states WHERE id = %s{}").format(
+            self.es, sql.SQL(" FOR NO KEY UPDATE" if lock else "")
         )
         with self.conn.cursor(row_factory=dict_row) as cur:
-            return cur.execute(query, params).fetchone()
-
-    def current(self, lock: bool = False) -> dict | None:
-        """The replay in progress (at most one, by the unique partial index)."""
-        return self._fetch_row(sql.SQL(IN_PROGRESS), lock=lock)
-
-    def latest(self) -> dict | None:
-        return self.current() or self._fetch_row(sql.SQL("true"))
-
-    def _require_current(self, action: str, *states: str) -> dict:
-        """Inside a transaction: the in-progress row, locked, in one of ``states``."""
-        row = self.current(lock=True)
-        expected = " or ".join(states)
+            row = cur.execute(query, [replay_id]).fetchone()
         if row is None:
-            latest = self.latest()
-            seen = f"the latest replay (id {latest['id']}) is {latest['state']}" if latest else "no replay"
-            raise ReplayError(f"{action} can only be performed when the state is {expected}; {seen}")
-        if row["state"] not in states:
-            raise ReplayError(
-                f"{action} can only be performed when the state is {expected}; replay {row['id']} is {row['state']}"
-            )
+            raise ReplayError(f"replay {replay_id} is gone from replay_states")
         return row
 
-    def _set_state(self, replay_id: int, state: str, continue_at: int | None = None) -> None:
+    def latest(self) -> dict[str, Any] | None:
+        with self.conn.cursor(row_factory=dict_row) as cur:
+            return cur.execute(
+                sql.SQL("SELECT * FROM {}.replay_states ORDER BY id DESC LIMIT 1").format(self.es)
+            ).fetchone()
+
+    def resume(self) -> dict[str, Any]:
+        """Sequent's ``resume_from_database``: the replay in progress, else an error."""
+        with self.conn.cursor(row_factory=dict_row) as cur:
+            row = cur.execute(
+                sql.SQL("SELECT * FROM {}.replay_states WHERE " + IN_PROGRESS + " ORDER BY id DESC LIMIT 1").format(
+                    self.es
+                )
+            ).fetchone()
+        if row is None:
+            latest = self.latest()
+            seen = f"; the latest (id {latest['id']}) is {latest['state']}" if latest else ""
+            raise ReplayError(f"no replay is in progress{seen}")
+        return row
+
+    @contextmanager
+    def _locked(self, replay_id: int) -> Iterator[dict[str, Any]]:
+        """Sequent's ``with_locked_state``: a transaction holding the row FOR NO KEY UPDATE."""
+        with self.conn.transaction():
+            yield self._row(replay_id, lock=True)
+
+    @staticmethod
+    def _verify_state(row: dict[str, Any], message: str, *states: str) -> None:
+        if row["state"] not in states:
+            raise ReplayError(
+                f"{message} current state is {' or '.join(states)} (replay {row['id']} is {row['state']})"
+            )
+
+    def _set(self, replay_id: int, **columns: Any) -> None:
+        assignments = sql.SQL(", ").join(sql.SQL("{} = %s").format(sql.Identifier(name)) for name in columns)
         self.conn.execute(
-            sql.SQL(
-                "UPDATE {}.replay_states SET state = %s, "
-                "continue_replay_at_xact_id = coalesce(%s, continue_replay_at_xact_id), updated_at = now() "
-                "WHERE id = %s"
-            ).format(self.es),
-            [state, continue_at, replay_id],
+            sql.SQL("UPDATE {}.replay_states SET {}, updated_at = now() WHERE id = %s").format(self.es, assignments),
+            [*columns.values(), replay_id],
         )
 
     def _mark_failed(self, replay_id: int) -> None:
+        """Sequent's ``mark_replay_failed!``: whatever the state is now (even ``aborted``)."""
         try:
-            with self.conn.transaction():
-                self.conn.execute(
-                    sql.SQL(
-                        "UPDATE {}.replay_states SET state = 'failed', updated_at = now() "
-                        "WHERE id = %s AND " + IN_PROGRESS
-                    ).format(self.es),
-                    [replay_id],
-                )
-        except psycopg.Error as error:  # the original failure matters more
+            with self._locked(replay_id):
+                self._set(replay_id, state="failed")
+            self.out(f"replay {replay_id} marked failed")
+        except psycopg.Error as error:  # the original failure is what the caller reports
             self.out(f"could not mark replay {replay_id} failed: {error}")
 
-    def _snapshot_xmin(self) -> int:
-        row = self.conn.execute("SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint").fetchone()
-        assert row is not None
-        return int(row[0])
+    # --- projectors and tables ------------------------------------------------------------------
 
     def _projectors(self, names: Sequence[str]) -> list[Projector]:
         try:
             return [self.release.projector(name) for name in names]
         except UnknownName as error:
-            raise ReplayError(f"{error}: run the replay stages with the release that prepared them") from None
+            raise ReplayError(f"{error}: run the replay stages with the code that prepared them") from None
 
-    def _verify_replaying_versions(self, row: dict) -> list[Projector]:
-        """The replaying projectors in projector_states are exactly this replay's, at this code's versions."""
-        projectors = self._projectors(row["projectors"])
+    def _verify_replaying_versions(self, projectors: Sequence[Projector]) -> None:
         replaying = {
             s.name: s.replaying_version
             for s in projector_states.read_states(self.conn, self.settings.event_store_schema)
@@ -186,285 +172,339 @@ class Replayer:
         }
         mismatched = [p.name for p in projectors if replaying.get(p.name) != p.version]
         if mismatched:
-            found = {name: replaying.get(name) for name in mismatched}
-            expected = {p.name: p.version for p in projectors if p.name in mismatched}
-            raise ReplayError(
-                f"replaying versions in projector_states {found} do not match release {self.release.name}'s {expected}"
-            )
+            raise ReplayError(f"running projectors {', '.join(mismatched)} versions do not match replay set")
         superfluous = sorted(set(replaying) - {p.name for p in projectors})
         if superfluous:
-            raise ReplayError(f"projectors {', '.join(superfluous)} are replaying but not in replay {row['id']}")
-        return projectors
+            raise ReplayError(f"replay set projectors {', '.join(superfluous)} are not in running projector set")
 
-    def _table_exists(self, schema: str, table: str) -> bool:
-        row = self.conn.execute(
-            "SELECT EXISTS (SELECT 1 FROM pg_tables WHERE schemaname = %s AND tablename = %s)", [schema, table]
-        ).fetchone()
-        return bool(row and row[0])
+    @staticmethod
+    def _tables(projectors: Sequence[Projector]) -> list[str]:
+        return sorted({table for p in projectors for table in p.managed_tables})
 
-    def _tables(self, projectors: Sequence[Projector]) -> list[str]:
-        return [table.name for p in projectors for table in p.tables]
+    def _managed_relations(self, projectors: Sequence[Projector], schema: str) -> list[str]:
+        """The managed tables, plus the tables a managed view of ``schema`` reads."""
+        names = self._tables(projectors)
+        for table in self._tables(projectors):
+            rows = self.conn.execute(
+                "SELECT table_name FROM information_schema.view_table_usage "
+                "WHERE view_schema = %s AND table_schema = %s AND view_name = %s",
+                [schema, schema, table],
+            ).fetchall()
+            names.extend(row[0] for row in rows)
+        return list(dict.fromkeys(names))
 
-    def _apply_window(
+    def _partitions(self, schema: str, table: str) -> list[str]:
+        rows = self.conn.execute(
+            "SELECT c.relname FROM pg_partition_tree(to_regclass(%s)) t JOIN pg_class c ON c.oid = t.relid "
+            "WHERE t.level > 0 ORDER BY 1",
+            [sql.Identifier(schema, table).as_string(self.conn)],
+        ).fetchall()
+        return [row[0] for row in rows]
+
+    def _snapshot_xmin(self) -> int:
+        row = self.conn.execute("SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint").fetchone()
+        assert row is not None
+        return int(row[0])
+
+    # --- applying events ------------------------------------------------------------------------
+
+    @staticmethod
+    def _xact_filter(minimum: int | None, maximum: int | None) -> sql.Composable:
+        """Sequent's ``xact_id_filter``: only the initial replay (no minimum) reads NULL xact_ids."""
+        if minimum is not None and maximum is not None:
+            return sql.SQL("e.xact_id >= {} AND e.xact_id < {}").format(sql.Literal(minimum), sql.Literal(maximum))
+        if minimum is not None:
+            return sql.SQL("e.xact_id >= {}").format(sql.Literal(minimum))
+        if maximum is not None:
+            return sql.SQL("(e.xact_id IS NULL OR e.xact_id < {})").format(sql.Literal(maximum))
+        return sql.SQL("true")
+
+    def _groups(self, xact_filter: sql.Composable, group_size: int, processes: int) -> tuple[int, list[sql.Composable]]:
+        """Sequent's ``calculate_groups``: PostgreSQL's estimate of the events to replay, then
+        ``max(8 * processes, estimate / group_size)`` groups of consecutive (partition_key,
+        aggregate_id) of about equal event counts."""
+        source = sql.SQL(
+            "SELECT e.partition_key, e.aggregate_id FROM {}.events e WHERE e.event_type = ANY({}) AND {}"
+        ).format(self.es, sql.Literal(EVENT_TYPES), xact_filter)
+        plan = self.conn.execute(sql.SQL("EXPLAIN (FORMAT JSON) ") + source).fetchone()
+        estimate = int(plan[0][0]["Plan"]["Plan Rows"]) if plan else 0
+        target = max(8 * processes, estimate // group_size)
+        boundaries = self.conn.execute(
+            sql.SQL(
+                "WITH source AS ({source}), buckets AS (SELECT ntile({n}) OVER (ORDER BY partition_key, aggregate_id) "
+                "AS bucket, partition_key, aggregate_id FROM source) "
+                "SELECT DISTINCT ON (bucket) partition_key, aggregate_id FROM buckets "
+                "ORDER BY bucket, partition_key, aggregate_id"
+            ).format(source=source, n=sql.Literal(target - 1))
+        ).fetchall()
+        points: list[tuple[str, Any] | None] = [None, *boundaries, None]
+        groups: list[sql.Composable] = []
+        for lower, upper in zip(points, points[1:], strict=False):
+            if lower == upper:
+                continue
+            bounds: list[sql.Composable] = []
+            if lower is not None:
+                bounds.append(sql.SQL("(e.partition_key, e.aggregate_id) >= ({}, {})").format(*map(sql.Literal, lower)))
+            if upper is not None:
+                bounds.append(sql.SQL("(e.partition_key, e.aggregate_id) < ({}, {})").format(*map(sql.Literal, upper)))
+            groups.append(sql.SQL(" AND ").join([xact_filter, *bounds]))
+        return estimate, groups or [xact_filter]
+
+    def _apply(self, conn: psycopg.Connection, projectors: Sequence[Projector], event_filter: sql.Composable) -> None:
+        for projector in projectors:
+            projector.apply(
+                conn,
+                target_schema=self.settings.replay_schema,
+                event_store_schema=self.settings.event_store_schema,
+                event_filter=event_filter,
+                params={},
+            )
+
+    def _replay(
         self,
         projectors: Sequence[Projector],
-        lo: int,
-        hi: int | None,
+        minimum: int | None,
+        maximum: int | None,
         group_size: int,
+        processes: int,
         label: str,
-    ) -> int:
-        """Apply the events with ``lo <= xact_id < hi`` to the replay tables, ``group_size`` aggregates
-        at a time (Sequent's replay groups), in aggregate id order."""
-        window = sql.SQL("e.xact_id >= %(lo)s") + (
-            sql.SQL(" AND e.xact_id < %(hi)s") if hi is not None else sql.SQL("")
-        )
-        params: dict[str, Any] = {"lo": lo, "hi": hi}
-        row = self.conn.execute(
-            sql.SQL("SELECT count(*) FROM {}.events e WHERE {}").format(self.es, window), params
-        ).fetchone()
-        total = int(row[0]) if row else 0
-        if total == 0:
-            self.out(f"{label}: no events")
-            return 0
-        after = NIL_UUID
-        group = 0
-        while True:
-            group += 1
-            # Every event in the window is committed, and so is its aggregate's row.
-            boundary = self.conn.execute(
-                sql.SQL(
-                    "SELECT aggregate_id FROM {}.aggregates WHERE aggregate_id > %s "
-                    "ORDER BY aggregate_id OFFSET %s LIMIT 1"
-                ).format(self.es),
-                [after, group_size - 1],
-            ).fetchone()
-            batch_filter = window + sql.SQL(" AND e.aggregate_id > %(after)s::uuid")
-            batch = {**params, "after": after}
-            if boundary is not None:
-                batch_filter += sql.SQL(" AND e.aggregate_id <= %(upto)s::uuid")
-                batch["upto"] = boundary[0]
-            for projector in projectors:
-                projector.apply(
-                    self.conn,
-                    target_schema=self.settings.replay_schema,
-                    event_store_schema=self.settings.event_store_schema,
-                    event_filter=batch_filter,
-                    params=batch,
-                )
-            if boundary is None:
-                break
-            after = str(boundary[0])
-            if group % 10 == 0:
-                self.out(f"{label}: {group} groups of {group_size} aggregates applied")
-        self.out(f"{label}: {total} events applied in {group} groups of up to {group_size} aggregates")
-        return total
+    ) -> None:
+        """Sequent's ``replay!``: every group in its own transaction, ``processes`` at a time on
+        connections of their own; the first failure stops the others (Parallel::Kill)."""
+        estimate, groups = self._groups(self._xact_filter(minimum, maximum), group_size, processes)
+        self.out(f"{label}: start replaying an estimated {estimate} events in {len(groups)} groups")
+        failed = threading.Event()
 
-    # --- stages --------------------------------------------------------------------------------
-
-    def prepare(self, names: Sequence[str]) -> int:
-        if not names:
-            raise ReplayError("prepare needs at least one projector, e.g. prepare AccountProjector")
-        projectors = self._projectors(names)
-        with self.stage_lock():
-            with self.conn.transaction():
-                row = self.current(lock=True)
-                if row is None:
-                    created = self.conn.execute(
-                        sql.SQL(
-                            "INSERT INTO {}.replay_states (state, projectors) VALUES ('created', %s) RETURNING id"
-                        ).format(self.es),
-                        [[p.name for p in projectors]],
-                    ).fetchone()
-                    assert created is not None
-                    replay_id = int(created[0])
-                elif row["state"] == "created" and sorted(row["projectors"]) == sorted(names):
-                    replay_id = int(row["id"])  # resume a prepare that was killed
-                else:
-                    raise ReplayError(
-                        f"replay {row['id']} of {', '.join(row['projectors'])} is in progress "
-                        f"(state {row['state']}): abort it before preparing another"
-                    )
+        def work(index: int, group: sql.Composable) -> None:
+            if failed.is_set():
+                return
             try:
-                with self.conn.transaction():
-                    self._require_current("preparing for replay", "created")
-                    self.conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(self.replay_schema))
-                    self.conn.execute(sql.SQL("CREATE SCHEMA {}").format(self.replay_schema))
-                    definitions: dict[str, str] = {}
-                    for projector in projectors:
-                        projector.create_tables(self.conn, self.settings.replay_schema, with_indexes=False)
-                        for table in projector.tables:
-                            for index_name, columns in table.indexes:
-                                statement = table.index_statement(self.settings.replay_schema, index_name, columns)
-                                definitions[index_name] = statement.as_string(self.conn)
-                    self.conn.execute(
-                        sql.SQL("UPDATE {}.replay_states SET index_definitions = %s WHERE id = %s").format(self.es),
-                        [Jsonb(definitions), replay_id],
-                    )
-                projector_states.write(
-                    self.conn,
-                    self.settings.event_store_schema,
-                    lambda conn, schema: projector_states.set_replaying(
-                        conn, schema, [(p.name, p.version) for p in projectors]
-                    ),
-                )
-                with self.conn.transaction():
-                    self._require_current("preparing for replay", "created")
-                    # Nothing is replayed yet: the lag (events at or above this id) is every event.
-                    self._set_state(replay_id, "prepared", continue_at=0)
+                with psycopg.connect(self.settings.database_url, autocommit=True) as conn, conn.transaction():
+                    self._apply(conn, projectors, group)
             except Exception:
-                self._mark_failed(replay_id)
+                failed.set()
+                self.out(f"{label}: replaying failed for group {index + 1}")
                 raise
-        self.out(f"replay {replay_id}: prepared {', '.join(f'{p.name} v{p.version}' for p in projectors)}")
+
+        with ThreadPoolExecutor(max_workers=max(1, min(processes, len(groups)))) as pool:
+            futures = [pool.submit(work, index, group) for index, group in enumerate(groups)]
+            for future in futures:
+                future.result()
+        self.out(f"{label}: {len(groups)} groups replayed")
+
+    # --- stages ---------------------------------------------------------------------------------
+
+    def create(self, names: Sequence[str]) -> int:
+        """``ProjectorsReplayer.create!``: a new replay ``created`` (all projectors when none are named)."""
+        for name in names:
+            if name not in self.release.versions:
+                raise ReplayError(f"prepare: unknown projector '{name}'")
+        projectors = [self.release.projector(name) for name in names] if names else list(self.release.projectors)
+        row = self.conn.execute(
+            sql.SQL("INSERT INTO {}.replay_states (state, projectors) VALUES ('created', %s) RETURNING id").format(
+                self.es
+            ),
+            [[p.name for p in projectors]],
+        ).fetchone()
+        assert row is not None
+        return int(row[0])
+
+    def prepare(self, names: Sequence[str] = ()) -> int:
+        replay_id = self.create(names)
+        self.prepare_for_replay(replay_id)
         return replay_id
 
-    def replay(self, group_size: int = 100, processes: int = 1) -> int:
-        with self.stage_lock():
-            with self.conn.transaction():
-                row = self._require_current("initial replay", "prepared", "replaying")
-                projectors = self._verify_replaying_versions(row)
-                self._set_state(row["id"], "replaying")
-            replay_id = int(row["id"])
-            if row["state"] == "replaying":
-                self.out(f"replay {replay_id}: resuming an initial replay that did not finish")
-            try:
-                # One transaction: a replay killed half-way leaves empty tables behind, not half of them.
-                with self.conn.transaction():
-                    self._require_current("initial replay", "replaying")
-                    xmin = self._snapshot_xmin()
-                    tables = self._tables(projectors)
-                    self.conn.execute(
-                        sql.SQL("TRUNCATE {}").format(
-                            sql.SQL(", ").join(sql.Identifier(self.settings.replay_schema, t) for t in tables)
-                        )
-                    )
-                    count = self._apply_window(projectors, 0, xmin, group_size, f"replay {replay_id}")
-                    self._set_state(replay_id, "replayed", continue_at=xmin)
-            except Exception:
-                self._mark_failed(replay_id)
-                raise
-        self.out(f"replay {replay_id}: replayed {count} events below xact_id {xmin}")
-        return count
+    def prepare_for_replay(self, replay_id: int) -> None:
+        pg_dump = _locate("pg_dump")
+        psql = _locate("psql")
+        message = "preparing for replay can only be performed when"
+        replay_schema = sql.Identifier(self.settings.replay_schema)
+        with self._locked(replay_id) as row:
+            self._verify_state(row, message, "created")
+            projectors = self._projectors(row["projectors"])
+            self.conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(replay_schema))
+            self.conn.execute(sql.SQL("CREATE SCHEMA {}").format(replay_schema))
 
-    def catchup(self, group_size: int = 100, processes: int = 1) -> int:
-        with self.stage_lock():
-            with self.conn.transaction():
-                row = self._require_current("catching up", "replayed", "optimized", "catching_up")
-                projectors = self._verify_replaying_versions(row)
-                # A stale catching_up (its stage was killed) returns to replayed: optimize is repeatable.
-                previous = row["state"] if row["state"] != "catching_up" else "replayed"
-                self._set_state(row["id"], "catching_up")
-            replay_id = int(row["id"])
-            try:
-                with self.conn.transaction():
-                    row = self._require_current("catching up", "catching_up")
-                    lo = int(row["continue_replay_at_xact_id"])
-                    xmin = self._snapshot_xmin()
-                    count = self._apply_window(projectors, lo, xmin, group_size, f"catchup {replay_id}")
-                    self._set_state(replay_id, previous, continue_at=xmin)
-            except Exception:
-                self._mark_failed(replay_id)
-                raise
-        self.out(f"replay {replay_id}: caught up {count} events ({lo} <= xact_id < {xmin}), state {previous}")
-        return count
+        # A new transaction, so that pg_dump and psql see the replay schema.
+        with self._locked(replay_id) as row:
+            self._verify_state(row, message, "created")
+            view = self.settings.view_schema
+            tables = [f"--table-and-children={view}.{name}" for name in self._managed_relations(projectors, view)]
+            environment = self._pg_environment()
+            dump = subprocess.run(
+                [pg_dump, "--schema-only", "--quote-all-identifiers", "--strict-names", *tables],
+                env=environment,
+                capture_output=True,
+                text=True,
+            )
+            if dump.returncode != 0:
+                raise ReplayError(f"failed to dump view schema projector tables {dump.stderr.strip()}")
+            quoted_view = sql.Identifier(view).as_string(self.conn) + "."
+            ddl = dump.stdout.replace(quoted_view, replay_schema.as_string(self.conn) + ".")
+            load = subprocess.run(
+                [psql, "--single-transaction", "--quiet", "--no-psqlrc", "--set=ON_ERROR_STOP=1", "--file=-"],
+                env=environment,
+                input=ddl,
+                capture_output=True,
+                text=True,
+            )
+            if load.returncode != 0:
+                raise ReplayError(f"failed to create replay schema tables: {(load.stdout + load.stderr).strip()}")
+
+        try:
+            with self._locked(replay_id) as row:
+                self._verify_state(row, message, "created")
+                projector_states.register_replaying(
+                    self.conn, self.settings.event_store_schema, {p.name: p.version for p in projectors}
+                )
+                self._set(
+                    replay_id,
+                    index_definitions=Jsonb(self._index_definitions()),
+                    table_cluster_indexes=Jsonb(self._cluster_indexes()),
+                )
+                self._drop_indexes_not_needed_for_replay()
+                self._set(replay_id, state="prepared")
+        except Exception:
+            self._mark_failed(replay_id)
+            raise
+        self.out(f"replay {replay_id}: prepared {', '.join(f'{p.name} v{p.version}' for p in projectors)}")
+
+    def replay(self, group_size: int = DEFAULT_GROUP_SIZE, processes: int = DEFAULT_PROCESSES) -> None:
+        """Sequent's ``perform_initial_replay``."""
+        replay_id = int(self.resume()["id"])
+        with self._locked(replay_id) as row:
+            self._verify_state(row, "initial replay can only be performed when", "prepared")
+            projectors = self._projectors(row["projectors"])
+            self._verify_replaying_versions(projectors)
+            non_empty = [
+                table
+                for table in self._tables(projectors)
+                if self.conn.execute(
+                    sql.SQL("SELECT 1 FROM {} LIMIT 1").format(sql.Identifier(self.settings.replay_schema, table))
+                ).fetchone()
+            ]
+            if non_empty:
+                raise ReplayError(f"managed tables {', '.join(non_empty)} are not empty")
+            self._set(replay_id, state="replaying")
+            maximum = self._snapshot_xmin()
+        try:
+            self._replay(projectors, None, maximum, group_size, processes, f"replay {replay_id}")
+            with self._locked(replay_id) as row:
+                self._verify_replaying_versions(projectors)
+                if row["state"] != "replaying":
+                    raise ReplayError(f"internal error: replay {replay_id} is {row['state']}, not replaying")
+                self._set(replay_id, state="replayed", continue_replay_at_xact_id=maximum)
+        except Exception:
+            self._mark_failed(replay_id)
+            raise
+        self.out(f"replay {replay_id}: replayed the events below xact_id {maximum}")
+
+    def catchup(self, group_size: int = DEFAULT_GROUP_SIZE, processes: int = DEFAULT_PROCESSES) -> None:
+        """Sequent's ``perform_incremental_replay``."""
+        replay_id = int(self.resume()["id"])
+        with self._locked(replay_id) as row:
+            self._verify_state(row, "catching up can only be performed when", "replayed", "optimized")
+            projectors = self._projectors(row["projectors"])
+            self._verify_replaying_versions(projectors)
+            saved_state = row["state"]
+            minimum = row["continue_replay_at_xact_id"]
+            self._set(replay_id, state="catching_up")
+            maximum = self._snapshot_xmin()
+        try:
+            self._replay(projectors, minimum, maximum, group_size, processes, f"catchup {replay_id}")
+            with self._locked(replay_id) as row:
+                self._verify_replaying_versions(projectors)
+                if row["state"] != "catching_up":
+                    raise ReplayError(f"internal error: replay {replay_id} is {row['state']}, not catching_up")
+                self._set(replay_id, state=saved_state, continue_replay_at_xact_id=maximum)
+        except Exception:
+            self._mark_failed(replay_id)
+            raise
+        self.out(f"replay {replay_id}: caught up to xact_id {maximum}, state {saved_state}")
 
     def optimize(self) -> None:
-        with self.stage_lock():
-            with self.conn.transaction():
-                row = self._require_current("optimizing", "replayed")
-                projectors = self._verify_replaying_versions(row)
-            replay_id = int(row["id"])
-            try:
-                with self.conn.transaction():
-                    self._require_current("optimizing", "replayed")
-                    for projector in projectors:
-                        for table in projector.tables:
-                            table.create_indexes(self.conn, self.settings.replay_schema)
-                # VACUUM cannot run inside a transaction block.
-                for table_name in self._tables(projectors):
-                    self.conn.execute(
-                        sql.SQL("VACUUM ANALYZE {}").format(sql.Identifier(self.settings.replay_schema, table_name))
+        """Sequent's ``prepare_for_activation!``; a failure leaves the state as it was."""
+        replay_id = int(self.resume()["id"])
+        message = "activation can only be performed when"
+        with self._locked(replay_id) as row:
+            self._verify_state(row, message, "replayed")
+            projectors = self._projectors(row["projectors"])
+            self._verify_replaying_versions(projectors)
+        replay_schema = self.settings.replay_schema
+        cluster_indexes: dict[str, str] = row["table_cluster_indexes"] or {}
+        definitions: dict[str, str] = row["index_definitions"] or {}
+        # VACUUM and CLUSTER cannot run inside a transaction block.
+        for table in self._managed_relations(projectors, replay_schema):
+            if table in cluster_indexes:
+                self._create_index_if_missing(cluster_indexes[table], definitions)
+                self.conn.execute(
+                    sql.SQL("CLUSTER {} USING {}").format(
+                        sql.Identifier(replay_schema, table), sql.Identifier(cluster_indexes[table])
                     )
-                with self.conn.transaction():
-                    self._require_current("optimizing", "replayed")
-                    self._set_state(replay_id, "optimized")
-            except Exception:
-                self._mark_failed(replay_id)
-                raise
+                )
+            else:
+                self.conn.execute(sql.SQL("VACUUM FULL {}").format(sql.Identifier(replay_schema, table)))
+        with self._locked(replay_id) as row:
+            self._verify_state(row, message, "replayed")
+            self._verify_replaying_versions(projectors)
+            for name in definitions:
+                self._create_index_if_missing(name, definitions)
+            for table in self._managed_relations(projectors, replay_schema):
+                self.conn.execute(sql.SQL("ANALYZE {}").format(sql.Identifier(replay_schema, table)))
+            self._set(replay_id, state="optimized")
         self.out(f"replay {replay_id}: optimized")
 
-    def golive(self) -> int:
-        """One transaction: activating, lock view tables, last events, swap tables, active, live.
+    def golive(self) -> None:
+        """Sequent's ``activate!``: one transaction, so no other session ever sees ``activating``.
 
-        It holds projector_states in ACCESS EXCLUSIVE mode from its start to its commit, which
-        waits for every publisher that read the old states (they hold ACCESS SHARE until they
-        commit) and holds back new ones until the new states are committed; so every event is
-        either below this transaction's view (applied here) or published under the new states.
-        """
-        view = self.settings.view_schema
-        archive = sql.Identifier(self.settings.archive_schema)
-        result: dict[str, Any] = {}
+        Registering activating takes projector_states in ACCESS EXCLUSIVE mode until the commit:
+        it waits for every publisher that read the old states (they hold ACCESS SHARE until they
+        commit) and holds back new ones until the new states are committed, so every event is
+        either below this transaction's snapshot (replayed here) or published under the new states.
+        The 100 ms lock timeout covers only the lock statements (retried up to 10 s)."""
+        replay_id = int(self.resume()["id"])
+        view, replay_schema, archive = (
+            self.settings.view_schema,
+            self.settings.replay_schema,
+            self.settings.archive_schema,
+        )
+        with self._locked(replay_id) as row:
+            self._verify_state(row, "going live can only be performed when", "optimized")
+            projectors = self._projectors(row["projectors"])
+            self._verify_replaying_versions(projectors)
+            versions = {p.name: p.version for p in projectors}
+            projector_states.register_activating(self.conn, self.settings.event_store_schema, versions)
+            relations = self._managed_relations(projectors, view)
+            present = [name for name in relations if self._relation_exists(view, name)]
+            if present:
+                projector_states.lock_exclusively(self.conn, [sql.Identifier(view, name) for name in present])
+            self._apply(self.conn, projectors, self._xact_filter(row["continue_replay_at_xact_id"], None))
+            self.conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(archive)))
+            self.conn.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(archive)))
+            self._move_relations(projectors, view, archive)
+            self._move_relations(projectors, replay_schema, view)
+            self._ensure_archive_has_no_dependents()
+            self.conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(replay_schema)))
+            projector_states.register_active(self.conn, self.settings.event_store_schema, versions)
+            self._set(replay_id, state="live")
+        self.out(f"replay {replay_id}: live; active: {', '.join(f'{n} v{v}' for n, v in versions.items())}")
 
-        def work() -> None:
-            row = self._require_current("going live", "optimized")
-            projector_states.lock(self.conn, self.settings.event_store_schema)
-            projectors = self._verify_replaying_versions(row)
-            versions = [(p.name, p.version) for p in projectors]
-            projector_states.set_activating(self.conn, self.settings.event_store_schema, versions)
-            tables = self._tables(projectors)
-            existing = [t for t in tables if self._table_exists(view, t)]
-            if existing:
-                self.conn.execute(
-                    sql.SQL("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE").format(
-                        sql.SQL(", ").join(sql.Identifier(view, t) for t in existing)
-                    )
-                )
-            lo = int(row["continue_replay_at_xact_id"])
-            count = self._apply_window(projectors, lo, None, 1_000_000_000, f"golive {row['id']}")
-            self.conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(archive))
-            self.conn.execute(sql.SQL("CREATE SCHEMA {}").format(archive))
-            self.conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(view)))
-            for t in tables:
-                if t in existing:
-                    self.conn.execute(sql.SQL("ALTER TABLE {} SET SCHEMA {}").format(sql.Identifier(view, t), archive))
-                self.conn.execute(
-                    sql.SQL("ALTER TABLE {} SET SCHEMA {}").format(
-                        sql.Identifier(self.settings.replay_schema, t), sql.Identifier(view)
-                    )
-                )
-            self.conn.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(self.replay_schema))
-            projector_states.set_active(self.conn, self.settings.event_store_schema, versions)
-            self._set_state(row["id"], "live", continue_at=self._snapshot_xmin())
-            result.update(id=row["id"], count=count, versions=versions)
-
-        with self.stage_lock():
-            projector_states.with_lock_retry(self.conn, work)
-        active = ", ".join(f"{name} v{version}" for name, version in result["versions"])
-        self.out(f"replay {result['id']}: live after {result['count']} final events; active: {active}")
-        return int(result["count"])
-
-    def abort(self, names: Sequence[str] = ()) -> None:
-        result: dict[str, Any] = {}
-
-        def work() -> None:
-            row = self.current(lock=True)
-            projector_states.lock(self.conn, self.settings.event_store_schema)
-            targets = list(dict.fromkeys([*names, *(row["projectors"] if row else [])]))
-            if not targets:
-                targets = [p.name for p in self.release.projectors]
-            projector_states.clear_replaying_and_activating(self.conn, self.settings.event_store_schema, targets)
-            if row is not None:
-                self._set_state(row["id"], "aborted")
-            self.conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(self.replay_schema))
-            result.update(row=row, targets=targets)
-
-        # A stage still running (e.g. a replay Job being deleted) is given a moment, then ended.
-        with self.stage_lock(wait_seconds=5.0, terminate_holder=True):
-            projector_states.with_lock_retry(self.conn, work)
-        row = result["row"]
-        what = f"replay {row['id']} ({row['state']}) aborted" if row else "no replay in progress"
-        self.out(f"{what}; cleared replaying/activating of {', '.join(result['targets'])}")
+    def abort(self) -> None:
+        """Sequent's ``abort!``: from any state in progress; does not stop a running stage."""
+        replay_id = int(self.resume()["id"])
+        with self._locked(replay_id) as row:
+            projectors = self._projectors(row["projectors"])
+            projector_states.abort_replaying(self.conn, self.settings.event_store_schema, [p.name for p in projectors])
+            self._set(replay_id, state="aborted")
+            self.conn.execute(
+                sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(self.settings.replay_schema))
+            )
+        cleared = ", ".join(row["projectors"])
+        self.out(f"replay {replay_id} ({row['state']}) aborted; cleared replaying/activating of {cleared}")
 
     def status(self) -> dict[str, Any] | None:
+        """The latest replay (Sequent's ``replay:status`` shows ``ReplayState.last``), with the
+        number of events from ``continue_replay_at_xact_id`` on (a scan: xact_id has no index)."""
         row = self.latest()
         if row is None:
             return None
@@ -486,78 +526,120 @@ class Replayer:
         }
         return status
 
+    def status_json(self) -> str:
+        return json.dumps(self.status(), default=_json_default, sort_keys=True)
+
+    # --- prepare's and optimize's table work ----------------------------------------------------
+
+    def _pg_environment(self) -> dict[str, str]:
+        parameters = conninfo_to_dict(self.settings.database_url)
+        environment = dict(os.environ)
+        for name, variable in PG_ENVIRONMENT.items():
+            if parameters.get(name) is not None:
+                environment[variable] = str(parameters[name])
+        return environment
+
+    def _index_definitions(self) -> dict[str, str]:
+        rows = self.conn.execute(
+            "SELECT indexname, indexdef FROM pg_indexes WHERE schemaname = %s", [self.settings.replay_schema]
+        ).fetchall()
+        return {name: definition for name, definition in rows}
+
+    def _cluster_indexes(self) -> dict[str, str]:
+        rows = self.conn.execute(
+            "SELECT c.relname, ic.relname FROM pg_namespace ns JOIN pg_class c ON c.relnamespace = ns.oid "
+            "JOIN pg_index i ON c.oid = i.indrelid JOIN pg_class ic ON i.indexrelid = ic.oid "
+            "WHERE ns.nspname = %s AND c.relkind = 'r' AND i.indisclustered",
+            [self.settings.replay_schema],
+        ).fetchall()
+        return {table: index for table, index in rows}
+
+    def _drop_indexes_not_needed_for_replay(self) -> None:
+        """Non-unique secondary indexes slow the replay down; optimize recreates them."""
+        rows = self.conn.execute(
+            "SELECT ic.relname FROM pg_namespace ns JOIN pg_class c ON c.relnamespace = ns.oid "
+            "JOIN pg_index i ON c.oid = i.indrelid JOIN pg_class ic ON i.indexrelid = ic.oid "
+            "WHERE ns.nspname = %s AND c.relkind = 'r' "
+            "AND NOT i.indisunique AND NOT i.indisprimary AND NOT i.indisexclusion",
+            [self.settings.replay_schema],
+        ).fetchall()
+        for (name,) in rows:
+            self.conn.execute(sql.SQL("DROP INDEX {}").format(sql.Identifier(self.settings.replay_schema, name)))
+
+    def _create_index_if_missing(self, name: str, definitions: dict[str, str]) -> None:
+        exists = self.conn.execute(
+            "SELECT EXISTS (SELECT 1 FROM pg_indexes WHERE schemaname = %s AND indexname = %s)",
+            [self.settings.replay_schema, name],
+        ).fetchone()
+        if not (exists and exists[0]):
+            self.conn.execute(definitions[name].encode())
+
+    def _relation_exists(self, schema: str, name: str) -> bool:
+        row = self.conn.execute(
+            "SELECT to_regclass(%s) IS NOT NULL", [sql.Identifier(schema, name).as_string(self.conn)]
+        ).fetchone()
+        return bool(row and row[0])
+
+    def _move_relations(self, projectors: Sequence[Projector], source: str, target: str) -> None:
+        for table in self._managed_relations(projectors, source):
+            names = [table, *(self._partitions(source, table) if self._relation_exists(source, table) else [])]
+            for name in names:
+                self.conn.execute(
+                    sql.SQL("ALTER TABLE IF EXISTS {} SET SCHEMA {}").format(
+                        sql.Identifier(source, name), sql.Identifier(target)
+                    )
+                )
+
+    def _ensure_archive_has_no_dependents(self) -> None:
+        """Dropping the archived relations must work (tried in a subtransaction, then rolled back):
+        nothing outside may still point at the tables that were just replaced."""
+        archive = self.settings.archive_schema
+        rows = self.conn.execute(
+            "SELECT table_name, table_type FROM information_schema.tables WHERE table_schema = %s", [archive]
+        ).fetchall()
+        views = [sql.Identifier(archive, name) for name, kind in rows if kind == "VIEW"]
+        tables = [sql.Identifier(archive, name) for name, kind in rows if kind != "VIEW"]
+
+        class Rollback(Exception):
+            pass
+
+        try:
+            with self.conn.transaction():
+                if views:
+                    self.conn.execute(sql.SQL("DROP VIEW {}").format(sql.SQL(", ").join(views)))
+                if tables:
+                    self.conn.execute(sql.SQL("DROP TABLE {}").format(sql.SQL(", ").join(tables)))
+                raise Rollback
+        except Rollback:
+            pass
+        except psycopg.errors.DependentObjectsStillExist as error:
+            detail = (error.diag.message_detail or "").strip()
+            raise ReplayError(
+                f"dependent objects still exist for archived view tables: {error.diag.message_primary}. {detail}"
+            ) from None
+
+
+def _locate(command: str) -> str:
+    path = shutil.which(command)
+    if path is None:
+        raise ReplayError(
+            f"cannot determine full path of the `{command}` executable: prepare needs pg_dump and psql on PATH"
+        )
+    return path
+
 
 def _json_default(value: object) -> str:
     return value.isoformat() if isinstance(value, datetime) else str(value)
 
 
-def _positive(value: str) -> int:
-    number = int(value)
-    if number < 1:
-        raise argparse.ArgumentTypeError("must be a positive integer")
-    return number
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m sampleapp.replay",
-        description=(__doc__ or "").split("\n\n")[0],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    stages = parser.add_subparsers(dest="stage", required=True)
-    prepare = stages.add_parser("prepare", help="created -> prepared, register replaying")
-    prepare.add_argument("projectors", type=_csv, help="comma-separated projector names")
-    for name, help_text in (("replay", "prepared -> replayed"), ("catchup", "replayed/optimized -> same")):
-        stage = stages.add_parser(name, help=help_text)
-        stage.add_argument("group_size", nargs="?", type=_positive, default=100)
-        stage.add_argument("processes", nargs="?", type=_positive, default=1)
-    stages.add_parser("optimize", help="replayed -> optimized")
-    stages.add_parser("golive", help="optimized -> live")
-    abort = stages.add_parser("abort", help="-> aborted")
-    abort.add_argument("projectors", nargs="?", type=_csv, default=[])
-    stages.add_parser("status", help="print the replay state as JSON")
-    return parser
-
-
-def run(replayer: Replayer, args: argparse.Namespace) -> None:
-    if args.stage == "prepare":
-        replayer.prepare(args.projectors)
-    elif args.stage == "replay":
-        replayer.replay(args.group_size, args.processes)
-    elif args.stage == "catchup":
-        replayer.catchup(args.group_size, args.processes)
-    elif args.stage == "optimize":
-        replayer.optimize()
-    elif args.stage == "golive":
-        replayer.golive()
-    elif args.stage == "abort":
-        replayer.abort(args.projectors)
-    elif args.stage == "status":
-        print(json.dumps(replayer.status(), default=_json_default, sort_keys=True))
-
-
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    """``python -m sampleapp.replay <stage> [args]``: the short form of the rake tasks."""
+    from sampleapp import rake
 
-    def out(line: str) -> None:
-        print(line, flush=True)
-
-    try:
-        settings = Settings.from_env()
-        release = get_release(settings.release)
-        with psycopg.connect(
-            settings.database_url,
-            autocommit=True,
-            connect_timeout=10,
-            application_name=f"sampleapp-replay-{args.stage}",
-        ) as conn:
-            run(Replayer(conn, settings, release, out), args)
-    except (ConfigurationError, UnknownName, ReplayError, TimeoutError, psycopg.Error) as error:
-        message = str(error).strip() or type(error).__name__
-        print(f"sampleapp.replay {args.stage} failed: {message}", file=sys.stderr, flush=True)
-        return 1
-    return 0
+    return rake.main(rake.from_short_form(argv))
 
 
 if __name__ == "__main__":
+    import sys
+
     sys.exit(main())

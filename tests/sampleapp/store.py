@@ -19,6 +19,9 @@ from sampleapp.releases import DEPOSITED, Release
 ACCOUNT_ID = re.compile(r"^[A-Za-z0-9_.\-]{1,100}$")
 AGGREGATE_NAMESPACE = uuid.UUID("6f1c1b7e-5d2a-4c55-9d0e-3a4b6a1f2c01")
 MAX_ATTEMPTS = 5
+# Sequent's events_partition_key: the events table is partitioned by it. The sample app keeps
+# every account in one partition (the default one).
+PARTITION_KEY = ""
 
 
 @dataclass(frozen=True)
@@ -57,21 +60,22 @@ def _deposit_once(
         run = projectors_to_run(release.versions, states)
         conn.execute(
             sql.SQL(
-                "INSERT INTO {}.aggregates (aggregate_id, aggregate_type) VALUES (%s, 'Account') "
-                "ON CONFLICT (aggregate_id) DO NOTHING"
+                "INSERT INTO {}.aggregates (aggregate_id, aggregate_type, events_partition_key) "
+                "VALUES (%s, 'Account', %s) ON CONFLICT (aggregate_id) DO NOTHING"
             ).format(es),
-            [agg],
+            [agg, PARTITION_KEY],
         )
         # Serialise writers per aggregate so sequence numbers are gapless and unique.
         conn.execute(sql.SQL("SELECT 1 FROM {}.aggregates WHERE aggregate_id = %s FOR UPDATE").format(es), [agg])
         row = conn.execute(
             sql.SQL(
-                "INSERT INTO {es}.events (aggregate_id, sequence_number, event_type, event_json) "
-                "SELECT %(agg)s, coalesce(max(sequence_number), 0) + 1, %(type)s, %(json)s "
-                "FROM {es}.events WHERE aggregate_id = %(agg)s "
+                "INSERT INTO {es}.events (partition_key, aggregate_id, sequence_number, event_type, event_json) "
+                "SELECT %(key)s, %(agg)s, coalesce(max(sequence_number), 0) + 1, %(type)s, %(json)s "
+                "FROM {es}.events WHERE partition_key = %(key)s AND aggregate_id = %(agg)s "
                 "RETURNING sequence_number, xact_id, created_at"
             ).format(es=es),
             {
+                "key": PARTITION_KEY,
                 "agg": agg,
                 "type": DEPOSITED,
                 "json": Jsonb({"account_id": account_id, "amount": amount}),
@@ -79,14 +83,14 @@ def _deposit_once(
         ).fetchone()
         assert row is not None
         sequence_number, xact_id, created_at = row
-        event_filter = sql.SQL("e.aggregate_id = %(agg)s AND e.sequence_number = %(seq)s")
+        event_filter = sql.SQL("e.partition_key = %(key)s AND e.aggregate_id = %(agg)s AND e.sequence_number = %(seq)s")
         for name in run:
             release.projector(name).apply(
                 conn,
                 target_schema=schemas.view,
                 event_store_schema=schemas.event_store,
                 event_filter=event_filter,
-                params={"agg": agg, "seq": sequence_number},
+                params={"key": PARTITION_KEY, "agg": agg, "seq": sequence_number},
             )
     return {
         "account_id": account_id,

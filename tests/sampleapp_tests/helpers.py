@@ -17,6 +17,7 @@ from typing import Any
 
 import psycopg
 
+from sampleapp import manifests
 from sampleapp.config import Settings
 from sampleapp.migrate import migrate
 from sampleapp.releases import get_release
@@ -87,16 +88,29 @@ class StageResult:
     stderr: str
 
 
-def run_stage(database_url: str, release: str, *args: str, module: str = "sampleapp.replay") -> StageResult:
-    """Run a stage exactly as a Job would: ``python -m sampleapp.replay <stage> ...``."""
-    env = {
+def stage_env(database_url: str, release: str, **overrides: str) -> dict[str, str]:
+    """The environment a stage Job of the sample app's pod template has."""
+    return {
         **os.environ,
         "PYTHONPATH": str(TESTS_DIR),
         "DATABASE_URL": database_url,
         "SAMPLEAPP_RELEASE": release,
+        "SEQUENT_ENV": "test",
+        "PATH": manifests.PATH,  # pg_dump and psql of the embedded PostgreSQL first
+        **overrides,
     }
+
+
+def run_stage(
+    database_url: str, release: str, *args: str, module: str = "sampleapp.replay", env: dict[str, str] | None = None
+) -> StageResult:
+    """Run a stage exactly as a Job would: ``python -m sampleapp.replay <stage> ...``."""
     completed = subprocess.run(
-        [sys.executable, "-m", module, *args], env=env, capture_output=True, text=True, timeout=120
+        [sys.executable, "-m", module, *args],
+        env=stage_env(database_url, release) if env is None else env,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     return StageResult(completed.returncode, completed.stdout, completed.stderr)
 

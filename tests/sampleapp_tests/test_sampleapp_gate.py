@@ -1,4 +1,4 @@
-"""The active-projectors publisher rules (docs/sequent-protocol.md), as a pure function."""
+"""The publisher gate (Sequent's ActiveProjectorsEventPublisher, docs/sequent-protocol.md), as a pure function."""
 
 import pytest
 
@@ -17,8 +17,9 @@ def refusal(states: list[ProjectorState]) -> str:
     return caught.value.error
 
 
-def test_empty_table_runs_every_projector_of_the_code() -> None:
-    assert projectors_to_run(CODE, []) == ["AccountProjector", "AuditProjector"]
+def test_gate_with_empty_projector_states_runs_no_projector() -> None:
+    # Sequent's ActiveProjectorsEventPublisher: a projector without a row is not active.
+    assert projectors_to_run(CODE, []) == []
 
 
 def test_matching_active_versions_run_and_missing_rows_are_skipped() -> None:

@@ -63,8 +63,9 @@ def test_commands_and_template_run_a_whole_upgrade(database_url: str, app) -> No
     with app("v2") as v2:
         assert v2.account("m0").body["deposit_count"] == 3
 
-    # The abort command with its placeholder: nothing in progress is fine, and so is a prepared replay.
-    run(substitute(commands["abort"], changed), env)
+    # Sequent's abort fails when nothing is in progress, and aborts a prepared replay.
+    nothing = subprocess.run(substitute(commands["abort"], changed), env=env, capture_output=True, text=True)
+    assert nothing.returncode == 1 and "no replay is in progress" in nothing.stderr
     env_v3 = {**env, "SAMPLEAPP_RELEASE": "v3"}
     run(substitute(commands["prepare"], changed), env_v3)
     run(substitute(commands["abort"], changed), env_v3)
@@ -74,9 +75,10 @@ def test_commands_and_template_run_a_whole_upgrade(database_url: str, app) -> No
     assert projector_state_rows(database_url)["AccountProjector"] == (2, None, None)
 
 
-def test_migrate_of_a_new_release_leaves_the_old_tables_alone(database_url: str) -> None:
+def test_migrate_of_a_new_release_is_idempotent_and_keeps_the_old_release_working(database_url: str, app) -> None:
     run_migrate(database_url, "v1", activate=True)
     run_migrate(database_url, "v2", activate=False)  # what v2's init container does
+    run_migrate(database_url, "v2", activate=False)  # a second pod, or a retried Job: nothing to do
     with psycopg.connect(database_url) as conn:
         columns = [
             row[0]
@@ -86,8 +88,14 @@ def test_migrate_of_a_new_release_leaves_the_old_tables_alone(database_url: str)
             )
         ]
         indexes = [row[0] for row in conn.execute("SELECT indexname FROM pg_indexes WHERE schemaname = 'view_schema'")]
-    assert columns == ["account_id", "balance"]
-    assert "account_balances_balance_idx" not in indexes
+        migrations = [row[0] for row in conn.execute("SELECT version FROM sequent_schema.schema_migrations ORDER BY 1")]
+    assert columns == ["account_id", "balance", "deposit_count", "last_sequence_number", "last_deposit_at"]
+    assert "account_balances_balance_idx" in indexes
+    assert migrations == [1, 2, 3]
+    with app("v1") as v1:  # the old code keeps writing to the migrated table
+        assert v1.deposit("olga", 4).status == 201
+        assert v1.account("olga").body["balance"] == 4
+    assert projector_state_rows(database_url)["AccountProjector"] == (1, None, None)
 
 
 def test_seed_bulk_loads_events_as_the_service_would(database_url: str, app, stage) -> None:

@@ -1,4 +1,4 @@
-"""Sequent 9's event-store tables, as docs/sequent-protocol.md describes them.
+"""Sequent 9's event-store tables, shaped like Sequent master's db/structure.sql (docs/sequent-protocol.md).
 
 The operator never creates these tables (the application's migrations do); tests,
 the sample application and the demo create them with ``create_sequent_tables``.
@@ -24,22 +24,34 @@ REPLAY_STATES = (
 _DDL = """
 CREATE SCHEMA IF NOT EXISTS {schema};
 
+-- Partitioned like Sequent's: aggregates by aggregate_id, events by partition_key, each with a
+-- default partition. Type names are text here (Sequent keeps them in *_types tables).
 CREATE TABLE IF NOT EXISTS {schema}.aggregates (
-    aggregate_id uuid PRIMARY KEY,
+    aggregate_id uuid NOT NULL,
     aggregate_type text NOT NULL,
-    created_at timestamptz NOT NULL DEFAULT now()
-);
+    events_partition_key text NOT NULL DEFAULT '',
+    created_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (aggregate_id),
+    UNIQUE (events_partition_key, aggregate_id)
+) PARTITION BY RANGE (aggregate_id);
+CREATE TABLE IF NOT EXISTS {schema}.aggregates_default PARTITION OF {schema}.aggregates DEFAULT;
 
+-- xact_id is nullable and has no index, as in Sequent: "events at or after an xact_id" is a
+-- scan of the whole table.
 CREATE TABLE IF NOT EXISTS {schema}.events (
-    aggregate_id uuid NOT NULL REFERENCES {schema}.aggregates (aggregate_id),
+    aggregate_id uuid NOT NULL,
+    partition_key text NOT NULL DEFAULT '',
     sequence_number integer NOT NULL,
     event_type text NOT NULL,
     event_json jsonb NOT NULL,
     created_at timestamptz NOT NULL DEFAULT now(),
-    xact_id bigint NOT NULL DEFAULT pg_current_xact_id()::text::bigint,
-    PRIMARY KEY (aggregate_id, sequence_number)
-);
-CREATE INDEX IF NOT EXISTS events_xact_id_idx ON {schema}.events (xact_id);
+    xact_id bigint DEFAULT pg_current_xact_id()::text::bigint,
+    PRIMARY KEY (partition_key, aggregate_id, sequence_number),
+    FOREIGN KEY (partition_key, aggregate_id) REFERENCES {schema}.aggregates (events_partition_key, aggregate_id)
+        ON UPDATE CASCADE ON DELETE RESTRICT
+) PARTITION BY RANGE (partition_key);
+CREATE TABLE IF NOT EXISTS {schema}.events_default PARTITION OF {schema}.events DEFAULT;
+CREATE INDEX IF NOT EXISTS events_event_type_idx ON {schema}.events (event_type);
 
 CREATE TABLE IF NOT EXISTS {schema}.projector_states (
     name text PRIMARY KEY,
@@ -54,7 +66,7 @@ CREATE TABLE IF NOT EXISTS {schema}.projector_states (
 
 CREATE TABLE IF NOT EXISTS {schema}.replay_states (
     id bigserial PRIMARY KEY,
-    state text NOT NULL DEFAULT 'created' CHECK (state IN ({states})),
+    state text NOT NULL CONSTRAINT valid_replay_state CHECK (state IN ({states})),
     projectors text[] NOT NULL,
     continue_replay_at_xact_id bigint,
     index_definitions jsonb,
@@ -62,7 +74,7 @@ CREATE TABLE IF NOT EXISTS {schema}.replay_states (
     created_at timestamptz NOT NULL DEFAULT now(),
     updated_at timestamptz NOT NULL DEFAULT now()
 );
-CREATE UNIQUE INDEX IF NOT EXISTS replay_states_one_in_progress
+CREATE UNIQUE INDEX IF NOT EXISTS replay_states_active_replay_idx
     ON {schema}.replay_states ((true)) WHERE state NOT IN ('live', 'aborted');
 """
 
