@@ -2,14 +2,16 @@
 
 Starts a local control plane (built from Go modules on first use) and a PostgreSQL, installs
 the CRD, runs the operator, deploys the sample application v1 with traffic through its
-Service, upgrades it to v2 under writes while showing live progress, cleans up, and ends
-with one summary line.
+Service, upgrades it to v2 under writes while showing live progress, prints one summary line,
+and ends with the upgraded set as ``kubectl projectorset get`` draws it.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -53,6 +55,20 @@ class ProgressPrinter:
             self.last, self.printed_at = line, time.monotonic()
 
 
+def plugin_tree(scenario: Scenario) -> str:
+    """The set as ``kubectl projectorset get`` shows it: kubectl finds the plugin (a console script
+    of the package) on PATH, as it does for a user who installed the package."""
+    path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
+    result = subprocess.run(
+        [str(toolchain.binary("kubectl")), "projectorset", "get", scenario.name, "-n", scenario.namespace],
+        env=dict(os.environ, KUBECONFIG=str(scenario.cluster.kubeconfig), PATH=path),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    return result.stdout.rstrip() if result.returncode == 0 else result.stderr.rstrip()
+
+
 def run(source: str, target: str, writers: int, keep: bool) -> int:
     started = time.monotonic()
     say("building or finding the Kubernetes binaries (first run builds them from Go modules)")
@@ -93,6 +109,8 @@ def run(source: str, target: str, writers: int, keep: bool) -> int:
             while True:
                 time.sleep(3600)
         print(result.summary(), flush=True)
+        say(f"kubectl projectorset get {scenario.name} -n {scenario.namespace}")
+        print(plugin_tree(scenario), flush=True)
         return 0 if result.lost == 0 and not problems else 1
     finally:
         if scenario is not None:
