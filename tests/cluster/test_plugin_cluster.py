@@ -111,7 +111,7 @@ def test_get_during_a_replay_and_after_then_history_and_undo_back_to_v1(
     marker = tmp_path / "catchup-slowed"
     replay = slow_commands(
         scenario,
-        replay='sleep 20; exec "$0" "$@"',
+        replay='sleep 40; exec "$0" "$@"',
         optimize='sleep 20; exec "$0" "$@"',
         catchup=f'[ -e {marker} ] || {{ touch {marker}; sleep 6; }}; exec "$0" "$@"',
     )
