@@ -35,7 +35,15 @@ def test_defaults_are_sequents() -> None:
     assert spec.database.event_store_schema == "sequent_schema"
     assert spec.database.secret_ref.key == "uri"
     assert spec.replay.commands.prepare == ["bundle", "exec", "rake", "sequent:projectors:replay:prepare[{projectors}]"]
-    assert stage_command(spec, "replay", ["A"]) == ["bundle", "exec", "rake", "sequent:projectors:replay:replay[100,1]"]
+    # Sequent's group size counts events (its default 250,000); a large replay takes hours.
+    assert stage_command(spec, "replay", ["A"]) == [
+        "bundle",
+        "exec",
+        "rake",
+        "sequent:projectors:replay:replay[250000,1]",
+    ]
+    assert spec.replay.stage_timeout_seconds == 86_400
+    assert spec.replay.commands.migrate == ["bundle", "exec", "rake", "sequent:db:migrate"]
     assert stage_command(spec, "prepare", ["A", "B"])[-1] == "sequent:projectors:replay:prepare[A,B]"
     assert spec.strategy.promotion == "Automatic"
 
@@ -87,7 +95,11 @@ def test_built_objects_carry_version_labels_owner_and_bounded_names() -> None:
     assert container["command"][-2:] == ["prepare", "AccountProjector"]
     assert "readinessProbe" not in container and "ports" not in container
     assert job["spec"]["template"]["spec"]["restartPolicy"] == "Never"
-    assert job["spec"]["backoffLimit"] == spec.replay.stage_retries
+    # Sequent marks the replay failed when prepare fails: never retried in place, unlike golive.
+    assert job["spec"]["backoffLimit"] == 0
+    golive = build_stage_job(owner, spec, "v2", 1, "golive", 0, ["AccountProjector"])
+    assert golive["spec"]["backoffLimit"] == spec.replay.stage_retries
+    assert container["terminationMessagePolicy"] == "FallbackToLogsOnError"
 
     long_owner = Owner("a" * 60, "shop", "uid")
     name = job_name(long_owner, "1.2.3-rc.1", 3, "catchup", 12)

@@ -100,13 +100,20 @@ def _sequent_task(task: str) -> list[str]:
 
 
 class StageCommands(Model):
-    """One command per replay stage, run in a Job built from the new version's pod template.
-    In every element, {projectors} becomes the comma-separated projector names and {groupSize}
-    and {processes} the replay settings. The defaults are Sequent's rake tasks."""
+    """One command per stage, run in a Job built from the new version's pod template. In every
+    element, {projectors} becomes the comma-separated projector names and {groupSize} and
+    {processes} the replay settings. The defaults are Sequent's rake tasks."""
 
+    migrate: list[str] = Field(
+        default_factory=lambda: ["bundle", "exec", "rake", "sequent:db:migrate"],
+        description="Run first in every rollout: the new release's database migrations (Sequent's "
+        "documented workflow runs view-schema migrations before prepare, whose pg_dump --strict-names "
+        "fails on a table the migrations did not create). It must be idempotent and compatible with "
+        "the running release. [] skips it (when migrations run elsewhere, e.g. an init container).",
+    )
     prepare: list[str] = Field(default_factory=lambda: _sequent_task("prepare[{projectors}]"), min_length=1)
     replay: list[str] = Field(default_factory=lambda: _sequent_task("replay[{groupSize},{processes}]"), min_length=1)
-    catchup: list[str] = Field(default_factory=lambda: _sequent_task("catchup"), min_length=1)
+    catchup: list[str] = Field(default_factory=lambda: _sequent_task("catchup[{groupSize},{processes}]"), min_length=1)
     optimize: list[str] = Field(default_factory=lambda: _sequent_task("optimize"), min_length=1)
     golive: list[str] = Field(default_factory=lambda: _sequent_task("golive"), min_length=1)
     abort: list[str] = Field(default_factory=lambda: _sequent_task("abort"), min_length=1)
@@ -124,11 +131,27 @@ class ReplaySpec(Model):
         max_length=63,
         description="Container of the template that runs the stages (default: the first).",
     )
-    group_size: int = Field(default=100, ge=1, description="Aggregates per replay group ({groupSize}).")
+    group_size: int = Field(
+        default=250_000,
+        ge=1,
+        description="Events per replay group ({groupSize}); Sequent's own default is 250,000.",
+    )
     processes: int = Field(default=1, ge=1, le=256, description="Replay processes ({processes}).")
     catchup: CatchupSpec = Field(default_factory=CatchupSpec)
-    stage_timeout_seconds: int = Field(default=3600, ge=10, description="Deadline of each stage Job.")
-    stage_retries: int = Field(default=2, ge=0, le=20, description="Retries of a failed stage Job (backoffLimit).")
+    stage_timeout_seconds: int = Field(
+        default=86_400,
+        ge=10,
+        description="Deadline of each stage Job (activeDeadlineSeconds): a replay of a large event store "
+        "takes hours, so the default is a day. A stage past it is stopped and the rollout fails.",
+    )
+    stage_retries: int = Field(
+        default=2,
+        ge=0,
+        le=20,
+        description="Retries of a failed optimize or golive Job (backoffLimit), the stages Sequent can run "
+        "again. prepare, replay and catchup are never retried in place (a failure marks the replay failed): "
+        "the rollout fails, aborts the replay, and a retry starts from a fresh prepare.",
+    )
 
 
 class Promotion(StrEnum):

@@ -427,7 +427,7 @@ def _set_timeouts(conn: psycopg.Connection, lock_timeout_ms: int, statement_time
 
 # The lag read: the first chunk of pages read at the end of each partition, and the most pages one
 # read may cover (8 kB each: 4096 pages are 32 MB, a few milliseconds from cache).
-LAG_FIRST_CHUNK_PAGES = 8
+LAG_FIRST_CHUNK_PAGES = 32
 LAG_MAX_PAGES = 4096
 
 

@@ -39,6 +39,7 @@ from projectorset.resources import (
     build_stage_job,
     deployment_name,
     deployment_view,
+    failed_pod_messages,
     job_view,
     service_selector,
 )
@@ -104,11 +105,11 @@ class KubernetesCluster:
             view = deployment_view(self.api_client.sanitize_for_serialization(item))
             if view.version:
                 views[view.version] = view
-        job_views: list[JobView] = [
-            job_view(self.api_client.sanitize_for_serialization(item))
-            for item in jobs.items
-            if item.metadata is None or item.metadata.deletion_timestamp is None
-        ]
+        job_objects = [self.api_client.sanitize_for_serialization(item) for item in jobs.items]
+        pod_messages = self._failed_stage_output(owner, job_objects)
+        # Jobs being deleted stay in view until their pods are gone (foreground deletion): a stage
+        # that still runs must not overlap with the abort that follows it.
+        job_views: list[JobView] = [job_view(job, pod_messages) for job in job_objects]
         return (
             ClusterView(
                 service_found=service_found,
@@ -119,6 +120,27 @@ class KubernetesCluster:
             ),
             uri,
         )
+
+    def _failed_stage_output(self, owner: Owner, jobs: list[dict[str, Any]]) -> dict[str, str]:
+        """The end of each failed stage's output (only read when some stage Job failed)."""
+        failed = [
+            job
+            for job in jobs
+            if any(
+                c.get("type") == "Failed" and c.get("status") == "True"
+                for c in (job.get("status") or {}).get("conditions") or []
+            )
+        ]
+        if not failed:
+            return {}
+        try:
+            pods = self.core.list_namespaced_pod(
+                owner.namespace, label_selector=f"{api.NAME_LABEL}={owner.name},{api.STAGE_LABEL}"
+            )
+        except ApiException as error:
+            log.warning("%s/%s: cannot read the failed stage pods: %s", owner.namespace, owner.name, error.reason)
+            return {}
+        return failed_pod_messages([self.api_client.sanitize_for_serialization(pod) for pod in pods.items])
 
     def _service(self, owner: Owner, spec: api.ProjectorSetSpec) -> tuple[bool, str | None]:
         try:
@@ -190,7 +212,7 @@ class KubernetesCluster:
                 self._create(lambda: self.batch.create_namespaced_job(owner.namespace, cast(client.V1Job, job)))
             case DeleteJob(name=name):
                 self._delete(
-                    lambda: self.batch.delete_namespaced_job(name, owner.namespace, propagation_policy="Background")
+                    lambda: self.batch.delete_namespaced_job(name, owner.namespace, propagation_policy="Foreground")
                 )
             case SwitchService(version=version):
                 # Replace the whole selector: a merge would keep keys that select the old pods.

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from enum import StrEnum
 
 from projectorset.conditions import Reason
@@ -41,6 +42,12 @@ class JobView:
     round: int
     state: JobState
     message: str = ""
+    # Pods of the Job still running or terminating: a stage is over only when none is left.
+    active: int = 0
+    # When the Job completed or failed (its condition's lastTransitionTime).
+    finished_at: datetime | None = None
+    # Deleted, with its pods still terminating (the operator deletes Jobs in the foreground).
+    deleting: bool = False
 
 
 @dataclass(frozen=True)

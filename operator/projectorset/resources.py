@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+from datetime import datetime
 from typing import Any
 
 from projectorset import api
@@ -132,6 +133,17 @@ def stage_command(spec: api.ProjectorSetSpec, stage: str, projectors: list[str])
     return substituted
 
 
+# Stages Sequent can run again after a failure: a failed optimize or golive leaves the replay as it
+# was (golive is one transaction), and migrations are idempotent. A failed prepare, replay or
+# catchup marks the replay failed: running it again only fails on Sequent's state checks. abort is
+# retried by the operator itself, with a back-off shown in the ReplayAborted condition.
+RETRYABLE_STAGES = frozenset({"migrate", "optimize", "golive"})
+
+
+def stage_backoff_limit(spec: api.ProjectorSetSpec, stage: str) -> int:
+    return spec.replay.stage_retries if stage in RETRYABLE_STAGES else 0
+
+
 def build_stage_job(
     owner: Owner,
     spec: api.ProjectorSetSpec,
@@ -163,6 +175,9 @@ def build_stage_job(
         if key not in ("livenessProbe", "readinessProbe", "startupProbe", "ports", "lifecycle", "args")
     }
     job_container["command"] = stage_command(spec, stage, projectors)
+    # A failed stage's last output (e.g. "cannot determine full path of the `pg_dump` executable")
+    # becomes its termination message, which the operator shows in the rollout's condition.
+    job_container.setdefault("terminationMessagePolicy", "FallbackToLogsOnError")
     job_container["env"] = [
         *(chosen.get("env") or []),
         {"name": "PROJECTORSET_NAME", "value": owner.name},
@@ -181,7 +196,7 @@ def build_stage_job(
             "ownerReferences": [_owner_reference(owner)],
         },
         "spec": {
-            "backoffLimit": spec.replay.stage_retries,
+            "backoffLimit": stage_backoff_limit(spec, stage),
             "activeDeadlineSeconds": spec.replay.stage_timeout_seconds,
             "template": template,
         },
@@ -226,23 +241,65 @@ def deployment_view(obj: dict[str, Any]) -> DeploymentView:
     )
 
 
-def job_view(obj: dict[str, Any]) -> JobView:
-    labels = obj["metadata"].get("labels") or {}
+def job_view(obj: dict[str, Any], pod_messages: dict[str, str] | None = None) -> JobView:
+    """The Job as the rollout sees it; ``pod_messages`` maps Job names to their last failed pod's
+    termination message (the end of its output)."""
+    metadata = obj["metadata"]
+    labels = metadata.get("labels") or {}
+    status = obj.get("status") or {}
     conditions = _conditions(obj)
     state = JobState.RUNNING
     message = ""
+    finished = None
     if conditions.get("Complete", {}).get("status") == "True":
         state = JobState.SUCCEEDED
+        finished = conditions["Complete"]
     elif conditions.get("Failed", {}).get("status") == "True":
         state = JobState.FAILED
-        failed = conditions["Failed"]
-        message = f"{failed.get('reason', '')}: {failed.get('message', '')}".strip(": ")
+        finished = conditions["Failed"]
+        message = f"{finished.get('reason', '')}: {finished.get('message', '')}".strip(": ")
+        output = (pod_messages or {}).get(metadata["name"], "").strip()
+        if output:
+            message = f"{message}; its output ends: {_last_lines(output)}"
     return JobView(
-        name=obj["metadata"]["name"],
+        name=metadata["name"],
         version=labels.get(api.VERSION_LABEL, ""),
         attempt=int(labels.get(ATTEMPT_LABEL, "0") or 0),
         stage=labels.get(api.STAGE_LABEL, ""),
         round=int(labels.get(ROUND_LABEL, "0") or 0),
         state=state,
         message=message,
+        active=int(status.get("active") or 0) + int(status.get("terminating") or 0),
+        finished_at=_timestamp(finished.get("lastTransitionTime")) if finished else None,
+        deleting=bool(metadata.get("deletionTimestamp")),
     )
+
+
+def failed_pod_messages(pods: list[dict[str, Any]]) -> dict[str, str]:
+    """Job name -> the termination message of its latest failed stage container."""
+    latest: dict[str, tuple[str, str]] = {}
+    for pod in pods:
+        job = (pod["metadata"].get("labels") or {}).get("job-name")
+        for container in (pod.get("status") or {}).get("containerStatuses") or []:
+            terminated = (container.get("state") or {}).get("terminated") or {}
+            if job and terminated.get("exitCode") not in (None, 0) and terminated.get("message"):
+                finished = str(terminated.get("finishedAt") or "")
+                if job not in latest or finished >= latest[job][0]:
+                    latest[job] = (finished, str(terminated["message"]))
+    return {job: message for job, (_, message) in latest.items()}
+
+
+def _last_lines(output: str, lines: int = 3, limit: int = 400) -> str:
+    text = " | ".join(line.strip() for line in output.splitlines()[-lines:] if line.strip())
+    return text if len(text) <= limit else "..." + text[-limit:]
+
+
+def _timestamp(value: Any) -> datetime | None:
+    if isinstance(value, datetime):
+        return value
+    if not value:
+        return None
+    try:
+        return datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+    except ValueError:
+        return None

@@ -28,6 +28,8 @@ def seed(url: str, events: int, per_xact: int, aggregates: int = 10_000) -> None
     million (each batch one INSERT ... SELECT generate_series), xact_id rising with the position."""
     with psycopg.connect(url, autocommit=True) as conn:
         create_sequent_tables(conn)
+        # As in Sequent master: no index on xact_id (an older test schema had one).
+        conn.execute("DROP INDEX IF EXISTS sequent_schema.events_xact_id_idx")
         # Foreign keys are checked per row; a bulk load of consistent data skips them.
         conn.execute("SET session_replication_role = replica")
         conn.execute(

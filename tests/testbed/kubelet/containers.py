@@ -120,8 +120,22 @@ class Container:
             self.reason = self.stop_reason
         else:
             self.reason = "Completed" if self.exit_code == 0 else "Error"
+        if self.exit_code != 0 and self.spec.get("terminationMessagePolicy") == "FallbackToLogsOnError":
+            self.message = self._log_tail()
         self.finished_at = now_rfc3339()
         self.ready = False
+
+    def _log_tail(self, max_bytes: int = 2048, max_lines: int = 80) -> str:
+        """What a kubelet takes as the termination message with FallbackToLogsOnError: the end of
+        the container's log, at most 2048 bytes and 80 lines."""
+        try:
+            with open(self.log_path, "rb") as log_file:
+                log_file.seek(0, os.SEEK_END)
+                log_file.seek(max(0, log_file.tell() - max_bytes))
+                tail = log_file.read().decode(errors="replace")
+        except OSError:
+            return ""
+        return "\n".join(tail.splitlines()[-max_lines:])
 
     def _signal_group(self, sig: int) -> None:
         if self.process is not None:
