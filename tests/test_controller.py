@@ -103,7 +103,7 @@ def test_install_then_upgrade_with_real_replay_stages(harness: Harness) -> None:
 
     assert harness.projector_rows() == {"AccountProjector": (2, None, None), "AuditProjector": (1, None, None)}
     stages = [name.split("-a1-")[-1] for name in harness.cluster.created_jobs]
-    assert stages == ["prepare", "replay", "optimize", "golive"]
+    assert stages == ["migrate", "prepare", "replay", "optimize", "golive"]
     with psycopg.connect(harness.database_url) as conn:
         account = read_account(conn, Schemas("sequent_schema", "view_schema"), "acct-0")
     assert account is not None and account["deposit_count"] == len(range(0, DEPOSITS, 7))
@@ -131,7 +131,9 @@ def test_operator_restarted_during_replay_finishes_without_repeating_stages(harn
     harness.run_until(lambda: any("-replay" in name for name in harness.cluster.created_jobs))
     harness.reconciler = Reconciler(harness.cluster)  # a new process: no memory but the status
     harness.run_until(lambda: serving(harness) == "v2")
-    assert len(harness.cluster.created_jobs) == len(set(harness.cluster.created_jobs)) == 4
+    assert (
+        len(harness.cluster.created_jobs) == len(set(harness.cluster.created_jobs)) == 5
+    )  # migrate, prepare, replay, optimize, golive
     assert sum(name.endswith("-golive") for name in harness.cluster.created_jobs) == 1
 
 

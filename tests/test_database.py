@@ -67,8 +67,17 @@ def test_abort_clears_replaying_and_activating_but_keeps_active(db: SequentDatab
         conn.execute(
             "INSERT INTO sequent_schema.projector_states (name, activating_version) VALUES ('TagProjector', 3)"
         )
-    db.abort()
-    assert rows(database_url) == {"PostProjector": (1, None, None), "TagProjector": (None, None, None)}
+    with psycopg.connect(database_url) as conn:
+        conn.execute(
+            "INSERT INTO sequent_schema.projector_states (name, replaying_version) VALUES ('OtherAppProjector', 4)"
+        )
+    db.abort(["PostProjector", "TagProjector"])
+    # Only the projectors named: another application's replay in the same schema is left alone.
+    assert rows(database_url) == {
+        "PostProjector": (1, None, None),
+        "TagProjector": (None, None, None),
+        "OtherAppProjector": (None, None, 4),
+    }
 
 
 def test_illegal_writes_are_refused_naming_projector_and_versions(db: SequentDatabase, database_url: str) -> None:
@@ -81,7 +90,7 @@ def test_illegal_writes_are_refused_naming_projector_and_versions(db: SequentDat
     with pytest.raises(IllegalProjectorState, match="cannot deactivate PostProjector: version 2 is activating"):
         db.deactivate(["PostProjector"])
 
-    db.abort()
+    db.abort(["PostProjector"])
     db.register_replaying({"PostProjector": 2})
     with pytest.raises(IllegalProjectorState, match="activate PostProjector version 3: version 2 is replaying"):
         db.activate({"PostProjector": 3})

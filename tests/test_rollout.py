@@ -163,23 +163,38 @@ def test_rollback_to_a_lower_version_replays_and_says_so() -> None:
     assert world.projectors["PostProjector"].active_version == 1
 
 
-def test_removed_projector_is_deactivated_before_golive() -> None:
+def test_removed_projector_is_deactivated_only_once_golive_committed() -> None:
+    """Until golive commits the old code serves and its projector stays active; right after, in
+    the pass that sees golive's commit, it is deactivated and traffic moves."""
     world = World(manifest("v1", {"PostProjector": 1, "OldProjector": 1})).serving_v1(
         {"PostProjector": 1, "OldProjector": 1}
     )
     world.upgrade(manifest("v2", {"PostProjector": 2}))
-    for _ in range(12):
-        decision = world.step()
-        if any(isinstance(a, RunStageJob) and a.stage == "golive" for a in decision.actions):
-            kinds = [type(a) for a in decision.actions]
-            assert kinds.index(Deactivate) < kinds.index(RunStageJob)
-            break
-        world.finish_running_jobs()
-    else:
-        pytest.fail("golive never started")
-    world.run(passes=3)
+    advance_to(world, "golive")
+    assert world.projectors["OldProjector"].active_version == 1
+    assert not any(isinstance(a, Deactivate) for d in world.history for a in d.actions)
+    world.finish_job(world.running_job("golive"))
+    decision = world.step()
+    kinds = [type(a) for a in decision.actions]
+    assert kinds.index(Deactivate) < kinds.index(SwitchService)
+    assert Deactivate(("OldProjector",)) in decision.actions
     assert world.service_version == "v2"
     assert world.projectors["OldProjector"].active_version is None
+    assert "ProjectorsDeactivated" in [e.reason for e in decision.events]
+
+
+def test_a_failed_golive_leaves_removed_projectors_active() -> None:
+    world = World(manifest("v1", {"PostProjector": 1, "OldProjector": 1})).serving_v1(
+        {"PostProjector": 1, "OldProjector": 1}
+    )
+    world.upgrade(manifest("v2", {"PostProjector": 2}))
+    advance_to(world, "golive")
+    world.finish_job(world.running_job("golive"), succeed=False)
+    world.run(passes=4)
+    assert world.status.phase is Phase.FAILED and world.service_version == "v1"
+    assert world.projectors["OldProjector"] == ProjectorState("OldProjector", 1, None, None)
+    assert world.projectors["PostProjector"] == ProjectorState("PostProjector", 1, None, None)
+    assert not any(isinstance(a, Deactivate) for d in world.history for a in d.actions)
 
 
 def test_catchup_repeats_until_lag_is_within_bound() -> None:
@@ -287,9 +302,14 @@ def test_replay_marked_failed_fails_the_rollout_aborts_it_and_a_retry_goes_live(
     assert f"replay {replay_id} is 'failed' in replay_states: a stage raised" in world.status.message
     assert f"{stage} Job {job} " in world.status.message
     assert decision.failure is Reason.REPLAY_FAILED
-    assert any(isinstance(a, RunStageJob) and a.stage == "abort" for a in decision.actions)
-    if not job_ends:
-        assert DeleteJob(job) in decision.actions
+    aborts = [a for a in decision.actions if isinstance(a, RunStageJob) and a.stage == "abort"]
+    if job_ends:
+        assert aborts
+    else:
+        # Sequent's abort does not stop a stage that still runs: the operator stops it first and
+        # starts the abort once its pods are gone.
+        assert DeleteJob(job) in decision.actions and not aborts
+        assert condition(world, "ReplayAborted") == ("False", "Aborting")
     world.run(passes=4)
     assert world.status.phase is Phase.FAILED and reason(world) == "ReplayFailed"
     assert world.replay is not None and world.replay.state == "aborted"
@@ -451,6 +471,10 @@ def test_empty_projector_states_while_a_version_serves_is_not_guessed_at() -> No
     world.step()
     assert reason(world) == "ProjectorStatesEmpty"
     assert world.service_version == "v1"
+    # A command that activates whatever the table holds (sequent:migrate:offline does nothing
+    # without a pending view-schema migration): Sequent's own activation, with v1's code.
+    assert "activate version v1's configuration" in world.status.message
+    assert "Sequent.activate_current_configuration!" in world.status.message
 
 
 @pytest.mark.parametrize(
@@ -534,3 +558,147 @@ def test_projector_states_locked_by_a_running_golive_is_expected_not_an_outage()
     decision = other.step()
     assert reason(other) == "ProjectorStatesLocked"
     assert [e.type for e in decision.events] == ["Warning"]
+
+
+# ---- Sequent's failures: abort after the stage's pods, abort retried, a truthful ReplayAborted ----
+
+
+def test_abort_starts_only_once_the_failed_stage_pods_are_gone() -> None:
+    world = upgraded_world()
+    advance_to(world, "replay")
+    job = world.running_job("replay")
+    world.stage_raises(job)
+    # The Job failed but its pod is still terminating (it may still write to the replay schema).
+    world.jobs[job] = replace(world.jobs[job], active=1)
+    for _ in range(3):
+        decision = world.step()
+        assert not any(isinstance(a, RunStageJob) for a in decision.actions)
+        assert condition(world, "ReplayAborted") == ("False", "Aborting")
+        assert f"stopping {job} before the abort" in world.status.message
+    world.jobs[job] = replace(world.jobs[job], active=0)
+    decision = world.step()
+    assert any(isinstance(a, RunStageJob) and a.stage == "abort" for a in decision.actions)
+
+
+def test_failing_abort_is_retried_with_a_growing_back_off_until_the_replay_is_aborted() -> None:
+    world = upgraded_world()
+    advance_to(world, "replay")
+    world.stage_raises(world.running_job("replay"))
+    world.step()
+    first = world.running_job("abort")
+    world.finish_job(first, succeed=False)
+    decision = world.step()
+    # Not aborted yet: said so, with when the next try comes, and nothing reported cleared.
+    assert condition(world, "ReplayAborted") == ("False", "AbortFailed")
+    assert not any(isinstance(a, RunStageJob) for a in decision.actions)
+    found = next(c for c in world.status.conditions if c.type == "ReplayAborted")
+    assert f"abort Job {first} failed: BackoffLimitExceeded" in found.message
+    assert "abort runs again in 10 s (try 2, 1 failed)" in found.message
+    assert decision.requeue_after is not None and decision.requeue_after <= 10
+    world.now += timedelta(seconds=10)
+    decision = world.step()
+    assert any(isinstance(a, RunStageJob) and a.stage == "abort" and a.round == 1 for a in decision.actions)
+    assert ("Warning", "AbortFailed") in [(e.type, e.reason) for e in decision.events]
+    second = world.running_job("abort")
+    assert second != first
+    world.finish_job(second, succeed=False)
+    world.step()
+    found = next(c for c in world.status.conditions if c.type == "ReplayAborted")
+    assert "abort runs again in 20 s (try 3, 2 failed)" in found.message
+    # A spec edit meanwhile does not skip the abort: the replay holds Sequent's unique index.
+    world.upgrade(world.spec.model_copy(update={"replicas": 3}))
+    world.now += timedelta(seconds=20)
+    world.step()
+    assert world.status.phase is Phase.FAILED and world.status.attempt == 1
+    world.finish_job(world.running_job("abort"))
+    world.step()
+    assert world.replay is not None and world.replay.state == "aborted"
+    assert condition(world, "ReplayAborted") == ("True", "Aborted")
+    found = next(c for c in world.status.conditions if c.type == "ReplayAborted")
+    assert f"replay {world.replay.id} is aborted in replay_states" in found.message
+    # Then an edit of the spec retries the rollout, and it goes live.
+    world.upgrade(world.spec.model_copy(update={"replicas": 2}))
+    world.run(passes=12)
+    assert world.status.attempt == 2
+    assert world.service_version == "v2"
+
+
+def test_abort_that_succeeds_while_the_replay_stays_failed_is_not_reported_as_aborted() -> None:
+    """A stage still running when abort lands marks the replay failed again (Sequent): the
+    operator believes replay_states, not the abort Job's exit status."""
+    world = upgraded_world()
+    advance_to(world, "replay")
+    world.stage_raises(world.running_job("replay"))
+    world.step()
+    world.finish_job(world.running_job("abort"), move_database=False)
+    world.step()
+    status, why = condition(world, "ReplayAborted")
+    assert (status, why) == ("False", "AbortFailed")
+    found = next(c for c in world.status.conditions if c.type == "ReplayAborted")
+    assert "succeeded but replay 1 is still 'failed'" in found.message
+
+
+def test_clean_up_clears_only_this_projectorsets_projectors() -> None:
+    world = upgraded_world()
+    advance_to(world, "prepare")
+    # prepare failed before Sequent made its replay row: the replaying version the operator
+    # registered is left, which the clean-up clears itself.
+    world.replay = None
+    world.finish_job(world.running_job("prepare"), succeed=False)
+    decision = world.step(execute=False)
+    assert decision.status.phase is Phase.FAILED
+    assert ClearReplaying(("PostProjector",)) in decision.actions
+    # Meanwhile another application sharing the schema started a replay of its own.
+    world.projectors["Billing::InvoiceProjector"] = ProjectorState("Billing::InvoiceProjector", 2, None, 3)
+    world.run(passes=3)
+    assert world.projectors["PostProjector"] == ProjectorState("PostProjector", 1, None, None)
+    assert world.projectors["Billing::InvoiceProjector"] == ProjectorState("Billing::InvoiceProjector", 2, None, 3)
+    assert condition(world, "ReplayAborted") == ("True", "Aborted")
+
+
+# ---- the migrate stage ----------------------------------------------------------------------------
+
+
+def test_migrate_runs_first_and_prepare_only_after_it_succeeded() -> None:
+    world = upgraded_world(replay={"commands": {"migrate": ["bundle", "exec", "rake", "sequent:db:migrate"]}})
+    decision = world.step()
+    assert RunStageJob("v2", 1, "migrate") in decision.actions
+    assert reason(world) == "Migrating" and world.status.phase is Phase.DEPLOYING
+    for _ in range(3):
+        decision = world.step()
+        assert not any(isinstance(a, RegisterReplaying | RunStageJob) for a in decision.actions)
+    world.finish_job(world.running_job("migrate"))
+    world.run(passes=10)
+    started = [job.stage for job in world.jobs.values()]
+    assert started[:2] == ["migrate", "prepare"]
+    assert world.service_version == "v2"
+    assert started.count("migrate") == 1
+
+
+def test_migrate_runs_before_an_activation_without_replay_too() -> None:
+    world = World(manifest("v1", {"PostProjector": 1, "OldProjector": 1})).serving_v1(
+        {"PostProjector": 1, "OldProjector": 1}
+    )
+    world.upgrade(manifest("v3", {"PostProjector": 1}, replay={"commands": {"migrate": ["migrate"]}}))
+    decision = world.step()
+    assert RunStageJob("v3", 1, "migrate") in decision.actions
+    world.step()
+    assert not any(isinstance(a, Activate) for d in world.history for a in d.actions)
+    world.run(passes=5)
+    assert world.service_version == "v3"
+    assert world.projectors["OldProjector"].active_version is None
+    activations = [a for d in world.history for a in d.actions if isinstance(a, Activate)]
+    assert activations == [Activate({"PostProjector": 1}, ("OldProjector",))]
+
+
+def test_failed_migration_fails_the_rollout_before_anything_is_replayed() -> None:
+    world = upgraded_world(replay={"commands": {"migrate": ["migrate"]}})
+    world.step()
+    world.finish_job(world.running_job("migrate"), succeed=False)
+    decision = world.step()
+    assert decision.status.phase is Phase.FAILED and reason(world) == "StageFailed"
+    assert "migrate Job blog-v2-a1-migrate failed: BackoffLimitExceeded" in world.status.message
+    world.run(passes=3)
+    assert world.replay is None and world.replaying() == []
+    assert condition(world, "ReplayAborted") == ("True", "Aborted")
+    assert world.service_version == "v1" and world.deployments["v2"].replicas == 0

@@ -57,6 +57,11 @@ class Reason(StrEnum):
         return member
 
     # -- steps of a rollout --
+    MIGRATING = (
+        "Migrating",
+        Kind.STEP,
+        "The migrate stage runs the release's database migrations, first in every rollout.",
+    )
     DEPLOYING = "Deploying", Kind.STEP, "The new version's Deployment is not available yet."
     PREPARING = "Preparing", Kind.STEP, "The prepare stage runs (replay schema, projectors registered replaying)."
     REPLAYING = "Replaying", Kind.STEP, "The initial replay stage runs."
@@ -167,10 +172,24 @@ class Reason(StrEnum):
     APPLIED = "Applied", Kind.STATUS, "ActionsApplied: every action of the last pass succeeded."
     IN_SYNC = "InSync", Kind.STATUS, "ProjectorsInSync: every projector is active at its release version."
     ROLLBACK_BY_REPLAY = "RollbackByReplay", Kind.STATUS, "Planned: a projector goes back to a lower version."
-    ABORT_FAILED = "AbortFailed", Kind.STATUS, "ReplayAborted: the abort Job failed."
+    ABORTING = (
+        "Aborting",
+        Kind.STATUS,
+        "ReplayAborted: the abort waits for the failed stage's pods to stop, or its Job runs.",
+    )
+    ABORT_FAILED = (
+        "AbortFailed",
+        Kind.STATUS,
+        "ReplayAborted: an abort Job failed; it runs again after a back-off (the message says when).",
+    )
     # -- Events only --
     ROLLOUT_STARTED = "RolloutStarted", Kind.EVENT, "A new `spec.version` is rolled out."
     ROLLOUT_RETRIED = "RolloutRetried", Kind.EVENT, "A spec edit retries a failed or aborted rollout (a new attempt)."
+    PROJECTORS_DEACTIVATED = (
+        "ProjectorsDeactivated",
+        Kind.EVENT,
+        "Right after golive committed, the projectors the release removed were deactivated.",
+    )
     ACTIVATED = "Activated", Kind.EVENT, "The database first showed every projector of the release active."
     SERVICE_SWITCHED = "ServiceSwitched", Kind.EVENT, "The Service now selects the new version's pods."
     SCALED_DOWN = "ScaledDown", Kind.EVENT, "An old version was scaled to zero after `scaleDownDelaySeconds`."

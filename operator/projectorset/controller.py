@@ -31,7 +31,7 @@ from projectorset.observation import (
     Event,
     RegisterReplaying,
 )
-from projectorset.rollout import Decision, decide, release_is_active
+from projectorset.rollout import Decision, decide, release_is_live
 
 log = logging.getLogger(__name__)
 
@@ -164,7 +164,8 @@ class Reconciler:
             return True  # nothing to watch: let a full pass decide
         database, spec = gate
         try:
-            return release_is_active(spec, database.read_projector_states(lock_timeout_ms=WATCH_LOCK_TIMEOUT_MS))
+            # Live, not yet active: projectors the release removed are deactivated by the pass after golive.
+            return release_is_live(spec, database.read_projector_states(lock_timeout_ms=WATCH_LOCK_TIMEOUT_MS))
         except ProjectorStatesBusy:
             return False  # golive still holds the table: the next read is granted at its commit
         except DatabaseError:
@@ -197,8 +198,8 @@ class Reconciler:
                 database.activate(versions, removed)
             case Deactivate(names=names):
                 database.deactivate(names)
-            case ClearReplaying():
-                database.abort()
+            case ClearReplaying(names=names):
+                database.abort(names)
             case _:
                 assert_never(action)
 

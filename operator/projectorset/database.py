@@ -403,13 +403,14 @@ class SequentDatabase:
             raise IllegalProjectorState(f"cannot deactivate {name}: version {state.activating_version} is activating")
         self._upsert(conn, name, active=None, activating=KEEP, replaying=KEEP)
 
-    def abort(self, names: Iterable[str] | None = None) -> None:
-        """Clear replaying and activating versions (of ``names``, or of every projector)."""
-        selected = None if names is None else sorted(set(names))
+    def abort(self, names: Iterable[str]) -> None:
+        """Clear the replaying and activating versions of ``names`` (Sequent's abort write), and of
+        no other projector: another application may share the schema."""
+        selected = set(names)
 
         def change(conn: psycopg.Connection, current: dict[str, ProjectorState]) -> None:
             for name, state in sorted(current.items()):
-                if selected is not None and name not in selected:
+                if name not in selected:
                     continue
                 if state.replaying_version is not None or state.activating_version is not None:
                     self._upsert(conn, name, active=KEEP, activating=None, replaying=None)

@@ -147,7 +147,10 @@ class Deactivate:
 
 @dataclass(frozen=True)
 class ClearReplaying:
-    """Sequent's abort write: clear replaying and activating versions of every projector."""
+    """Sequent's abort write: clear replaying and activating versions of these projectors (this
+    ProjectorSet's: another application may share the schema)."""
+
+    names: tuple[str, ...]
 
 
 DatabaseAction = RegisterReplaying | Activate | Deactivate | ClearReplaying

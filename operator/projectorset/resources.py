@@ -16,6 +16,7 @@ from typing import Any
 from projectorset import api
 from projectorset.cluster import Owner
 from projectorset.observation import DeploymentView, JobState, JobView
+from projectorset.sequent import STAGES, Stage
 
 ATTEMPT_LABEL = f"{api.GROUP}/attempt"
 ROUND_LABEL = f"{api.GROUP}/round"
@@ -133,11 +134,13 @@ def stage_command(spec: api.ProjectorSetSpec, stage: str, projectors: list[str])
     return substituted
 
 
-# Stages Sequent can run again after a failure: a failed optimize or golive leaves the replay as it
-# was (golive is one transaction), and migrations are idempotent. A failed prepare, replay or
-# catchup marks the replay failed: running it again only fails on Sequent's state checks. abort is
-# retried by the operator itself, with a back-off shown in the ReplayAborted condition.
-RETRYABLE_STAGES = frozenset({"migrate", "optimize", "golive"})
+# Stages a Job may simply run again (backoffLimit stageRetries): migrations are idempotent, and a
+# failed optimize or golive leaves the replay as it was (golive is one transaction). A failed
+# prepare, replay or catchup marks the replay failed: running it again only fails on Sequent's state
+# checks. abort runs once a Job: the rollout retries it itself, with a back-off it reports.
+RETRYABLE_STAGES = frozenset(
+    {Stage.MIGRATE} | {stage for stage, step in STAGES.items() if step.retryable and stage is not Stage.ABORT}
+)
 
 
 def stage_backoff_limit(spec: api.ProjectorSetSpec, stage: str) -> int:

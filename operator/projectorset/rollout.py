@@ -18,7 +18,7 @@ the database to the state its stage promises fails the rollout ("VerificationFai
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -35,7 +35,6 @@ from projectorset.api import (
 from projectorset.conditions import (
     ConditionType,
     Reason,
-    find_condition,
     progress_message,
     progress_reason,
     reason_named,
@@ -83,6 +82,10 @@ STAGE_REASONS: Mapping[str, Reason] = {
     Stage.CATCHUP: Reason.CATCHING_UP,
     Stage.GOLIVE: Reason.GOING_LIVE,
 }
+
+# A failed abort Job runs again after this many seconds, doubled after each failure up to the cap.
+ABORT_RETRY_SECONDS = 10.0
+ABORT_RETRY_MAX_SECONDS = 300.0
 
 IN_FLIGHT_PHASES = frozenset({Phase.DEPLOYING, Phase.REPLAYING, Phase.ACTIVATING, Phase.SWITCHING, Phase.PAUSED})
 # The status fields a pass rewrites every time; the others it carries forward unless it changes them.
@@ -379,7 +382,7 @@ def _rollout(run: _Pass, plan: Plan, db: DatabaseState) -> Decision:
     elif finished and not _cleanup_pending(run, db):
         retry = previous.observed_generation is not None and run.generation != previous.observed_generation
         if not retry or spec.abort:
-            return _stay_finished(run)
+            return _stay_finished(run, db)
         finished = False
         run.remember(attempt=previous.attempt + 1, rollout_started_at=run.timestamp(), replay=None)
         run.event(
@@ -390,19 +393,30 @@ def _rollout(run: _Pass, plan: Plan, db: DatabaseState) -> Decision:
     # The database is the gate: once the release is active there, traffic moves in this very pass.
     if release_is_active(spec, db):
         return _switch(run)
+    golive = _latest(cluster.jobs_for(target, attempt, Stage.GOLIVE))
+    if golive is not None and plan.to_deactivate and release_is_live(spec, db):
+        # golive committed. Only now are the projectors the release removed deactivated (a golive
+        # that fails leaves them as they were); the new code refuses every write while a projector
+        # it does not know is active, so this comes right before the switch, in the same pass.
+        removed = tuple(plan.to_deactivate)
+        run.act(Deactivate(removed))
+        run.event(Reason.PROJECTORS_DEACTIVATED, f"deactivated {', '.join(removed)} (not in version {target})")
+        return _switch(run)
 
     if finished:
         return _clean_up(run, db, previous.phase, _ended_reason(previous), progress_message(previous))
 
-    golive = _latest(cluster.jobs_for(target, attempt, Stage.GOLIVE))
     if spec.abort:
         if golive is not None and golive.state is JobState.RUNNING:
             run.poll(ROLLOUT_POLL_SECONDS)
             return run.finish(Phase.ACTIVATING, Reason.ABORT_WAITING_FOR_GOLIVE, "abort requested; golive is running")
         return _clean_up(run, db, Phase.ABORTED, Reason.ABORTED, f"rollout of {target} aborted by spec.abort")
 
-    # 1. The new version runs beside the old one, outside the Service.
+    # 1. The release's migrations run first; the new version runs beside the old one, outside the Service.
     run.ensure_deployment()
+    migrating = _migrate(run, db, attempt)
+    if migrating is not None:
+        return migrating
     deployment = cluster.deployments.get(target)
     if deployment is not None and deployment.failure:
         return _fail(run, db, Reason.DEPLOYMENT_FAILED, f"Deployment of {target}: {deployment.failure}")
@@ -419,8 +433,10 @@ def _rollout(run: _Pass, plan: Plan, db: DatabaseState) -> Decision:
         return run.finish(
             Phase.PENDING,
             Reason.PROJECTOR_STATES_EMPTY,
-            f"version {serving} serves but projector_states is empty: activate it first "
-            "(sequent:migrate:offline) so the operator can tell what changed",
+            f"version {serving} serves but projector_states is empty, so nothing says which projector "
+            f"versions are live: activate version {serving}'s configuration with its own code, e.g. "
+            f"kubectl exec deploy/<its Deployment> -- bin/rails runner 'Sequent.activate_current_configuration!' "
+            "(sequent:migrate:offline activates only when a view-schema migration is pending)",
             warning=True,
         )
     if plan.blocked:
@@ -441,6 +457,30 @@ def _rollout(run: _Pass, plan: Plan, db: DatabaseState) -> Decision:
 
     # 4. Replay, stage by stage, as the database says.
     return _replay(run, plan, db, attempt, golive)
+
+
+def _migrate(run: _Pass, db: DatabaseState, attempt: int) -> Decision | None:
+    """Sequent's workflow runs the release's migrations before prepare (which copies the view
+    tables with pg_dump --strict-names, so a table no migration created fails it). None: done."""
+    spec, cluster = run.spec, run.cluster
+    if not spec.replay.commands.migrate:
+        return None
+    job = _latest(cluster.jobs_for(spec.version, attempt, Stage.MIGRATE))
+    if job is None:
+        later = [j for j in cluster.jobs_for(spec.version, attempt) if j.stage != Stage.ABORT]
+        if later or db.replay_in_progress is not None:
+            return None  # this attempt is past its migrations (their Job is gone)
+        if spec.paused:
+            return _paused(run)
+        run.act(RunStageJob(spec.version, attempt, Stage.MIGRATE))
+        run.poll(ROLLOUT_POLL_SECONDS)
+        return run.finish(Phase.DEPLOYING, Reason.MIGRATING, f"migrating the database for version {spec.version}")
+    if job.state is JobState.RUNNING:
+        run.poll(ROLLOUT_POLL_SECONDS)
+        return run.finish(Phase.DEPLOYING, Reason.MIGRATING, f"migrate is running in Job {job.name}")
+    if job.state is JobState.FAILED:
+        return _fail(run, db, Reason.STAGE_FAILED, f"migrate Job {job.name} failed: {job.message}")
+    return None
 
 
 def _replay(run: _Pass, plan: Plan, db: DatabaseState, attempt: int, golive: JobView | None) -> Decision:
@@ -526,10 +566,7 @@ def _replay(run: _Pass, plan: Plan, db: DatabaseState, attempt: int, golive: Job
     gate = _promotion_gate(run)
     if gate is not None:
         return gate
-    if plan.to_deactivate:
-        # Old code skips a projector with no active version, new code would refuse to write
-        # while a projector it does not know is active: deactivate before golive.
-        run.act(Deactivate(tuple(plan.to_deactivate)))
+    # Removed projectors stay active until golive commits (see _rollout): a golive may still fail.
     run.act(RunStageJob(target, attempt, Stage.GOLIVE, projectors=projectors))
     return run.finish(Phase.ACTIVATING, Reason.GOING_LIVE, f"lag {lag} events: golive")
 
@@ -586,23 +623,38 @@ def _paused(run: _Pass) -> Decision:
     return run.finish(Phase.PAUSED, Reason.PAUSED_BY_USER, f"rollout of {run.spec.version} paused by spec.paused")
 
 
+def release_is_live(spec: ProjectorSetSpec, db: DatabaseState) -> bool:
+    """Every projector of the release is active at its version and nothing is left in flight:
+    golive (or the activation) committed. Projectors the release removed may still be active."""
+    if db.empty or _in_flight(db):
+        return False
+    return all(
+        (state := db.projectors.get(name)) is not None and state.active_version == version
+        for name, version in spec.projector_versions.items()
+    )
+
+
 def release_is_active(spec: ProjectorSetSpec, db: DatabaseState) -> bool:
-    """Every projector of the release is active at its version, nothing is left in flight, and
-    no projector outside the release is still active."""
-    if db.empty:
-        return False
-    for name, version in spec.projector_versions.items():
-        state = db.projectors.get(name)
-        if state is None or state.active_version != version:
-            return False
-    if _in_flight(db):
-        return False
-    return all(name in spec.projector_versions or s.active_version is None for name, s in db.projectors.items())
+    """The release is live and no projector outside it is still active: its code can write."""
+    return release_is_live(spec, db) and all(
+        name in spec.projector_versions or s.active_version is None for name, s in db.projectors.items()
+    )
 
 
-def _in_flight(db: DatabaseState) -> bool:
-    """Some projector is replaying or activating."""
-    return any(s.replaying_version is not None or s.activating_version is not None for s in db.projectors.values())
+def _in_flight(db: DatabaseState, names: Iterable[str] | None = None) -> bool:
+    """Some projector (of ``names``, if given) is replaying or activating."""
+    chosen = None if names is None else set(names)
+    return any(
+        (s.replaying_version is not None or s.activating_version is not None) and (chosen is None or name in chosen)
+        for name, s in db.projectors.items()
+    )
+
+
+def _own_projectors(spec: ProjectorSetSpec, db: DatabaseState) -> tuple[str, ...]:
+    """The projectors this ProjectorSet may have left replaying or activating: the release's and
+    those of the latest replay (a spec edit may have dropped one)."""
+    names = set(spec.projector_versions) | set(db.replay.projectors if db.replay is not None else ())
+    return tuple(sorted(names))
 
 
 def _switch(run: _Pass) -> Decision:
@@ -636,14 +688,25 @@ def _switch(run: _Pass) -> Decision:
 # ---- failure, abort and clean-up ----------------------------------------------------------------
 
 
+def _stages_still_running(cluster: ClusterView) -> list[JobView]:
+    """Stage Jobs (abort aside) whose pods may still write: running, terminating, or being deleted."""
+    return [
+        job
+        for job in cluster.jobs
+        if job.stage != Stage.ABORT and (job.state is JobState.RUNNING or job.active > 0 or job.deleting)
+    ]
+
+
 def _cleanup_pending(run: _Pass, db: DatabaseState) -> bool:
-    jobs_running = any(
-        job.state is JobState.RUNNING for job in run.cluster.jobs_for(run.spec.version, run.previous.attempt)
-    )
     # The abort stage may clear the database by itself; the new version must still be scaled down.
     deployment = run.cluster.deployments.get(run.spec.version)
     still_scaled_up = deployment is not None and deployment.replicas > 0
-    return _in_flight(db) or db.replay_in_progress is not None or jobs_running or still_scaled_up
+    return (
+        bool(_stages_still_running(run.cluster))
+        or db.replay_in_progress is not None
+        or _in_flight(db, _own_projectors(run.spec, db))
+        or still_scaled_up
+    )
 
 
 def _fail(run: _Pass, db: DatabaseState, reason: Reason, message: str) -> Decision:
@@ -651,61 +714,102 @@ def _fail(run: _Pass, db: DatabaseState, reason: Reason, message: str) -> Decisi
 
 
 def _clean_up(run: _Pass, db: DatabaseState, phase: Phase, reason: Reason, message: str) -> Decision:
-    """Abort the replay and clear replaying/activating; the old version keeps serving."""
+    """Stop the stages, abort the replay until replay_states says so, clear this ProjectorSet's
+    replaying/activating versions, scale the new version down; the old version keeps serving."""
     spec, cluster = run.spec, run.cluster
     target = spec.version
-    attempt = int(run.memory.attempt)
-    jobs = cluster.jobs_for(target, attempt)
     warning = phase is Phase.FAILED
+    run.poll(ROLLOUT_POLL_SECONDS)
     if any(job.stage == Stage.GOLIVE and job.state is JobState.RUNNING for job in cluster.jobs):
         # golive is one transaction: it either lands (and traffic moves) or leaves nothing behind.
-        run.poll(ROLLOUT_POLL_SECONDS)
         return run.finish(Phase.ACTIVATING, Reason.GOING_LIVE, f"{message}; waiting for golive to finish first")
-    for job in cluster.jobs:
-        if job.state is JobState.RUNNING and job.stage != Stage.ABORT:
-            run.act(DeleteJob(job.name))
+
+    # Sequent's abort does not stop a stage that still runs, and such a stage would mark the replay
+    # failed again when it fails later: abort only once every stage's pods are gone.
+    running = _stages_still_running(cluster)
+    if running:
+        run.act(*(DeleteJob(job.name) for job in running if job.state is JobState.RUNNING and not job.deleting))
+        names = ", ".join(job.name for job in running)
+        run.condition(ConditionType.REPLAY_ABORTED, False, Reason.ABORTING, f"waiting for the pods of {names} to stop")
+        return run.finish(phase, reason, message, note=f"; stopping {names} before the abort", warning=warning)
+
     replay = db.replay_in_progress
-    in_flight = _in_flight(db)
-    abort_job = _latest([j for j in jobs if j.stage == Stage.ABORT])
     if replay is not None:
-        if abort_job is None:
-            run.act(RunStageJob(target, attempt, Stage.ABORT, projectors=tuple(sorted(replay.projectors))))
-            run.poll(ROLLOUT_POLL_SECONDS)
-            return run.finish(phase, reason, message, note="; aborting the replay", warning=warning)
-        if abort_job.state is JobState.RUNNING:
-            run.poll(ROLLOUT_POLL_SECONDS)
-            return run.finish(phase, reason, message, note="; aborting the replay", warning=warning)
-        if abort_job.state is JobState.FAILED:
-            run.condition(
-                ConditionType.REPLAY_ABORTED,
-                False,
-                Reason.ABORT_FAILED,
-                f"abort Job {abort_job.name}: {abort_job.message}",
-            )
+        return _abort_replay(run, replay, phase, reason, message)
+
+    # Sequent's abort clears the replay's projectors; what the operator registered itself (before a
+    # prepare that never made a replay) it clears here, for its own projectors only.
+    own = _own_projectors(spec, db)
+    in_flight = _in_flight(db, own)
     if in_flight:
-        run.act(ClearReplaying())
-        run.poll(ROLLOUT_POLL_SECONDS)
+        run.act(ClearReplaying(own))
     deployment = cluster.deployments.get(target)
     if deployment is not None and deployment.replicas > 0:
         run.act(ScaleDeployment(target, 0))
     serving = run.memory.active_version
     note = f"; version {serving} keeps serving" if serving else ""
-    abort_failed = replay is not None and abort_job is not None and abort_job.state is JobState.FAILED
-    if not in_flight and not abort_failed:
-        run.condition(
-            ConditionType.REPLAY_ABORTED, True, Reason.ABORTED, "replaying and activating versions are cleared"
-        )
+    if not in_flight:
+        run.condition(ConditionType.REPLAY_ABORTED, True, Reason.ABORTED, _aborted_message(db))
     return run.finish(phase, reason, message, note=note, warning=warning)
 
 
-def _stay_finished(run: _Pass) -> Decision:
-    """A failed or aborted rollout waits for a spec change (a retry) with spec.abort false."""
-    previous = run.previous
-    aborted = find_condition(run.conditions, ConditionType.REPLAY_ABORTED)
-    if aborted is None or aborted.reason != Reason.ABORT_FAILED:
+def _abort_replay(run: _Pass, replay: ReplayState, phase: Phase, reason: Reason, message: str) -> Decision:
+    """Run abort Jobs, one at a time, until replay_states no longer shows the replay in progress;
+    after a failure the next one waits a back-off that doubles, shown in ReplayAborted."""
+    spec = run.spec
+    attempt = run.memory.attempt
+    warning = phase is Phase.FAILED
+    projectors = tuple(sorted(replay.projectors))
+    note = f"; aborting replay {replay.id}"
+    aborts = run.cluster.jobs_for(spec.version, attempt, Stage.ABORT)
+    last = _latest(aborts)
+    if last is None:
+        run.act(RunStageJob(spec.version, attempt, Stage.ABORT, projectors=projectors))
         run.condition(
-            ConditionType.REPLAY_ABORTED, True, Reason.ABORTED, "replaying and activating versions are cleared"
+            ConditionType.REPLAY_ABORTED, False, Reason.ABORTING, f"replay {replay.id} is {replay.state!r}: aborting it"
         )
+        return run.finish(phase, reason, message, note=note, warning=warning)
+    if last.state is JobState.RUNNING:
+        run.condition(
+            ConditionType.REPLAY_ABORTED,
+            False,
+            Reason.ABORTING,
+            f"abort Job {last.name} runs (replay {replay.id} is {replay.state!r})",
+        )
+        return run.finish(phase, reason, message, note=note, warning=warning)
+    # The last abort is over and the replay is still in progress: it failed (or a stage marked the
+    # replay failed again after it). Try again, later each time.
+    tries = len(aborts)
+    why = (
+        f"abort Job {last.name} failed: {last.message}"
+        if last.state is JobState.FAILED
+        else f"abort Job {last.name} succeeded but replay {replay.id} is still {replay.state!r}"
+    )
+    delay = min(ABORT_RETRY_MAX_SECONDS, ABORT_RETRY_SECONDS * 2 ** (tries - 1))
+    due = (last.finished_at or run.now) + timedelta(seconds=delay)
+    if run.now >= due:
+        run.act(RunStageJob(spec.version, attempt, Stage.ABORT, round=last.round + 1, projectors=projectors))
+        run.event(Reason.ABORT_FAILED, f"{why}; running abort again (try {tries + 1})", warning=True)
+        detail = f"{why}; running abort again (try {tries + 1})"
+    else:
+        wait = (due - run.now).total_seconds()
+        run.poll(max(0.5, wait))
+        detail = f"{why}; abort runs again in {wait:.0f} s (try {tries + 1}, {tries} failed)"
+    run.condition(ConditionType.REPLAY_ABORTED, False, Reason.ABORT_FAILED, detail)
+    return run.finish(phase, reason, message, note=note, warning=warning)
+
+
+def _aborted_message(db: DatabaseState) -> str:
+    replay = db.replay
+    if replay is not None and replay.state == ReplayStateName.ABORTED:
+        return f"replay {replay.id} is aborted in replay_states; replaying and activating versions are cleared"
+    return "no replay in progress; replaying and activating versions are cleared"
+
+
+def _stay_finished(run: _Pass, db: DatabaseState) -> Decision:
+    """A failed or aborted rollout, cleaned up, waits for a spec change (a retry) with spec.abort false."""
+    previous = run.previous
+    run.condition(ConditionType.REPLAY_ABORTED, True, Reason.ABORTED, _aborted_message(db))
     serving = run.memory.active_version
     note = f"; version {serving} keeps serving" if serving else ""
     note += "; set spec.abort to false to retry" if run.spec.abort else "; edit the spec to retry"

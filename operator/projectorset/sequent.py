@@ -37,6 +37,10 @@ _KNOWN_STATES = frozenset(state.value for state in ReplayStateName)
 class Stage(StrEnum):
     """A step of a background replay, run by the operator as a Job (Sequent's rake task)."""
 
+    # Before the replay: the release's database migrations (view-schema tables first, as Sequent's
+    # documented workflow says: prepare copies them with pg_dump --strict-names). It does not touch
+    # replay_states, so it has no row in STAGES.
+    MIGRATE = "migrate"
     PREPARE = "prepare"
     REPLAY = "replay"
     OPTIMIZE = "optimize"

@@ -31,7 +31,8 @@ def sample_projectorset(
         "projectors": sorted(projectors(version), key=lambda p: p["name"]),
         "template": pod_template(version, secret_name=secret, labels={"app": name}, python=python),
         "replay": {
-            "commands": replay_commands(python),
+            # The operator runs the release's migrations first (init containers run them in pods too).
+            "commands": replay_commands(python, migrate=True),
             "groupSize": 500,
             "stageTimeoutSeconds": 600,
             "stageRetries": 0,
