@@ -22,6 +22,7 @@ from projectorset.database import (
 )
 from projectorset.sequent import ProjectorState
 from testbed.postgres import PostgresServer, free_port
+from testbed.sequent_schema import create_sequent_tables
 from testbed.sequent_schema import projector_rows as rows
 
 
@@ -181,7 +182,44 @@ def test_lag_reads_the_tail_and_matches_a_full_count(db: SequentDatabase, databa
     start_replay(database_url, "optimized", since)
     state = db.read_state()
     assert counted_lag(database_url, since) == behind
-    assert state.replay_lag == behind
+    assert state.replay_lag == behind and not state.replay_lag_at_least
+
+
+def test_lag_counts_every_partition_of_a_partitioned_events_table(database_url: str) -> None:
+    """Sequent partitions events by partition_key: each partition has a tail of its own."""
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        create_sequent_tables(conn, "parted")
+        conn.execute("DROP TABLE parted.events")
+        conn.execute(
+            "CREATE TABLE parted.events (aggregate_id uuid NOT NULL, partition_key text NOT NULL DEFAULT '', "
+            "sequence_number integer NOT NULL, event_json jsonb NOT NULL, xact_id bigint) "
+            "PARTITION BY RANGE (partition_key)"
+        )
+        conn.execute(
+            "CREATE TABLE parted.events_2025 PARTITION OF parted.events FOR VALUES FROM ('Y2025') TO ('Y2026')"
+        )
+        conn.execute(
+            "CREATE TABLE parted.events_2026 PARTITION OF parted.events FOR VALUES FROM ('Y2026') TO ('Y2027')"
+        )
+        conn.execute("CREATE TABLE parted.events_default PARTITION OF parted.events DEFAULT")
+        for key, first, count in (("Y2025", 1, 3000), ("Y2026", 1, 3000), ("", 2000, 3000)):
+            conn.execute(
+                "INSERT INTO parted.events SELECT gen_random_uuid(), %s, 1, "
+                "jsonb_build_object('title', repeat('x', 40)), %s + g FROM generate_series(0, %s - 1) g",
+                (key, first, count),
+            )
+        conn.execute(
+            "INSERT INTO parted.replay_states (state, projectors, continue_replay_at_xact_id) "
+            "VALUES ('optimized', ARRAY['PostProjector'], 2500)"
+        )
+        expected = conn.execute("SELECT count(*) FROM parted.events WHERE xact_id >= 2500").fetchone()[0]
+    db = SequentDatabase(database_url, "parted")
+    try:
+        state = db.read_state()
+    finally:
+        db.close()
+    assert expected == (3000 - 2499) * 2 + 2500
+    assert (state.replay_lag, state.replay_lag_at_least) == (expected, False)
 
 
 def test_lag_is_not_read_before_the_replay_records_where_catch_up_starts(
@@ -198,8 +236,9 @@ def test_lag_read_is_bounded_and_then_a_lower_bound(
     insert_events(database_url, 5000, first_xact_id=1)
     start_replay(database_url, "optimized", 1)
     monkeypatch.setattr(database, "LAG_MAX_PAGES", 20)
-    lag = db.read_state().replay_lag
-    assert lag is not None and 0 < lag < 5000
+    state = db.read_state()
+    assert state.replay_lag is not None and 0 < state.replay_lag < 5000
+    assert state.replay_lag_at_least
 
 
 def test_read_state_does_not_wait_behind_a_lock_on_projector_states(db: SequentDatabase, database_url: str) -> None:

@@ -346,7 +346,13 @@ class ReplayStatus(Model):
     state: str | None = Field(default=None, description="replay_states.state as read from the database.")
     replay_id: int | None = None
     catchup_round: int = 0
-    lag: int | None = Field(default=None, description="Events not yet caught up.")
+    lag: int | None = Field(
+        default=None,
+        description="Events at or after continue_replay_at_xact_id: what catch-up and golive still replay.",
+    )
+    lag_at_least: bool = Field(
+        default=False, description="The lag read stopped at its budget: the lag is at least `lag`."
+    )
     job: str | None = None
 
 

@@ -251,10 +251,10 @@ class SequentDatabase:
             return projectors, replay
 
         projectors, replay = self._read(read)
-        lag = None
-        if replay is not None and replay.in_progress and replay.continue_replay_at_xact_id is not None:
-            lag = self.replay_lag(replay.continue_replay_at_xact_id)
-        return DatabaseState(projectors=projectors, replay=replay, replay_lag=lag)
+        if replay is None or not replay.in_progress or replay.continue_replay_at_xact_id is None:
+            return DatabaseState(projectors=projectors, replay=replay)
+        lag, complete = self.replay_lag(replay.continue_replay_at_xact_id)
+        return DatabaseState(projectors=projectors, replay=replay, replay_lag=lag, replay_lag_at_least=not complete)
 
     def read_projector_states(self, lock_timeout_ms: int | None = None) -> DatabaseState:
         """Only projector_states: the cheap read the operator repeats while golive runs. Waiting
@@ -270,14 +270,15 @@ class SequentDatabase:
         ).format(self._table("projector_states"))
         return {row[0]: ProjectorState(*row) for row in conn.execute(query)}
 
-    def replay_lag(self, since_xact_id: int) -> int:
+    def replay_lag(self, since_xact_id: int) -> tuple[int, bool]:
         """Events a catch-up would still replay: those with ``xact_id >= since_xact_id``.
 
         ``events.xact_id`` has no index and the table is Sequent's largest, so this reads only
         the tail of each partition: events are appended, so the newest ones sit in its last
-        pages. Chunks of pages are read backwards (a TID range scan) until a chunk holds no new
-        event, or until ``LAG_MAX_PAGES`` were read; the count is then a lower bound. Events that
-        PostgreSQL placed in free space further back are missed (an append-only table has little).
+        pages. Chunks of pages are read backwards (TID range scans, doubling) until one holds
+        older events too, and one more chunk; at most ``LAG_MAX_PAGES`` pages. Returns the count
+        and whether it is complete (else a lower bound). Events that PostgreSQL placed in free
+        space further back are missed (an append-only table has little).
         See docs/sequent-protocol.md ("lag")."""
         return self._read(lambda conn: _tail_lag(conn, self._table("events"), since_xact_id))
 
@@ -426,10 +427,10 @@ def _set_timeouts(conn: psycopg.Connection, lock_timeout_ms: int, statement_time
     )
 
 
-# The lag read: the first chunk of pages read at the end of each partition, and the most pages one
-# read may cover (8 kB each: 4096 pages are 32 MB, a few milliseconds from cache).
+# The lag read: the chunk of pages first read at the end of each partition, and the most pages one
+# read may cover (8 kB each: 2048 pages are 16 MB, about 100,000 small events).
 LAG_FIRST_CHUNK_PAGES = 32
-LAG_MAX_PAGES = 4096
+LAG_MAX_PAGES = 2048
 
 
 @dataclass
@@ -439,9 +440,13 @@ class _Tail:
     table: sql.Composable
     end: int
     chunk: int = LAG_FIRST_CHUNK_PAGES
+    # A chunk already held events from before the window: one more small chunk, then done.
+    boundary_seen: bool = False
 
 
-def _tail_lag(conn: psycopg.Connection, events: sql.Composable, since_xact_id: int) -> int:
+def _tail_lag(conn: psycopg.Connection, events: sql.Composable, since_xact_id: int) -> tuple[int, bool]:
+    """(events with xact_id >= since_xact_id found at the partitions' ends, whether every
+    partition was read back to where its events get older than that)."""
     leaves = conn.execute(
         sql.SQL(
             "SELECT n.nspname, c.relname, pg_relation_size(c.oid) / current_setting('block_size')::bigint "
@@ -455,14 +460,16 @@ def _tail_lag(conn: psycopg.Connection, events: sql.Composable, since_xact_id: i
     lag = 0
     budget = LAG_MAX_PAGES
     while tails and budget > 0:
-        # One statement a round: the next chunk of every partition still showing new events.
+        # One statement a round: the next chunk of every partition not done yet.
         parts = []
         for tail in tails:
+            if budget <= 0:
+                break
             start = max(0, tail.end - min(tail.chunk, budget))
             budget -= tail.end - start
             parts.append(
                 sql.SQL(
-                    "SELECT count(*) FILTER (WHERE xact_id >= {since}) FROM {table} "
+                    "SELECT count(*) FILTER (WHERE xact_id >= {since}), count(*) FROM {table} "
                     "WHERE ctid >= {start}::tid AND ctid < {end}::tid"
                 ).format(
                     since=sql.Literal(since_xact_id),
@@ -472,14 +479,22 @@ def _tail_lag(conn: psycopg.Connection, events: sql.Composable, since_xact_id: i
                 )
             )
             tail.end = start
-            tail.chunk *= 2
-            if budget <= 0:
-                break
-        counts = [int(row[0]) for row in conn.execute(sql.SQL(" UNION ALL ").join(parts)).fetchall()]
-        lag += sum(counts)
-        # A partition is done once a chunk held no new event or it was read to its first page.
-        tails = [tail for tail, count in zip(tails, counts, strict=False) if count > 0 and tail.end > 0]
-    return lag
+        rows = conn.execute(sql.SQL(" UNION ALL ").join(parts)).fetchall()
+        remaining = []
+        for tail, (new, total) in zip(tails, rows, strict=False):
+            lag += int(new)
+            # Done: nothing new in this chunk, the first page reached, or the chunk after the one
+            # where older events began (writers filling pages side by side blur that line a little).
+            if int(new) == 0 or tail.end == 0 or tail.boundary_seen:
+                continue
+            if int(new) < int(total):
+                tail.boundary_seen, tail.chunk = True, LAG_FIRST_CHUNK_PAGES
+            else:
+                tail.chunk *= 2
+            remaining.append(tail)
+        # Partitions the budget left unread this round are not done either.
+        tails = remaining + tails[len(rows) :]
+    return lag, not tails
 
 
 class _Keep:

@@ -299,6 +299,7 @@ def _replay_status(
         replay_id=replay.id,
         catchup_round=max(catchups, default=0),
         lag=db.replay_lag,
+        lag_at_least=db.replay_lag_at_least,
         job=running[-1].name if running else None,
     )
 
@@ -545,6 +546,7 @@ def _replay(run: _Pass, plan: Plan, db: DatabaseState, attempt: int, golive: Job
 
     # optimized: catch up until the lag is small, then go live.
     lag = db.replay_lag or 0
+    lag_text = f"{'at least ' if db.replay_lag_at_least else ''}{lag} events"
     catchups = cluster.jobs_for(target, attempt, Stage.CATCHUP)
     last = _latest(catchups)
     if last is not None and last.state is not JobState.SUCCEEDED:
@@ -555,13 +557,12 @@ def _replay(run: _Pass, plan: Plan, db: DatabaseState, attempt: int, golive: Job
                 run,
                 db,
                 Reason.CATCHUP_DID_NOT_CONVERGE,
-                f"lag is still {lag} events after {len(catchups)} catch-up rounds "
-                f"(bound {spec.replay.catchup.max_lag})",
+                f"lag is still {lag_text} after {len(catchups)} catch-up rounds (bound {spec.replay.catchup.max_lag})",
             )
         if run.spec.paused:
             return _paused(run)
         run.act(RunStageJob(target, attempt, Stage.CATCHUP, round=len(catchups) + 1, projectors=projectors))
-        return run.finish(Phase.REPLAYING, Reason.CATCHING_UP, f"catch-up round {len(catchups) + 1}: lag {lag} events")
+        return run.finish(Phase.REPLAYING, Reason.CATCHING_UP, f"catch-up round {len(catchups) + 1}: lag {lag_text}")
 
     gate = _promotion_gate(run)
     if gate is not None:
