@@ -92,7 +92,7 @@ def test_built_objects_carry_version_labels_owner_and_bounded_names() -> None:
 
     job = build_stage_job(owner, spec, "v2", 1, "prepare", 0, ["AccountProjector"])
     container = job["spec"]["template"]["spec"]["containers"][0]
-    assert container["command"][-2:] == ["prepare", "AccountProjector"]
+    assert container["command"][-1] == "sequent:projectors:replay:prepare[AccountProjector]"
     assert "readinessProbe" not in container and "ports" not in container
     assert job["spec"]["template"]["spec"]["restartPolicy"] == "Never"
     # Sequent marks the replay failed when prepare fails: never retried in place, unlike golive.

@@ -306,10 +306,15 @@ def test_replay_marked_failed_fails_the_rollout_aborts_it_and_a_retry_goes_live(
     if job_ends:
         assert aborts
     else:
-        # Sequent's abort does not stop a stage that still runs: the operator stops it first and
-        # starts the abort once its pods are gone.
-        assert DeleteJob(job) in decision.actions and not aborts
+        # Sequent's abort does not stop a stage that still runs: the operator gives it 30 s to exit
+        # by itself (keeping its Job and output), then deletes it, and aborts once its pods are gone.
+        assert not aborts and DeleteJob(job) not in decision.actions
         assert condition(world, "ReplayAborted") == ("False", "Aborting")
+        assert f"waiting for {job} to exit before the abort" in world.status.message
+        world.now += timedelta(seconds=20)
+        assert world.step().actions == ()
+        world.now += timedelta(seconds=11)
+        assert world.step().actions == (DeleteJob(job),)
     world.run(passes=4)
     assert world.status.phase is Phase.FAILED and reason(world) == "ReplayFailed"
     assert world.replay is not None and world.replay.state == "aborted"
@@ -574,7 +579,7 @@ def test_abort_starts_only_once_the_failed_stage_pods_are_gone() -> None:
         decision = world.step()
         assert not any(isinstance(a, RunStageJob) for a in decision.actions)
         assert condition(world, "ReplayAborted") == ("False", "Aborting")
-        assert f"stopping {job} before the abort" in world.status.message
+        assert f"waiting for {job} to exit before the abort" in world.status.message
     world.jobs[job] = replace(world.jobs[job], active=0)
     decision = world.step()
     assert any(isinstance(a, RunStageJob) and a.stage == "abort" for a in decision.actions)

@@ -35,6 +35,7 @@ from projectorset.api import (
 from projectorset.conditions import (
     ConditionType,
     Reason,
+    find_condition,
     progress_message,
     progress_reason,
     reason_named,
@@ -83,6 +84,8 @@ STAGE_REASONS: Mapping[str, Reason] = {
     Stage.GOLIVE: Reason.GOING_LIVE,
 }
 
+# How long a stage Job that failed inside Sequent may take to exit by itself before it is deleted.
+STAGE_EXIT_GRACE_SECONDS = 30.0
 # A failed abort Job runs again after this many seconds, doubled after each failure up to the cap.
 ABORT_RETRY_SECONDS = 10.0
 ABORT_RETRY_MAX_SECONDS = 300.0
@@ -729,10 +732,18 @@ def _clean_up(run: _Pass, db: DatabaseState, phase: Phase, reason: Reason, messa
     # failed again when it fails later: abort only once every stage's pods are gone.
     running = _stages_still_running(cluster)
     if running:
-        run.act(*(DeleteJob(job.name) for job in running if job.state is JobState.RUNNING and not job.deleting))
         names = ", ".join(job.name for job in running)
-        run.condition(ConditionType.REPLAY_ABORTED, False, Reason.ABORTING, f"waiting for the pods of {names} to stop")
-        return run.finish(phase, reason, message, note=f"; stopping {names} before the abort", warning=warning)
+        # A stage that failed inside Sequent (it marked the replay failed) exits by itself right
+        # after: it keeps its Job, pod and output for a while. One asked to stop, or stuck, is deleted.
+        failed_since = _failed_since(run) or run.now
+        grace_over = run.now >= failed_since + timedelta(seconds=STAGE_EXIT_GRACE_SECONDS)
+        if phase is not Phase.FAILED or grace_over:
+            run.act(*(DeleteJob(job.name) for job in running if job.state is JobState.RUNNING and not job.deleting))
+            what = f"stopping {names}"
+        else:
+            what = f"waiting for {names} to exit"
+        run.condition(ConditionType.REPLAY_ABORTED, False, Reason.ABORTING, f"{what} before the abort")
+        return run.finish(phase, reason, message, note=f"; {what} before the abort", warning=warning)
 
     replay = db.replay_in_progress
     if replay is not None:
@@ -752,6 +763,16 @@ def _clean_up(run: _Pass, db: DatabaseState, phase: Phase, reason: Reason, messa
     if not in_flight:
         run.condition(ConditionType.REPLAY_ABORTED, True, Reason.ABORTED, _aborted_message(db))
     return run.finish(phase, reason, message, note=note, warning=warning)
+
+
+def _failed_since(run: _Pass) -> datetime | None:
+    """When this rollout turned Failed, as its status says; None in the pass that fails it."""
+    if run.previous.phase is not Phase.FAILED:
+        return None
+    progressing = find_condition(run.previous.conditions, ConditionType.PROGRESSING)
+    if progressing is None or progressing.status != "False":
+        return None
+    return _parse(progressing.last_transition_time)
 
 
 def _abort_replay(run: _Pass, replay: ReplayState, phase: Phase, reason: Reason, message: str) -> Decision:
