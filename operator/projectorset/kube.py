@@ -71,6 +71,8 @@ class KubernetesCluster:
         self.custom = client.CustomObjectsApi(self.api_client)
         self.instance = os.environ.get("POD_NAME") or socket.gethostname()
         self._reads = ThreadPoolExecutor(max_workers=8, thread_name_prefix="observe")
+        # Failed stage Job uid -> the end of its output (a few hundred bytes each).
+        self._failure_output: dict[str, str] = {}
 
     # -- reading --
 
@@ -122,25 +124,28 @@ class KubernetesCluster:
         )
 
     def _failed_stage_output(self, owner: Owner, jobs: list[dict[str, Any]]) -> dict[str, str]:
-        """The end of each failed stage's output (only read when some stage Job failed)."""
-        failed = [
-            job
+        """The end of each failed stage's output. A failed Job never changes, so its pods are
+        listed once (when some Job failed since the last look), not in every pass."""
+        failed = {
+            job["metadata"]["name"]: job["metadata"].get("uid") or job["metadata"]["name"]
             for job in jobs
             if any(
                 c.get("type") == "Failed" and c.get("status") == "True"
                 for c in (job.get("status") or {}).get("conditions") or []
             )
-        ]
-        if not failed:
-            return {}
-        try:
-            pods = self.core.list_namespaced_pod(
-                owner.namespace, label_selector=f"{api.NAME_LABEL}={owner.name},{api.STAGE_LABEL}"
-            )
-        except ApiException as error:
-            log.warning("%s/%s: cannot read the failed stage pods: %s", owner.namespace, owner.name, error.reason)
-            return {}
-        return failed_pod_messages([self.api_client.sanitize_for_serialization(pod) for pod in pods.items])
+        }
+        if any(uid not in self._failure_output for uid in failed.values()):
+            try:
+                pods = self.core.list_namespaced_pod(
+                    owner.namespace, label_selector=f"{api.NAME_LABEL}={owner.name},{api.STAGE_LABEL}"
+                )
+            except ApiException as error:
+                log.warning("%s/%s: cannot read the failed stage pods: %s", owner.namespace, owner.name, error.reason)
+                return {}
+            messages = failed_pod_messages([self.api_client.sanitize_for_serialization(pod) for pod in pods.items])
+            for name, uid in failed.items():
+                self._failure_output.setdefault(uid, messages.get(name, ""))
+        return {name: self._failure_output[uid] for name, uid in failed.items()}
 
     def _service(self, owner: Owner, spec: api.ProjectorSetSpec) -> tuple[bool, str | None]:
         try:

@@ -9,8 +9,10 @@ runs without it.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import subprocess
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -19,6 +21,8 @@ from kubernetes import client, config
 
 from testbed import toolchain
 from testbed.cluster import LocalCluster
+from testbed.postgres import PostgresServer
+from testbed.scenario import Scenario, running_scenario
 
 _HERE = Path(__file__).resolve().parent
 
@@ -62,6 +66,27 @@ def kube_api(local_cluster: LocalCluster) -> Iterator[client.ApiClient]:
     config.load_kube_config(config_file=str(local_cluster.kubeconfig), client_configuration=configuration)
     with client.ApiClient(configuration) as api:
         yield api
+
+
+_namespaces = itertools.count(1)
+
+
+@pytest.fixture
+def scenario(
+    local_cluster: LocalCluster,
+    kube_api: client.ApiClient,
+    postgres_server: PostgresServer,
+    tmp_path: Path,
+    request: pytest.FixtureRequest,
+) -> Iterator[Scenario]:
+    """A namespace of its own with the sample application's database, Secret and Service, and
+    the operator running as a process."""
+    prefix = request.module.__name__.rsplit(".", 1)[-1].removeprefix("test_").replace("_", "-")[:20]
+    namespace = f"{prefix}-{next(_namespaces)}-{int(time.time()) % 100000}"
+    with running_scenario(local_cluster, kube_api, postgres_server, namespace, tmp_path) as running:
+        running.prepare()
+        running.start_operator()
+        yield running
 
 
 def pytest_collection_finish(session: pytest.Session) -> None:

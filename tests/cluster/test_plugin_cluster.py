@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from test_upgrade import install_v1_with_traffic, scenario  # noqa: F401 - the end-to-end fixture, reused
+from test_upgrade import install_v1_with_traffic
 
 from projectorset.plugin.cli import CLEAR
 from testbed import toolchain

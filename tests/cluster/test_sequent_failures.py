@@ -9,37 +9,18 @@ lost, and, once the event is fixed and the spec edited, roll v2 out.
 
 from __future__ import annotations
 
-import itertools
 import json
 import time
 import uuid
-from collections.abc import Iterator
-from pathlib import Path
 
 import psycopg
-import pytest
 from kubernetes import client
 
 from sampleapp.releases import DEPOSITED
 from sampleapp.store import PARTITION_KEY
-from testbed.cluster import LocalCluster
 from testbed.manifests import sample_projectorset
-from testbed.postgres import PostgresServer
-from testbed.scenario import Scenario, running_scenario
+from testbed.scenario import Scenario
 from testbed.sequent_schema import projector_rows
-
-_namespaces = itertools.count(1)
-
-
-@pytest.fixture
-def scenario(
-    local_cluster: LocalCluster, kube_api: client.ApiClient, postgres_server: PostgresServer, tmp_path: Path
-) -> Iterator[Scenario]:
-    namespace = f"sequent-{next(_namespaces)}-{int(time.time()) % 100000}"
-    with running_scenario(local_cluster, kube_api, postgres_server, namespace, tmp_path) as running:
-        running.prepare()
-        running.start_operator()
-        yield running
 
 
 def insert_unreadable_event(database_url: str) -> uuid.UUID:

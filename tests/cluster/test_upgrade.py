@@ -3,32 +3,13 @@ while a load generator writes through the Service, against a real PostgreSQL."""
 
 from __future__ import annotations
 
-import itertools
 import time
-from collections.abc import Iterator
-from pathlib import Path
 
-import pytest
 from kubernetes import client
 
-from testbed.cluster import LocalCluster
-from testbed.postgres import PostgresServer
-from testbed.scenario import Scenario, running_scenario
+from testbed.scenario import Scenario
 from testbed.sequent_schema import projector_rows as read_projector_rows
 from testbed.workloads import wait_until
-
-_namespaces = itertools.count(1)
-
-
-@pytest.fixture
-def scenario(
-    local_cluster: LocalCluster, kube_api: client.ApiClient, postgres_server: PostgresServer, tmp_path: Path
-) -> Iterator[Scenario]:
-    namespace = f"e2e-{next(_namespaces)}-{int(time.time()) % 100000}"
-    with running_scenario(local_cluster, kube_api, postgres_server, namespace, tmp_path) as running:
-        running.prepare()
-        running.start_operator()
-        yield running
 
 
 def install_v1_with_traffic(scenario: Scenario) -> None:
