@@ -22,6 +22,9 @@ class Settings:
     replay_schema: str = "replay_schema"
     archive_schema: str = "archive_schema"
     pool_size: int = 10
+    # Test support: "replay" or "catchup" makes that stage's last group fail with a database
+    # error, so the stage fails the way Sequent's does (the replay is marked failed, exit 1).
+    replay_fault: str | None = None
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -34,6 +37,9 @@ class Settings:
             pool_size = int(env.get("SAMPLEAPP_POOL_SIZE", "10"))
         except ValueError as error:
             raise ConfigurationError(f"LISTEN_PORT and SAMPLEAPP_POOL_SIZE must be integers: {error}") from None
+        fault = env.get("SAMPLEAPP_REPLAY_FAULT") or None
+        if fault not in (None, "replay", "catchup"):
+            raise ConfigurationError(f"SAMPLEAPP_REPLAY_FAULT must be replay or catchup, not {fault!r}")
         return cls(
             database_url=url,
             release=env.get("SAMPLEAPP_RELEASE", "v1"),
@@ -45,4 +51,5 @@ class Settings:
             replay_schema=env.get("REPLAY_SCHEMA", "replay_schema"),
             archive_schema=env.get("ARCHIVE_SCHEMA", "archive_schema"),
             pool_size=pool_size,
+            replay_fault=fault,
         )

@@ -267,10 +267,12 @@ class Replayer:
         maximum: int | None,
         group_size: int,
         processes: int,
-        label: str,
+        stage: str,
+        replay_id: int,
     ) -> None:
         """Sequent's ``replay!``: every group in its own transaction, ``processes`` at a time on
         connections of their own; the first failure stops the others (Parallel::Kill)."""
+        label = f"{stage} {replay_id}"
         estimate, groups = self._groups(self._xact_filter(minimum, maximum), group_size, processes)
         self.out(f"{label}: start replaying an estimated {estimate} events in {len(groups)} groups")
         failed = threading.Event()
@@ -281,6 +283,8 @@ class Replayer:
             try:
                 with psycopg.connect(self.settings.database_url, autocommit=True) as conn, conn.transaction():
                     self._apply(conn, projectors, group)
+                    if self.settings.replay_fault == stage and index == len(groups) - 1:
+                        conn.execute("SELECT 1 / 0")  # SAMPLEAPP_REPLAY_FAULT: a real database error
             except Exception:
                 failed.set()
                 self.out(f"{label}: replaying failed for group {index + 1}")
@@ -388,7 +392,7 @@ class Replayer:
             self._set(replay_id, state="replaying")
             maximum = self._snapshot_xmin()
         try:
-            self._replay(projectors, None, maximum, group_size, processes, f"replay {replay_id}")
+            self._replay(projectors, None, maximum, group_size, processes, "replay", replay_id)
             with self._locked(replay_id) as row:
                 self._verify_replaying_versions(projectors)
                 if row["state"] != "replaying":
@@ -411,7 +415,7 @@ class Replayer:
             self._set(replay_id, state="catching_up")
             maximum = self._snapshot_xmin()
         try:
-            self._replay(projectors, minimum, maximum, group_size, processes, f"catchup {replay_id}")
+            self._replay(projectors, minimum, maximum, group_size, processes, "catchup", replay_id)
             with self._locked(replay_id) as row:
                 self._verify_replaying_versions(projectors)
                 if row["state"] != "catching_up":

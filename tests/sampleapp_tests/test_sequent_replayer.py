@@ -147,6 +147,15 @@ def test_a_catchup_that_raises_marks_the_replay_failed_and_exits_non_zero(databa
     assert state(database_url) == "failed"
 
 
+def test_replay_fault_variable_fails_the_stage_the_way_sequent_does(database_url: str) -> None:
+    """SAMPLEAPP_REPLAY_FAULT (for end-to-end tests): a real database error in the last group."""
+    prepared_v2(database_url)
+    faulty = stage_env(database_url, "v2", SAMPLEAPP_REPLAY_FAULT="replay")
+    failed(rake(database_url, "v2", REPLAY + "replay[10,2]", env=faulty), "division by zero")
+    assert state(database_url) == "failed"
+    assert projector_state_rows(database_url)["AccountProjector"] == (1, None, 2)
+
+
 def test_failed_is_in_progress_so_a_new_prepare_fails_until_abort(database_url: str) -> None:
     prepared_v2(database_url)
     sabotage_replay_table(database_url)
