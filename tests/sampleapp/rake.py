@@ -6,7 +6,7 @@ a Sequent application's (``bundle exec rake sequent:projectors:replay:replay[250
 
 | task | what it does |
 |---|---|
-| ``db:migrate`` | the release's view-schema migrations (idempotent; ``sampleapp.migrate``) |
+| ``db:migrate``, ``sequent:db:migrate`` | the release's view-schema migrations (idempotent; ``sampleapp.migrate``) |
 | ``sequent:migrate:offline`` | activate the current configuration (``Sequent.activate_current_configuration!``) |
 | ``sequent:projectors:replay:prepare[P1,P2,...]`` | a new replay of the named projectors (none named: all) |
 | ``sequent:projectors:replay:replay[group_size,processes]`` | initial replay (defaults 250000, 4) |
@@ -155,6 +155,9 @@ def _deactivate_unknown(ctx: Context, args: list[str]) -> None:
 
 TASKS: Mapping[str, Callable[[Context, list[str]], None]] = {
     "db:migrate": _db_migrate,
+    # Sequent's own task runs the same ActiveRecord migrations (db/migrate), where Sequent's
+    # documentation puts the view-schema migrations.
+    "sequent:db:migrate": _db_migrate,
     "sequent:migrate:offline": _migrate_offline,
     REPLAY + "prepare": _prepare,
     REPLAY + "replay": _replay,

@@ -552,6 +552,7 @@ def test_rake_tasks_read_sequent_env_rails_env_or_rack_env(database_url: str, va
 def test_rake_task_names_and_arguments(database_url: str) -> None:
     v1_serving(database_url)
     failed(rake(database_url, "v2", "sequent:projectors:replay:prepare_all"), "Don't know how to build task")
+    assert "migrated 3" in ok(rake(database_url, "v2", "sequent:db:migrate"))  # Sequent's name for db:migrate
     bad = rake(database_url, "v2", REPLAY + "replay[many,1]")
     assert bad.returncode == 2 and "'many' is not a positive integer" in bad.stderr
     # The short form the first sample app took still maps onto the same tasks.
