@@ -257,7 +257,7 @@ def test_tree_after_the_rollout_shows_serving_since() -> None:
     [
         ([], 5000, "estimating", None),
         ([view.LagSample(0, 5000)], 5000, "estimating", None),
-        ([view.LagSample(0, 5000), view.LagSample(10, 6000)], 6000, "not converging (the lag is not falling)", None),
+        ([view.LagSample(0, 5000), view.LagSample(10, 6000)], 6000, "unknown: the lag is not falling", None),
         ([view.LagSample(0, 5000), view.LagSample(10, 3000)], 3000, "10s", 10.0),
         ([view.LagSample(0, 5000), view.LagSample(10, 800)], 800, "caught up", 0.0),
         # Samples older than the window do not count: the recent rate decides.
@@ -270,12 +270,21 @@ def test_estimate(samples: list[view.LagSample], lag: int, eta: str, seconds: fl
     assert result["etaSeconds"] == seconds
 
 
-def test_watch_samples_only_new_lag_readings() -> None:
+def status_with(phase: str, stage: str, state: str, lag: int | None) -> dict[str, Any]:
+    return {"phase": phase, "replay": {"stage": stage, "state": state, "lag": lag}}
+
+
+def test_watch_samples_only_new_lag_readings_of_the_catch_up() -> None:
     samples: list[view.LagSample] = []
-    for at, lag in ((0, 5000), (1, 5000), (2, 4000), (3, 4000), (4, None), (5, 3000)):
-        view.record(samples, lag, at)
-    assert samples == [view.LagSample(0, 5000), view.LagSample(2, 4000), view.LagSample(5, 3000)]
+    view.record(samples, status_with("Replaying", "replay", "replaying", 9000), 0)
+    assert samples == []  # the replay stage's lag is absorbed by the replay itself
+    for at, lag in ((1, 5000), (2, 5000), (3, 4000), (4, 4000), (5, None), (6, 3000)):
+        view.record(samples, status_with("Replaying", "catchup", "catching_up", lag), at)
+    assert samples == [view.LagSample(1, 5000), view.LagSample(3, 4000), view.LagSample(6, 3000)]
     assert view.estimate(samples, 3000, 1000)["eta"] == "5s"
+    # A new rollout's catch-up starts from scratch.
+    view.record(samples, status_with("Activating", "golive", "optimized", 200), 7)
+    assert samples == []
 
 
 def test_duration_and_bar() -> None:

@@ -100,8 +100,7 @@ def run_get(cluster: Cluster, arguments: argparse.Namespace, out: TextIO) -> int
     def draw() -> str:
         snapshot = cluster.snapshot(arguments.name)
         now = _now()
-        lag = ((snapshot.projectorset.get("status") or {}).get("replay") or {}).get("lag")
-        view.record(samples, lag, time.monotonic())
+        view.record(samples, snapshot.projectorset.get("status") or {}, time.monotonic())
         document = view.build(snapshot, now, samples)
         return render.tree(document, now) if arguments.output == "tree" else dump(document, arguments.output)
 

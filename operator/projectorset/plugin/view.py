@@ -27,9 +27,22 @@ class LagSample:
     lag: int
 
 
-def record(samples: list[LagSample], lag: Any, at: float, keep: int = 200) -> None:
-    """Add a lag reading to ``samples`` only when the operator wrote a new one: redraws of the
-    same status are not samples (they would make a falling lag look flat)."""
+def catching_up_now(status: dict[str, Any]) -> bool:
+    """The replay is past optimize and catches up (the lag then falls towards maxLag)."""
+    replay = status.get("replay") or {}
+    return status.get("phase") == api.Phase.REPLAYING and (
+        replay.get("stage") == "catchup" or replay.get("state") in ("optimized", "catching_up")
+    )
+
+
+def record(samples: list[LagSample], status: dict[str, Any], at: float, keep: int = 200) -> None:
+    """Add the status's lag to ``samples`` during catch-up (earlier lags measure something else:
+    the replay stage absorbs them), only when the operator wrote a new one: redraws of the same
+    status are not samples (they would make a falling lag look flat)."""
+    if not catching_up_now(status):
+        samples.clear()
+        return
+    lag = (status.get("replay") or {}).get("lag")
     if isinstance(lag, int) and (not samples or samples[-1].lag != lag):
         samples.append(LagSample(at, lag))
         del samples[:-keep]
@@ -191,7 +204,7 @@ def estimate(samples: Sequence[LagSample], lag: int | None, bound: int) -> dict[
         return {"progress": progress, "etaSeconds": None, "eta": "estimating"}
     rate = (recent[0].lag - recent[-1].lag) / (recent[-1].at - recent[0].at)
     if rate <= 0:
-        return {"progress": progress, "etaSeconds": None, "eta": "not converging (the lag is not falling)"}
+        return {"progress": progress, "etaSeconds": None, "eta": "unknown: the lag is not falling"}
     seconds = (lag - bound) / rate
     return {"progress": progress, "etaSeconds": round(seconds, 1), "eta": duration(seconds)}
 
@@ -260,9 +273,7 @@ def build(snapshot: Snapshot, now: datetime, samples: Sequence[LagSample] = ()) 
             "maxLag": bound,
             "job": replay_status.get("job"),
         }
-        catching_up = status.get("phase") == api.Phase.REPLAYING and (
-            replay["stage"] == "catchup" or replay["state"] in ("optimized", "catching_up")
-        )
+        catching_up = catching_up_now(status)
         replay["catchingUp"] = catching_up
         if catching_up:
             replay.update(estimate(samples, replay["lag"], bound))
