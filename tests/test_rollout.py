@@ -707,3 +707,18 @@ def test_failed_migration_fails_the_rollout_before_anything_is_replayed() -> Non
     assert world.replay is None and world.replaying() == []
     assert condition(world, "ReplayAborted") == ("True", "Aborted")
     assert world.service_version == "v1" and world.deployments["v2"].replicas == 0
+
+
+def test_projector_version_of_the_code_other_than_the_spec_stops_before_the_replay() -> None:
+    """prepare registers the code's projector versions; when the spec says another, the rollout
+    stops right after prepare and names both versions, before anything is replayed."""
+    world = upgraded_world()
+    advance_to(world, "prepare")
+    world.finish_job(world.running_job("prepare"))
+    # Sequent's prepare registered the version the code has (3), not the spec's (2).
+    world.projectors["PostProjector"] = ProjectorState("PostProjector", 1, None, 3)
+    decision = world.step()
+    assert decision.status.phase is Phase.PENDING
+    assert reason(world) == "ReplayInProgressForOtherTarget"
+    assert "PostProjector: version 3 is replaying, the release has 2" in world.status.message
+    assert not any(isinstance(a, RunStageJob) for a in decision.actions)
