@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: help venv lint typecheck crds check-crds test unit run install uninstall demo bench bench-lag cluster-up cluster-down clean
+.PHONY: help venv lint typecheck crds check-crds test unit run install uninstall demo bench bench-lag bench-scale cluster-up cluster-down clean
 
 help:
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -72,3 +72,8 @@ bench: $(STAMP) ## Measure upgrades (EVENTS=10000,100000 RUNS=3): totals, Jobs v
 LAG_EVENTS ?= 10000000
 bench-lag: $(STAMP) ## One replay-lag read on a store of LAG_EVENTS events (no xact_id index): p50/p95 vs a full count
 	@$(TESTBED) -m testbed.bench_lag --events $(LAG_EVENTS)
+
+N ?= 1000
+PODS ?= 50
+bench-scale: $(STAMP) ## N ProjectorSets (default 1000) on one operator and PostgreSQL: all Active, at rest, one rollout
+	@$(TESTBED) -m testbed.bench_scale --sets $(N) --pods $(PODS)

@@ -84,6 +84,11 @@ class Reason(StrEnum):
     SERVICE_NOT_FOUND = "ServiceNotFound", Kind.WAITING, "`spec.service.name` does not exist."
     SECRET_NOT_FOUND = "SecretNotFound", Kind.WAITING, "The database Secret or its key is missing or unreadable."
     DATABASE_UNREACHABLE = "DatabaseUnreachable", Kind.WAITING, "No connection to the database."
+    DATABASE_CONNECTIONS_BUSY = (
+        "DatabaseConnectionsBusy",
+        Kind.WAITING,
+        "Every connection the operator allows itself to this database stayed in use (load, not an outage).",
+    )
     DATABASE_AUTHENTICATION_FAILED = (
         "DatabaseAuthenticationFailed",
         Kind.WAITING,

@@ -7,7 +7,6 @@ in unit tests), the database through ``SequentDatabase``. See docs/architecture.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import threading
 from collections.abc import Callable
@@ -32,6 +31,7 @@ from projectorset.observation import (
     RegisterReplaying,
 )
 from projectorset.rollout import Decision, decide, release_is_live
+from projectorset.pools import PoolSet, target_fingerprint
 
 log = logging.getLogger(__name__)
 
@@ -39,39 +39,54 @@ log = logging.getLogger(__name__)
 ACTION_FAILURE_RETRY_SECONDS = 5.0
 
 
-@dataclass
-class _Connection:
-    fingerprint: str
-    database: SequentDatabase
 
 
 class DatabaseRegistry:
-    """One connection pool per ProjectorSet, replaced when its URI or schema changes."""
+    """Each ProjectorSet's database, over connection pools shared per database target.
 
-    def __init__(self, factory: Callable[[str, str], SequentDatabase] | None = None) -> None:
-        self._factory = factory or (lambda uri, schema: SequentDatabase(uri, schema))
-        self._connections: dict[tuple[str, str], _Connection] = {}
+    Sets on one database share its pool (bounded, and closed when idle: ``pools.PoolSet``);
+    the schema only selects the tables. A rotated Secret (another URI) moves a set to
+    another pool, and a pool no set uses any more is closed.
+    """
+
+    def __init__(self, pools: PoolSet | None = None) -> None:
+        self.pools = pools or PoolSet()
+        self._databases: dict[tuple[str, str], SequentDatabase] = {}  # (target fingerprint, schema)
+        self._sets: dict[tuple[str, str], tuple[str, str]] = {}  # (namespace, name) -> the key above
         self._lock = threading.Lock()
 
     def get(self, owner: Owner, uri: str, schema: str) -> SequentDatabase:
-        # The fingerprint lets us notice a rotated Secret without keeping the URI around twice.
-        fingerprint = hashlib.sha256(f"{schema}\0{uri}".encode()).hexdigest()
-        key = (owner.namespace, owner.name)
+        key = (target_fingerprint(uri), schema)
         with self._lock:
-            current = self._connections.get(key)
-            if current is not None and current.fingerprint == fingerprint:
-                return current.database
-            if current is not None:
-                current.database.close()
-            database = self._factory(uri, schema)
-            self._connections[key] = _Connection(fingerprint, database)
-            return database
+            database = self._databases.get(key)
+            if database is None:
+                # Raises InvalidDatabaseURI before any pool is made for a URI that cannot work.
+                database = SequentDatabase(uri, schema, pool=self.pools.get(uri))
+                self._databases[key] = database
+            previous = self._sets.get((owner.namespace, owner.name))
+            self._sets[(owner.namespace, owner.name)] = key
+            unused = self._drop_unused(previous)
+        if unused is not None:
+            self.pools.discard(unused)
+        return database
 
     def forget(self, owner: Owner) -> None:
         with self._lock:
-            current = self._connections.pop((owner.namespace, owner.name), None)
-        if current is not None:
-            current.database.close()
+            unused = self._drop_unused(self._sets.pop((owner.namespace, owner.name), None))
+        if unused is not None:
+            self.pools.discard(unused)
+
+    def _drop_unused(self, key: tuple[str, str] | None) -> str | None:
+        """The target fingerprint to close when no set uses ``key``'s target any more."""
+        if key is None:
+            return None
+        in_use = set(self._sets.values())
+        if key not in in_use:
+            self._databases.pop(key, None)
+        fingerprint = key[0]
+        if any(used[0] == fingerprint for used in in_use):
+            return None
+        return fingerprint
 
 
 @dataclass(frozen=True)

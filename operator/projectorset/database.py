@@ -32,6 +32,7 @@ from psycopg.conninfo import conninfo_to_dict
 
 from projectorset.conditions import Reason, ReportedError
 from projectorset.sequent import FINISHED_STATES, DatabaseState, ProjectorState, ReplayState
+from projectorset.pools import SharedPool
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -52,6 +53,12 @@ class DatabaseError(ReportedError):
 
 class DatabaseUnreachable(DatabaseError):
     reason = Reason.DATABASE_UNREACHABLE
+
+
+class DatabaseConnectionsBusy(DatabaseError):
+    """Every connection of the shared, bounded pool was in use: load, not an outage."""
+
+    reason = Reason.DATABASE_CONNECTIONS_BUSY
 
 
 class DatabaseAuthenticationFailed(DatabaseError):
@@ -130,6 +137,7 @@ class SequentDatabase:
         read_statement_timeout_ms: int = 5000,
         connect_timeout_s: float = 5.0,
         pool_size: int = 2,
+        pool: SharedPool | None = None,
     ) -> None:
         self._conninfo = conninfo
         self.schema = schema
@@ -142,43 +150,32 @@ class SequentDatabase:
             conninfo_to_dict(conninfo)
         except psycopg.ProgrammingError as error:
             raise classify_connection_error(error, conninfo) from None
-        # min_size=0: an idle ProjectorSet holds no connection to its database.
-        self._pool = psycopg_pool.ConnectionPool(
-            conninfo,
-            min_size=0,
-            max_size=pool_size,
-            timeout=connect_timeout_s,
-            kwargs={
-                "connect_timeout": max(1, int(connect_timeout_s)),
-                "application_name": "projectorset-operator",
-            },
-            open=False,
-            name=f"projectorset-{schema}",
-        )
-        self._opened = False
+        # The operator passes the pool it shares among every ProjectorSet on this database
+        # (pools.PoolSet); a database made on its own gets a small pool of its own.
+        self._owns_pool = pool is None
+        self._pool = pool or SharedPool(conninfo, max_size=pool_size, connect_timeout_s=connect_timeout_s)
 
     # -- plumbing --
 
     def close(self) -> None:
-        if self._opened:
+        if self._owns_pool:
             self._pool.close()
-            self._opened = False
 
     def _table(self, name: str) -> sql.Composed:
         return sql.SQL("{}.{}").format(sql.Identifier(self.schema), sql.Identifier(name))
 
-    def _connection(self) -> psycopg_pool.pool.ConnectionPool:
-        if not self._opened:
-            self._pool.open(wait=False)
-            self._opened = True
-        return self._pool
-
     def _run(self, work: Callable[[psycopg.Connection], T]) -> T:
         """Run ``work`` on a pooled connection, turning connection failures into DatabaseErrors."""
         try:
-            with self._connection().connection() as conn:
+            with self._pool.connection() as conn:
                 return work(conn)
         except psycopg_pool.PoolTimeout:
+            if self._pool.saturated():
+                # Not an outage: every connection the operator allows itself here is in use.
+                raise DatabaseConnectionsBusy(
+                    f"all {self._pool.max_size} connections to the database stayed in use "
+                    f"for {self._connect_timeout_s:g} s"
+                ) from None
             # The pool hides why it could not connect; one direct attempt tells the user.
             raise self._diagnose() from None
         except errors.UndefinedTable as error:

@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
+import math
+import time
 from typing import Any
 
 import kopf
@@ -20,14 +23,21 @@ from projectorset.cluster import ClusterError, Owner
 from projectorset.controller import DatabaseRegistry, Reconciler
 from projectorset.kube import KubernetesCluster
 from projectorset.metrics import metrics
+from projectorset.resources import MANAGED_BY
 
 log = logging.getLogger(__name__)
 
-# Even with no events at all, every ProjectorSet is re-read this often.
-IDLE_RESYNC_SECONDS = 300.0
+# Watch events wake a ProjectorSet when it, its Deployments or its Jobs change. As a safety net
+# (a Service or the database changed by hand), every set is re-read once an hour anyway, all in
+# the same window of the hour, each at its own offset: the rest of the hour, sets at rest make
+# no API request and hold no database connection.
+IDLE_RESYNC_SECONDS = 3600.0
+RESYNC_WINDOW_SECONDS = 300.0
 # While golive runs, projector_states is read this often so traffic moves right after its commit.
 ACTIVATION_POLL_SECONDS = 0.02
 MAX_ERROR_BACKOFF_SECONDS = 60.0
+# The label every Deployment and Job the operator creates carries (resources.version_labels).
+MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
 
 
 class _Runtime:
@@ -61,6 +71,10 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     )
     settings.execution.max_workers = 20
     settings.watching.server_timeout = 300
+    # Only the operator's own Deployments and Jobs, filtered by the API server: the cluster's
+    # other Deployments and Jobs never reach this process.
+    for resource in (("apps", "deployments"), ("batch", "jobs")):
+        settings.watching.label_selectors[resource] = f"{MANAGED_BY_LABEL}={MANAGED_BY},{api.NAME_LABEL}"
     settings.watching.client_timeout = 330
     try:
         kube_config.load_incluster_config()
@@ -89,7 +103,7 @@ async def run_rollouts(name: str, namespace: str | None, stopped: kopf.DaemonSto
                 runtime.generations[key] = int(body["metadata"].get("generation", 0))
                 result = await asyncio.to_thread(runtime.reconciler.reconcile, body)
                 failures = 0
-                delay = result.requeue_after or IDLE_RESYNC_SECONDS
+                delay = result.requeue_after or next_resync_delay(namespace, name, time.time())
                 if result.await_activation:
                     await _watch_activation(namespace, name, wakeup, delay)
                     continue
@@ -112,6 +126,14 @@ async def run_rollouts(name: str, namespace: str | None, stopped: kopf.DaemonSto
         # be running in its thread, and a closed pool would make it report a false outage.
         if deleted:
             runtime.databases.forget(Owner(name, namespace, ""))
+
+
+def next_resync_delay(namespace: str, name: str, now: float) -> float:
+    """Seconds until this set's slot in the next hourly resync window."""
+    digest = hashlib.sha256(f"{namespace}/{name}".encode()).digest()
+    offset = int.from_bytes(digest[:4], "big") / 2**32 * RESYNC_WINDOW_SECONDS
+    slot = math.floor((now - offset) / IDLE_RESYNC_SECONDS + 1) * IDLE_RESYNC_SECONDS + offset
+    return slot - now
 
 
 async def _watch_activation(namespace: str, name: str, wakeup: asyncio.Event, timeout: float) -> None:

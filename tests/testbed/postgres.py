@@ -73,11 +73,12 @@ class PostgresServer:
         self._stop_callback = stop_callback
 
     @classmethod
-    def start(cls, password: str = "test-password") -> PostgresServer:
+    def start(cls, password: str = "test-password", max_connections: int = 200) -> PostgresServer:
+        """``max_connections``: PostgreSQL's default is 100; tests of many ProjectorSets set it lower."""
         external = os.environ.get(EXTERNAL_URL_VARIABLE)
         if external:
             return cls(external)
-        return _start_local_server(password)
+        return _start_local_server(password, max_connections)
 
     def create_database(self, name: str | None = None) -> str:
         """Create a fresh database and return its URI."""
@@ -111,7 +112,7 @@ def with_database(url: str, database: str) -> str:
     return urlunsplit((parts.scheme, parts.netloc, "/" + database, parts.query, parts.fragment))
 
 
-def _start_local_server(password: str) -> PostgresServer:
+def _start_local_server(password: str, max_connections: int) -> PostgresServer:
     binaries = _binaries()
     run_as: dict[str, object] = {}
     workdir = Path(tempfile.mkdtemp(prefix="projectorset-pg-"))
@@ -158,7 +159,7 @@ def _start_local_server(password: str) -> PostgresServer:
             "60",
             "-o",
             f"-c listen_addresses=127.0.0.1 -p {port} -k {workdir} -c fsync=off "
-            "-c synchronous_commit=off -c full_page_writes=off -c max_connections=200",
+            f"-c synchronous_commit=off -c full_page_writes=off -c max_connections={max_connections}",
             "start",
         ],
         check=True,
