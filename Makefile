@@ -74,6 +74,5 @@ bench-lag: $(STAMP) ## One replay-lag read on a store of LAG_EVENTS events (no x
 	@$(TESTBED) -m testbed.bench_lag --events $(LAG_EVENTS)
 
 N ?= 1000
-PODS ?= 50
 bench-scale: $(STAMP) ## N ProjectorSets (default 1000) on one operator and PostgreSQL: all Active, at rest, one rollout
-	@$(TESTBED) -m testbed.bench_scale --sets $(N) --pods $(PODS)
+	@$(TESTBED) -m testbed.bench_scale --sets $(N)

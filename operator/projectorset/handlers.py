@@ -16,6 +16,7 @@ import time
 from typing import Any
 
 import kopf
+from kubernetes import client as kube_client
 from kubernetes import config as kube_config
 
 from projectorset import api
@@ -80,6 +81,11 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
         kube_config.load_incluster_config()
     except kube_config.ConfigException:
         kube_config.load_kube_config()
+    # Passes run on several threads and each observes with four reads in parallel: a pool smaller
+    # than that drops connections, and every request after opens a new TLS connection.
+    configuration = kube_client.Configuration.get_default_copy()
+    configuration.connection_pool_maxsize = 32
+    kube_client.Configuration.set_default(configuration)
     runtime.cluster = KubernetesCluster()
     runtime.reconciler = Reconciler(metrics.timed(runtime.cluster), runtime.databases, observer=metrics.observe)
 

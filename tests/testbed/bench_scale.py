@@ -7,10 +7,10 @@ all in one namespace:
   a rollout: ``solo-*`` are upgraded v1 -> v2 before any other set exists (the single-set figure),
   ``busy-*`` are created with the crowd and upgraded v1 -> v2 while all the others rest;
 - the crowd: the other ProjectorSets, cheap ones. Each has its own event store (a schema of one
-  shared database, so all of them share one connection target) and one projector. The first
-  ``--pods`` of them run one pod each (``sleep``, no probes); the others run none (replicas: 0),
-  because the process kubelet gives each pod an address of one /24 and a thread of its own, and
-  what is measured here is the operator, whose work per set does not depend on its pods.
+  shared database, so all of them share one connection target), one projector and one pod, on
+  a virtual node that reports pods Ready without running anything (``testbed.virtual_node``):
+  the process kubelet gives each pod an address of one /24 and a thread, so it runs a few hundred
+  at most, and what is measured here is the operator (and the real controllers), not processes.
 
 The figures: the time from the first creation until every set is Active; then, after the sets
 settle, over one minute at rest, the operator's CPU and its API requests (from the API server's
@@ -31,111 +31,25 @@ import statistics
 import sys
 import tempfile
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any
 
 import psycopg
 from kubernetes import client
 
 from testbed import toolchain
 from testbed.cluster import OPERATOR_USER, LocalCluster
-from testbed.kuberaw import load_api_client
+from testbed.crowd import create_crowd, create_event_stores, wait_all_active
+from testbed.kuberaw import RawKube, load_api_client
 from testbed.postgres import PostgresServer
 from testbed.scenario import OperatorProcess, Scenario, UpgradeResult
-from testbed.sequent_schema import create_sequent_tables
+from testbed.virtual_node import VirtualNode, pod_placement
 
 NAMESPACE = "scale"
-GROUP, VERSION, PLURAL = "projectorset.io", "v1alpha1", "projectorsets"
 APPLICATION_NAME = "projectorset-operator"  # what the operator's connections call themselves
 SETTLE_SECONDS = 60.0  # after all are Active: trailing passes end and idle pools close
 REST_SECONDS = 60.0
-
-
-# ---- the crowd --------------------------------------------------------------------------------------
-
-
-def crowd_projectorset(number: int, replicas: int) -> dict[str, Any]:
-    name = f"crowd-{number}"
-    return {
-        "apiVersion": f"{GROUP}/{VERSION}",
-        "kind": "ProjectorSet",
-        "metadata": {"name": name, "namespace": NAMESPACE},
-        "spec": {
-            "version": "v1",
-            "replicas": replicas,
-            "service": {"name": name},
-            "database": {"secretRef": {"name": "crowd-db", "key": "uri"}, "eventStoreSchema": schema_of(number)},
-            "projectors": [{"name": "CounterProjector", "version": 1}],
-            "template": {
-                "metadata": {"labels": {"app": name}},
-                "spec": {
-                    "containers": [{"name": "app", "image": "busybox", "command": ["sleep", "infinity"]}],
-                    "terminationGracePeriodSeconds": 1,
-                },
-            },
-        },
-    }
-
-
-def schema_of(number: int) -> str:
-    return f"crowd_{number}"
-
-
-def create_crowd_databases(postgres: PostgresServer, count: int) -> str:
-    """One database holding ``count`` event stores, one schema each; returns its URI."""
-    url = postgres.create_database("crowd")
-    with psycopg.connect(url) as conn:
-        for number in range(count):
-            create_sequent_tables(conn, schema_of(number))
-            if number % 50 == 49:
-                conn.commit()
-    return url
-
-
-def create_crowd(api: client.ApiClient, url: str, count: int, pods: int) -> None:
-    core, custom = client.CoreV1Api(api), client.CustomObjectsApi(api)
-    core.create_namespaced_secret(NAMESPACE, {"metadata": {"name": "crowd-db"}, "stringData": {"uri": url}})
-
-    def one(number: int) -> None:
-        name = f"crowd-{number}"
-        core.create_namespaced_service(
-            NAMESPACE,
-            {"metadata": {"name": name}, "spec": {"selector": {"app": name}, "ports": [{"port": 80}]}},
-        )
-        custom.create_namespaced_custom_object(
-            GROUP, VERSION, NAMESPACE, PLURAL, crowd_projectorset(number, 1 if number < pods else 0)
-        )
-
-    with ThreadPoolExecutor(max_workers=8) as pool:
-        list(pool.map(one, range(count)))
-
-
-def phases(api: client.ApiClient) -> dict[str, str]:
-    listed = client.CustomObjectsApi(api).list_namespaced_custom_object(GROUP, VERSION, NAMESPACE, PLURAL)
-    return {item["metadata"]["name"]: (item.get("status") or {}).get("phase", "") for item in listed["items"]}
-
-
-def wait_all_active(api: client.ApiClient, expected: int, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    last_report = 0.0
-    while True:
-        seen = phases(api)
-        active = sum(1 for phase in seen.values() if phase == "Active")
-        if len(seen) >= expected and active == len(seen):
-            return
-        if time.monotonic() - last_report > 15:
-            counts: dict[str, int] = {}
-            for phase in seen.values():
-                counts[phase or "(none)"] = counts.get(phase or "(none)", 0) + 1
-            print(f"[bench-scale] {active}/{expected} Active: {counts}", flush=True)
-            last_report = time.monotonic()
-        if time.monotonic() > deadline:
-            stuck = sorted(name for name, phase in seen.items() if phase != "Active")[:10]
-            raise AssertionError(f"not all Active after {timeout:.0f} s; e.g. {stuck}")
-        time.sleep(2)
 
 
 # ---- measuring the operator ---------------------------------------------------------------------------
@@ -246,7 +160,6 @@ def switch_ms(results: list[UpgradeResult]) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m testbed.bench_scale", description=__doc__)
     parser.add_argument("--sets", type=int, default=1000, help="ProjectorSets in all (crowd and probes)")
-    parser.add_argument("--pods", type=int, default=50, help="crowd sets that run a pod (the others: replicas 0)")
     parser.add_argument("--probes", type=int, default=2, help="timed rollouts alone and among the others")
     parser.add_argument("--max-connections", type=int, default=100, help="PostgreSQL's max_connections")
     arguments = parser.parse_args(argv)
@@ -259,6 +172,7 @@ def main(argv: list[str] | None = None) -> int:
     cluster = LocalCluster.start(workdir / "cluster", audit_log=True)
     postgres = PostgresServer.start(max_connections=arguments.max_connections)
     api = load_api_client(str(cluster.kubeconfig))
+    virtual_node = VirtualNode(RawKube(api)).start()
     operator: OperatorProcess | None = None
     scenarios: list[Scenario] = []
     try:
@@ -279,15 +193,15 @@ def main(argv: list[str] | None = None) -> int:
 
         # The crowd and the busy probes, all created at once.
         print(f"[bench-scale] creating {crowd} event stores", flush=True)
-        crowd_url = create_crowd_databases(postgres, crowd)
+        crowd_url = create_event_stores(postgres, crowd, "crowd")
         busy = [probe(cluster, api, postgres, f"busy-{number}", workdir) for number in range(arguments.probes)]
         scenarios.extend(busy)
         print(f"[bench-scale] creating {crowd + len(busy)} ProjectorSets", flush=True)
         began = time.monotonic()
         for scenario in busy:
             scenario.apply("v1")
-        create_crowd(api, crowd_url, crowd, arguments.pods)
-        wait_all_active(api, arguments.sets, timeout=3600)
+        create_crowd(api, NAMESPACE, crowd_url, crowd, pod_placement())
+        wait_all_active(api, NAMESPACE, arguments.sets, timeout=3600)
         all_active_s = time.monotonic() - began
         print(f"[bench-scale] all {arguments.sets} Active after {all_active_s:.0f} s", flush=True)
 
@@ -322,6 +236,7 @@ def main(argv: list[str] | None = None) -> int:
             scenario.close()
         if operator is not None:
             operator.stop()
+        virtual_node.stop()
         cluster.stop()
         postgres.stop()
         shutil.rmtree(workdir, ignore_errors=True)
