@@ -30,15 +30,13 @@ from projectorset.observation import (
     Event,
     RegisterReplaying,
 )
-from projectorset.rollout import Decision, decide, release_is_live
 from projectorset.pools import PoolSet, target_fingerprint
+from projectorset.rollout import Decision, decide, release_is_live
 
 log = logging.getLogger(__name__)
 
 # After a failed action, the next pass comes sooner than an idle one but not in a tight loop.
 ACTION_FAILURE_RETRY_SECONDS = 5.0
-
-
 
 
 class DatabaseRegistry:

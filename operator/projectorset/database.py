@@ -31,8 +31,8 @@ from psycopg import errors, sql
 from psycopg.conninfo import conninfo_to_dict
 
 from projectorset.conditions import Reason, ReportedError
-from projectorset.sequent import FINISHED_STATES, DatabaseState, ProjectorState, ReplayState
 from projectorset.pools import SharedPool
+from projectorset.sequent import FINISHED_STATES, DatabaseState, ProjectorState, ReplayState
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
