@@ -29,6 +29,14 @@ class ClusterError(ReportedError):
     reason = Reason.KUBERNETES_API_ERROR
 
 
+class ServiceRefused(ClusterError):
+    """The Service named in the spec belongs to another ProjectorSet (or was never this set's):
+    reported once, retried slowly, never patched."""
+
+    reason = Reason.SERVICE_OWNED_BY_OTHER
+    retry_after = 60.0
+
+
 class Cluster(Protocol):
     def observe(self, owner: Owner, spec: ProjectorSetSpec) -> tuple[ClusterView, str | None]:
         """What the cluster shows for this ProjectorSet, and the database URI from its Secret."""

@@ -79,9 +79,32 @@ class Reason(StrEnum):
         Kind.STEP,
         "`spec.abort` is set while golive runs; golive finishes first (it either lands or leaves nothing).",
     )
+    REPLAY_QUEUED = (
+        "ReplayQueued",
+        Kind.STEP,
+        "Another ProjectorSet's replay runs on the same event store (Sequent runs one at a time): this "
+        "rollout starts its own when that one ends.",
+    )
     ROLLOUT_COMPLETE = "RolloutComplete", Kind.STEP, "The Service reaches `spec.version`."
     # -- waiting for someone --
     SERVICE_NOT_FOUND = "ServiceNotFound", Kind.WAITING, "`spec.service.name` does not exist."
+    PROJECTORS_OWNED_BY_OTHER = (
+        "ProjectorsOwnedByOther",
+        Kind.WAITING,
+        "Another ProjectorSet, created earlier, lists some of this set's projectors on the same event store "
+        "(named in the message): this set does nothing until one of the two lists change.",
+    )
+    SERVICE_OWNED_BY_OTHER = (
+        "ServiceOwnedByOther",
+        Kind.WAITING,
+        "`spec.service.name` belongs to another ProjectorSet (named in the message); this set never switches it.",
+    )
+    SERVICE_NOT_CLAIMED = (
+        "ServiceNotClaimed",
+        Kind.WAITING,
+        "The Service selects pods the operator did not create and this set served before: "
+        "it is taken over only on a first install.",
+    )
     SECRET_NOT_FOUND = "SecretNotFound", Kind.WAITING, "The database Secret or its key is missing or unreadable."
     DATABASE_UNREACHABLE = "DatabaseUnreachable", Kind.WAITING, "No connection to the database."
     DATABASE_CONNECTIONS_BUSY = (

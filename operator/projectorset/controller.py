@@ -10,15 +10,15 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any, assert_never
 
 from pydantic import ValidationError
 
 from projectorset.api import ProjectorSetSpec, ProjectorSetStatus
-from projectorset.cluster import Cluster, ClusterError, Owner
-from projectorset.conditions import ConditionType, Reason, ReportedError, set_condition
+from projectorset.cluster import Cluster, ClusterError, Owner, ServiceRefused
+from projectorset.conditions import ConditionType, Kind, Reason, ReportedError, set_condition
 from projectorset.database import WATCH_LOCK_TIMEOUT_MS, DatabaseError, ProjectorStatesBusy, SequentDatabase
 from projectorset.observation import (
     Activate,
@@ -29,14 +29,25 @@ from projectorset.observation import (
     Deactivate,
     Event,
     RegisterReplaying,
+    SwitchService,
 )
-from projectorset.pools import PoolSet, target_fingerprint
+from projectorset.ownership import ProjectorIndex, SetClaim, claim_of, owner_key
+from projectorset.planning import plan_upgrade
+from projectorset.pools import PoolSet, store_fingerprint, target_fingerprint
 from projectorset.rollout import Decision, decide, release_is_live
 
 log = logging.getLogger(__name__)
 
 # After a failed action, the next pass comes sooner than an idle one but not in a tight loop.
 ACTION_FAILURE_RETRY_SECONDS = 5.0
+# A set waiting for another set's replay looks again this often; one held by an ownership clash less often.
+QUEUED_RETRY_SECONDS = 10.0
+OWNERSHIP_RETRY_SECONDS = 60.0
+# Refusals that only a person can lift: an Event when they start (not one per pass), and a slow retry.
+REPORTED_ONCE = {
+    Reason.SERVICE_OWNED_BY_OTHER: ServiceRefused.retry_after,
+    Reason.SERVICE_NOT_CLAIMED: ServiceRefused.retry_after,
+}
 
 
 class DatabaseRegistry:
@@ -110,6 +121,7 @@ class Reconciler:
         self.databases = databases or DatabaseRegistry()
         self.clock = clock
         self.observer = observer
+        self.index = ProjectorIndex()
         # The database and spec of each ProjectorSet's last pass, for the activation watch.
         self._gates: dict[tuple[str, str], tuple[SequentDatabase, ProjectorSetSpec]] = {}
         self._gates_lock = threading.Lock()
@@ -126,15 +138,28 @@ class Reconciler:
             return self._invalid_spec(owner, generation, previous, error)
 
         view, uri = self.cluster.observe(owner, spec)
+        claim = self._claim(body, spec, uri)
+        clash = self.index.earlier_overlap(claim) if claim is not None else None
+        if clash is not None:
+            other, shared = clash
+            message = (
+                f"ProjectorSet {other.owner} (created earlier) lists {', '.join(sorted(shared))} on the same "
+                "event store: this set does nothing until one of the two stops listing them"
+            )
+            return self._hold(owner, generation, previous, Reason.PROJECTORS_OWNED_BY_OTHER, message)
         database = self._database_view(owner, spec, view, uri)
+        database, queued_behind = self._foreign_replay(claim, spec, view, database)
+        if queued_behind is not None:
+            return self._hold(owner, generation, previous, Reason.REPLAY_QUEUED, queued_behind)
         decision = decide(spec, generation, previous, view, database, self.clock())
-        action_error = self._carry_out(owner, spec, uri, decision)
+        action_error = self._carry_out(owner, spec, uri, decision, first_install=previous.active_version is None)
         if action_error is not None:
             reason, message = action_error
             status = _with_condition(
                 decision.status, ConditionType.ACTIONS_APPLIED, False, reason, message, self.clock()
             )
-            self._emit(owner, Event("Warning", reason, message))
+            if reason not in REPORTED_ONCE or _condition_changed(previous, status, ConditionType.ACTIONS_APPLIED):
+                self._emit(owner, Event("Warning", reason, message))
         else:
             status = _with_condition(
                 decision.status,
@@ -151,8 +176,62 @@ class Reconciler:
             self.observer(owner, decision)
         requeue = decision.requeue_after
         if action_error is not None:
-            requeue = min(requeue or ACTION_FAILURE_RETRY_SECONDS, ACTION_FAILURE_RETRY_SECONDS)
+            retry = REPORTED_ONCE.get(action_error[0], ACTION_FAILURE_RETRY_SECONDS)
+            requeue = min(requeue or retry, retry)
         return PassResult(decision, requeue, action_error[1] if action_error else None)
+
+    # -- sets sharing an event store --
+
+    def observe_set(self, body: dict[str, Any]) -> None:
+        """A ProjectorSet as the watch saw it: the index knows every set before its first pass."""
+        claim = claim_of(body)
+        if claim is not None:
+            self.index.record(claim)
+
+    def forget_set(self, namespace: str, name: str) -> None:
+        self.index.forget(owner_key(namespace, name))
+
+    def _claim(self, body: dict[str, Any], spec: ProjectorSetSpec, uri: str | None) -> SetClaim | None:
+        store = store_fingerprint(uri, spec.database.event_store_schema) if uri is not None else None
+        claim = claim_of(body, store)
+        if claim is not None:
+            self.index.record(claim)
+        return claim
+
+    def _foreign_replay(
+        self, claim: SetClaim | None, spec: ProjectorSetSpec, view: ClusterView, database: DatabaseView
+    ) -> tuple[DatabaseView, str | None]:
+        """Hide a replay of projectors this set never listed (another set's, on a shared event store),
+        and say whom to wait for when this set needs a replay of its own meanwhile."""
+        state = database.state
+        if state is None or state.replay is None:
+            return database, None
+        mine = set(spec.projector_versions)
+        for deployment in view.deployments.values():
+            mine.update(deployment.projectors or {})
+        if mine & set(state.replay.projectors):
+            return database, None
+        without = replace(state, replay=None, replay_lag=None)
+        if state.replay.in_progress and plan_upgrade(spec.projector_versions, without).needs_replay:
+            others = self.index.listing(claim, state.replay.projectors) if claim is not None else []
+            whose = f"ProjectorSet {', '.join(others)}" if others else "another application"
+            return replace(database, state=without), (
+                f"waiting for the replay of {whose} ({', '.join(state.replay.projectors)}) on this event "
+                "store to end: Sequent runs one replay at a time; this rollout then starts by itself"
+            )
+        return replace(database, state=without), None
+
+    def _hold(
+        self, owner: Owner, generation: int, previous: ProjectorSetStatus, reason: Reason, message: str
+    ) -> PassResult:
+        """A pass that does nothing but say why: reported once, checked again a little later."""
+        status = previous.model_copy(update={"message": message, "observed_generation": generation})
+        moving = reason.kind is Kind.STEP
+        status = _with_condition(status, ConditionType.PROGRESSING, moving, reason, message, self.clock())
+        if _condition_changed(previous, status, ConditionType.PROGRESSING):
+            self._emit(owner, Event("Normal" if moving else "Warning", reason, message))
+        self._patch_status(owner, previous, status)
+        return PassResult(None, QUEUED_RETRY_SECONDS if moving else OWNERSHIP_RETRY_SECONDS, message)
 
     # -- steps --
 
@@ -185,11 +264,13 @@ class Reconciler:
             return True
 
     def _carry_out(
-        self, owner: Owner, spec: ProjectorSetSpec, uri: str | None, decision: Decision
+        self, owner: Owner, spec: ProjectorSetSpec, uri: str | None, decision: Decision, *, first_install: bool
     ) -> tuple[Reason, str] | None:
         """Run the actions in order, stopping at the first failure: the next pass re-decides
         from what the cluster and the database then show."""
         for action in decision.actions:
+            if isinstance(action, SwitchService):
+                action = replace(action, first_install=first_install)
             try:
                 if isinstance(action, DatabaseAction):
                     # decide() asks for database actions only after it read the database, so a URI exists.
@@ -243,6 +324,14 @@ class Reconciler:
             self.cluster.emit(owner, event)
         except ClusterError as error:
             log.warning("%s/%s: Event not written: %s", owner.namespace, owner.name, error.message)
+
+
+def _condition_changed(previous: ProjectorSetStatus, status: ProjectorSetStatus, type_: ConditionType) -> bool:
+    def of(which: ProjectorSetStatus) -> tuple[str, str, str] | None:
+        found = next((c for c in which.conditions if c.type == type_), None)
+        return None if found is None else (found.status, found.reason, found.message)
+
+    return of(previous) != of(status)
 
 
 def _parse_status(raw: dict[str, Any] | None) -> ProjectorSetStatus:

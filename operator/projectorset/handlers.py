@@ -19,7 +19,7 @@ import kopf
 from kubernetes import client as kube_client
 from kubernetes import config as kube_config
 
-from projectorset import api
+from projectorset import api, memory
 from projectorset.cluster import ClusterError, Owner
 from projectorset.controller import DatabaseRegistry, Reconciler
 from projectorset.kube import KubernetesCluster
@@ -37,6 +37,7 @@ RESYNC_WINDOW_SECONDS = 300.0
 # While golive runs, projector_states is read this often so traffic moves right after its commit.
 ACTIVATION_POLL_SECONDS = 0.02
 MAX_ERROR_BACKOFF_SECONDS = 60.0
+TRIM_CHECK_SECONDS = 30.0
 # The label every Deployment and Job the operator creates carries (resources.version_labels).
 MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
 
@@ -50,6 +51,8 @@ class _Runtime:
         self.databases = DatabaseRegistry()
         self.wakeups: dict[tuple[str, str], asyncio.Event] = {}
         self.generations: dict[tuple[str, str], int] = {}
+        self.passes = 0  # passes finished, and running now: when they stop, memory is trimmed
+        self.running = 0
 
     def wake(self, namespace: str | None, name: str | None) -> None:
         if namespace and name:
@@ -90,6 +93,21 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     runtime.reconciler = Reconciler(metrics.timed(runtime.cluster), runtime.databases, observer=metrics.observe)
 
 
+@kopf.on.startup()
+async def start_memory_trim(**_: Any) -> None:
+    asyncio.get_running_loop().create_task(_trim_after_bursts())
+
+
+async def _trim_after_bursts() -> None:
+    """After passes ran, once none runs any more, give freed memory back (``memory.trim``)."""
+    trimmed_at = 0
+    while True:
+        await asyncio.sleep(TRIM_CHECK_SECONDS)
+        if runtime.passes != trimmed_at and runtime.running == 0:
+            trimmed_at = runtime.passes
+            await asyncio.to_thread(memory.trim)
+
+
 @kopf.daemon(api.GROUP, api.VERSION, api.PLURAL, cancellation_timeout=10.0)
 async def run_rollouts(name: str, namespace: str | None, stopped: kopf.DaemonStopped, **_: Any) -> None:
     assert runtime.reconciler is not None and runtime.cluster is not None
@@ -107,7 +125,12 @@ async def run_rollouts(name: str, namespace: str | None, stopped: kopf.DaemonSto
                     deleted = True
                     return
                 runtime.generations[key] = int(body["metadata"].get("generation", 0))
-                result = await asyncio.to_thread(runtime.reconciler.reconcile, body)
+                runtime.running += 1
+                try:
+                    result = await asyncio.to_thread(runtime.reconciler.reconcile, body)
+                finally:
+                    runtime.running -= 1
+                    runtime.passes += 1
                 failures = 0
                 delay = result.requeue_after or next_resync_delay(namespace, name, time.time())
                 if result.await_activation:
@@ -132,6 +155,8 @@ async def run_rollouts(name: str, namespace: str | None, stopped: kopf.DaemonSto
         # be running in its thread, and a closed pool would make it report a false outage.
         if deleted:
             runtime.databases.forget(Owner(name, namespace, ""))
+            if runtime.reconciler is not None:
+                runtime.reconciler.forget_set(namespace, name)
 
 
 def next_resync_delay(namespace: str, name: str, now: float) -> float:
@@ -154,7 +179,13 @@ async def _watch_activation(namespace: str, name: str, wakeup: asyncio.Event, ti
 
 
 @kopf.on.event(api.GROUP, api.VERSION, api.PLURAL)
-async def projectorset_changed(name: str, namespace: str | None, body: kopf.Body, **_: Any) -> None:
+async def projectorset_changed(name: str, namespace: str | None, body: kopf.Body, type: str | None, **_: Any) -> None:
+    # Every set the operator watches, for the sets that share an event store (ownership.ProjectorIndex).
+    if runtime.reconciler is not None and namespace:
+        if type == "DELETED":
+            runtime.reconciler.forget_set(namespace, name)
+        else:
+            runtime.reconciler.observe_set(dict(body))
     # Our own status patches also arrive here; only a spec change (a new generation) needs a pass.
     generation = int(body.metadata.get("generation", 0))
     if namespace and runtime.generations.get((namespace, name)) != generation:

@@ -12,6 +12,7 @@ import logging
 import os
 import socket
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, assert_never, cast
 
@@ -19,7 +20,7 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from projectorset import api
-from projectorset.cluster import ClusterError, Owner
+from projectorset.cluster import ClusterError, Owner, ServiceRefused
 from projectorset.conditions import Reason
 from projectorset.observation import (
     ClusterAction,
@@ -34,6 +35,7 @@ from projectorset.observation import (
     ScaleDeployment,
     SwitchService,
 )
+from projectorset.ownership import OWNER_ANNOTATION, owner_key, service_claim
 from projectorset.resources import (
     build_deployment,
     build_stage_job,
@@ -62,6 +64,22 @@ def _error(error: ApiException, what: str) -> ClusterError:
     return ClusterError(f"{what}: {error.status} {detail}", reason)
 
 
+@dataclass(frozen=True)
+class _ServiceSeen:
+    """What a claim check needs of a Service, as the pass's observation read it."""
+
+    name: str
+    resource_version: str
+    annotations: dict[str, str]
+    selector: dict[str, str]
+
+    @classmethod
+    def of(cls, service: client.V1Service) -> _ServiceSeen:
+        metadata = service.metadata or client.V1ObjectMeta()
+        selector = (service.spec.selector if service.spec else None) or {}
+        return cls(metadata.name or "", metadata.resource_version or "", dict(metadata.annotations or {}), selector)
+
+
 class KubernetesCluster:
     def __init__(self, api_client: client.ApiClient | None = None) -> None:
         self.api_client = api_client or client.ApiClient()
@@ -73,6 +91,7 @@ class KubernetesCluster:
         self._reads = ThreadPoolExecutor(max_workers=8, thread_name_prefix="observe")
         # Failed stage Job uid -> the end of its output (a few hundred bytes each).
         self._failure_output: dict[str, str] = {}
+        self._services_seen: dict[tuple[str, str], _ServiceSeen] = {}
 
     # -- reading --
 
@@ -155,6 +174,9 @@ class KubernetesCluster:
                 return False, None
             raise _error(error, f"reading Service {spec.service.name}") from None
         selector = (service.spec.selector if service.spec else None) or {}
+        # Kept for the switch that may follow in this pass: it claims the Service only if this is
+        # still the Service it checked (resourceVersion), without reading it again.
+        self._services_seen[(owner.namespace, owner.name)] = _ServiceSeen.of(service)
         if selector.get(api.NAME_LABEL) != owner.name:
             return True, None
         return True, selector.get(api.VERSION_LABEL)
@@ -219,12 +241,46 @@ class KubernetesCluster:
                 self._delete(
                     lambda: self.batch.delete_namespaced_job(name, owner.namespace, propagation_policy="Foreground")
                 )
-            case SwitchService(version=version):
-                # Replace the whole selector: a merge would keep keys that select the old pods.
-                patch = [{"op": "add", "path": "/spec/selector", "value": service_selector(owner, version)}]
-                self.core.patch_namespaced_service(spec.service.name, owner.namespace, patch)
+            case SwitchService(version=version, first_install=first_install):
+                self._switch_service(owner, spec.service.name, version, first_install)
             case _:
                 assert_never(action)
+
+    def _switch_service(self, owner: Owner, name: str, version: str, first_install: bool) -> None:
+        """Point the Service at ``version``'s pods and claim it, unless another set owns it."""
+        seen = self._services_seen.get((owner.namespace, owner.name))
+        for attempt in range(3):
+            if seen is None or seen.name != name or attempt:
+                seen = _ServiceSeen.of(self.core.read_namespaced_service(name, owner.namespace))
+            refusal = service_claim(
+                owner.namespace, owner.name, name, seen.annotations, seen.selector, first_install=first_install
+            )
+            if refusal is not None and not (refusal.other and self._is_gone(refusal.other)):
+                reason = Reason.SERVICE_OWNED_BY_OTHER if refusal.other else Reason.SERVICE_NOT_CLAIMED
+                raise ServiceRefused(refusal.message, reason)
+            patch: list[dict[str, Any]] = [
+                # Only the Service checked above: another set that claimed it meanwhile wins.
+                {"op": "test", "path": "/metadata/resourceVersion", "value": seen.resource_version},
+                # Replace the whole selector: a merge would keep keys that select the old pods.
+                {"op": "add", "path": "/spec/selector", "value": service_selector(owner, version)},
+                {
+                    "op": "add",
+                    "path": "/metadata/annotations",
+                    "value": {**seen.annotations, OWNER_ANNOTATION: owner_key(owner.namespace, owner.name)},
+                },
+            ]
+            try:
+                self.core.patch_namespaced_service(name, owner.namespace, patch)
+                return
+            except ApiException as error:
+                if error.status not in (409, 422) or attempt == 2:
+                    raise
+                log.info("%s/%s: Service %s changed meanwhile; checking it again", owner.namespace, owner.name, name)
+
+    def _is_gone(self, other: str) -> bool:
+        """Whether the set that owns a Service was deleted (its claim then lapses)."""
+        namespace, _, name = other.partition("/")
+        return self.read_projectorset(namespace, name) is None
 
     def _scale(self, owner: Owner, version: str, replicas: int) -> None:
         self.apps.patch_namespaced_deployment(

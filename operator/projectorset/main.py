@@ -12,6 +12,8 @@ from collections.abc import Sequence
 import kopf
 import prometheus_client
 
+from projectorset import memory
+
 
 def parse_arguments(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="projectorset-operator", description=__doc__)
@@ -60,6 +62,7 @@ def parse_arguments(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> None:
     arguments = parse_arguments(argv)
+    memory.limit_arenas()
     import projectorset.handlers  # noqa: F401 - registers the handlers with Kopf
 
     kopf.configure(

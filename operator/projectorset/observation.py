@@ -119,6 +119,9 @@ class DeleteJob:
 @dataclass(frozen=True)
 class SwitchService:
     version: str
+    # Filled in by the controller: this set never served yet, so it may take over a Service whose
+    # selector picks pods the operator did not create (ownership.service_claim).
+    first_install: bool = False
 
 
 ClusterAction = EnsureDeployment | ScaleDeployment | DeleteDeployment | RunStageJob | DeleteJob | SwitchService

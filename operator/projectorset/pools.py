@@ -20,6 +20,7 @@ from contextlib import contextmanager
 
 import psycopg
 import psycopg_pool
+from psycopg.conninfo import conninfo_to_dict
 
 APPLICATION_NAME = "projectorset-operator"
 # Well under PostgreSQL's default max_connections (100), which the applications need too.
@@ -30,6 +31,18 @@ DEFAULT_IDLE_CLOSE_SECONDS = 30.0
 def target_fingerprint(conninfo: str) -> str:
     """A stable name for a connection target that reveals nothing of the URI (it holds a password)."""
     return hashlib.sha256(conninfo.encode()).hexdigest()[:16]
+
+
+def store_fingerprint(conninfo: str, schema: str) -> str | None:
+    """Names one event store (server, database and schema) whatever the credentials; never the URI.
+
+    None when the URI cannot be parsed (the set's pass reports that on its own)."""
+    try:
+        parts = conninfo_to_dict(conninfo)
+    except psycopg.ProgrammingError:
+        return None
+    target = "\0".join(str(parts.get(key) or "") for key in ("host", "hostaddr", "port", "dbname"))
+    return hashlib.sha256(f"{target}\0{schema}".encode()).hexdigest()[:16]
 
 
 class SharedPool:

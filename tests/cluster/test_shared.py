@@ -12,9 +12,23 @@ import psycopg
 import pytest
 from kubernetes import client
 
+from projectorset.api import NAME_LABEL, VERSION_LABEL
+from projectorset.ownership import OWNER_ANNOTATION
 from projectorset.pools import APPLICATION_NAME, DEFAULT_MAX_CONNECTIONS
 from testbed.cluster import LocalCluster
-from testbed.crowd import PROJECTOR, create_crowd, create_event_stores, schema_of, wait_all_active
+from testbed.crowd import (
+    GROUP,
+    PLURAL,
+    PROJECTOR,
+    SECRET,
+    VERSION,
+    create_crowd,
+    create_event_stores,
+    crowd_projectorset,
+    phases,
+    schema_of,
+    wait_all_active,
+)
 from testbed.postgres import PostgresServer
 from testbed.scenario import REPO, OperatorProcess
 from testbed.sequent_schema import projector_rows
@@ -83,3 +97,56 @@ def test_fifty_sets_on_a_server_with_twenty_connections_all_go_active(
         sampling.set()
         operator.stop()
         client.CoreV1Api(kube_api).delete_namespace(namespace)
+
+
+def test_two_sets_naming_one_service_the_first_claims_it_the_other_never_switches_it(
+    local_cluster: LocalCluster,
+    kube_api: client.ApiClient,
+    kubectl: Callable[..., Any],
+    postgres_server: PostgresServer,
+    tmp_path: Path,
+) -> None:
+    namespace = f"claim-{int(time.time()) % 100000}"
+    local_cluster.create_namespace(namespace)
+    kubectl("apply", "-f", str(REPO / "crds" / "projectorsets.yaml"), check=True)
+    core, custom = client.CoreV1Api(kube_api), client.CustomObjectsApi(kube_api)
+    url = create_event_stores(postgres_server, 2)
+    core.create_namespaced_secret(namespace, {"metadata": {"name": SECRET}, "stringData": {"uri": url}})
+    # A Service that selects pods the operator did not create: taken over by a first install.
+    core.create_namespaced_service(
+        namespace, {"metadata": {"name": "front"}, "spec": {"selector": {"app": "front"}, "ports": [{"port": 80}]}}
+    )
+    operator = OperatorProcess(local_cluster.kubeconfig, namespace, tmp_path / "operator.log").start()
+    try:
+        first, second = (crowd_projectorset(namespace, number) for number in range(2))
+        for body in (first, second):
+            body["spec"]["service"]["name"] = "front"
+        custom.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, first)
+        wait_until("crowd-0 Active", lambda: phases(kube_api, namespace).get("crowd-0") == "Active", 240)
+        custom.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, second)
+
+        def refused() -> dict[str, Any] | None:
+            found = custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, "crowd-1")
+            conditions = (found.get("status") or {}).get("conditions") or []
+            applied = next((c for c in conditions if c["type"] == "ActionsApplied"), None)
+            return applied if applied and applied["reason"] == "ServiceOwnedByOther" else None
+
+        condition = wait_until("crowd-1 refused the Service", refused, 240)
+        assert condition["status"] == "False"
+        assert f"{namespace}/crowd-0" in condition["message"]
+        time.sleep(10)  # passes go on: the Service must stay as crowd-0 left it
+
+        service = core.read_namespaced_service("front", namespace)
+        assert service.spec.selector == {NAME_LABEL: "crowd-0", VERSION_LABEL: "v1"}
+        assert service.metadata.annotations[OWNER_ANNOTATION] == f"{namespace}/crowd-0"
+        assert phases(kube_api, namespace)["crowd-0"] == "Active"
+        events = core.list_namespaced_event(
+            namespace, field_selector="involvedObject.name=crowd-1,reason=ServiceOwnedByOther"
+        ).items
+        assert len(events) == 1, [e.message for e in events]  # one Event, not one per pass
+        # crowd-1 activated its own projector in its own event store; crowd-0's is untouched.
+        assert projector_rows(url, schema_of(0)) == {PROJECTOR: (1, None, None)}
+        assert projector_rows(url, schema_of(1)) == {PROJECTOR: (1, None, None)}
+    finally:
+        operator.stop()
+        core.delete_namespace(namespace)

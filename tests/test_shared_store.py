@@ -1,0 +1,138 @@
+"""ProjectorSets sharing one event store: the cross-set index and the replay queue, with a real
+PostgreSQL and the sample application's real stages (the cluster is the in-process fake)."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+from fake_cluster import FakeCluster
+from test_controller import Harness, app_database  # noqa: F401 - the fixture, shared
+
+from projectorset.ownership import ProjectorIndex, SetClaim, claim_of
+from testbed.manifests import sample_projectorset
+from testbed.sequent_schema import projector_rows
+
+__all__ = ["app_database"]
+
+
+def body(name: str, created: str, version: str = "v1") -> dict[str, Any]:
+    manifest = sample_projectorset(version, name=name, namespace="default")
+    manifest["metadata"].update(uid=f"uid-{name}", generation=1, creationTimestamp=created)
+    return manifest
+
+
+def condition(status: dict[str, Any], type_: str) -> dict[str, Any]:
+    return next(c for c in status["conditions"] if c["type"] == type_)
+
+
+@pytest.fixture
+def harness(app_database: str, tmp_path: Path) -> Iterator[Harness]:  # noqa: F811
+    cluster = FakeCluster(tmp_path)
+    made = Harness(cluster, app_database)
+    made.body["metadata"]["creationTimestamp"] = "2026-01-01T00:00:00Z"
+    yield made
+    cluster.stop()
+
+
+def test_a_later_set_listing_the_same_projectors_on_one_store_does_nothing_and_says_whose_they_are(
+    harness: Harness,
+) -> None:
+    harness.run_until(harness.phase_is("Active"))
+    rows_before = harness.projector_rows()
+    deployments_before = set(harness.cluster.deployments)
+
+    copy_of = body("accounts-copy", "2026-02-01T00:00:00Z", "v2")
+    result = harness.reconciler.reconcile(copy.deepcopy(copy_of))
+
+    assert result.decision is None
+    status = harness.cluster.status or {}
+    held = condition(status, "Progressing")
+    assert (held["status"], held["reason"]) == ("False", "ProjectorsOwnedByOther")
+    assert "default/accounts " in held["message"] and "AccountProjector" in held["message"]
+    assert set(harness.cluster.deployments) == deployments_before  # nothing created for the copy
+    assert harness.projector_rows() == rows_before
+    assert [e.reason for e in harness.cluster.events].count("ProjectorsOwnedByOther") == 1
+    copy_of["status"] = status
+    harness.reconciler.reconcile(copy.deepcopy(copy_of))
+    assert [e.reason for e in harness.cluster.events].count("ProjectorsOwnedByOther") == 1  # once, not per pass
+
+
+def test_a_replay_of_another_sets_projectors_is_waited_for_then_the_rollout_starts_by_itself(
+    harness: Harness,
+) -> None:
+    harness.run_until(harness.phase_is("Active"))
+    with psycopg.connect(harness.database_url) as conn:
+        # Another application on this event store is replaying its own projector.
+        conn.execute(
+            "INSERT INTO sequent_schema.projector_states (name, replaying_version) VALUES ('InvoiceProjector', 1)"
+        )
+        replay_id = conn.execute(
+            "INSERT INTO sequent_schema.replay_states (state, projectors) "
+            "VALUES ('replaying', ARRAY['InvoiceProjector']) RETURNING id"
+        ).fetchone()[0]  # type: ignore[index]
+    harness.reconciler.observe_set(body("invoices", "2026-03-01T00:00:00Z") | {"spec": invoices_spec()})
+
+    harness.set_spec("v2")
+    harness.reconcile()
+    held = condition(harness.status, "Progressing")
+    assert (held["status"], held["reason"]) == ("True", "ReplayQueued")
+    assert "ProjectorSet default/invoices" in held["message"]
+    assert harness.cluster.created_jobs == []
+    assert projector_rows(harness.database_url)["InvoiceProjector"] == (None, None, 1)  # never touched
+
+    with psycopg.connect(harness.database_url) as conn:
+        conn.execute("UPDATE sequent_schema.replay_states SET state = 'live' WHERE id = %s", (replay_id,))
+        conn.execute(
+            "UPDATE sequent_schema.projector_states SET active_version = 1, replaying_version = NULL "
+            "WHERE name = 'InvoiceProjector'"
+        )
+    harness.run_until(lambda: bool(harness.cluster.created_jobs))
+    assert harness.cluster.created_jobs[0].endswith("-prepare")
+    assert projector_rows(harness.database_url)["InvoiceProjector"] == (1, None, None)
+
+
+def invoices_spec() -> dict[str, Any]:
+    spec = sample_projectorset("v1")["spec"]
+    spec["projectors"] = [{"name": "InvoiceProjector", "version": 1}]
+    return dict(spec)
+
+
+# ---- the index alone ---------------------------------------------------------------------------------
+
+
+def claim(owner: str, created: str, projectors: set[str], store: str | None = None, source: str = "s") -> SetClaim:
+    return SetClaim(owner, created, source, frozenset(projectors), store)
+
+
+def test_the_earliest_set_owns_a_projector_on_one_store() -> None:
+    index = ProjectorIndex()
+    first = claim("ns/a", "2026-01-01T00:00:00Z", {"P", "Q"}, "store-1")
+    later = claim("ns/b", "2026-01-02T00:00:00Z", {"Q", "R"}, "store-1")
+    elsewhere = claim("ns/c", "2026-01-01T00:00:00Z", {"Q"}, "store-2")
+    for each in (later, first, elsewhere):
+        index.record(each)
+    assert index.earlier_overlap(later) == (first, frozenset({"Q"}))
+    assert index.earlier_overlap(first) is None
+    assert index.earlier_overlap(elsewhere) is None
+    index.forget("ns/a")
+    assert index.earlier_overlap(later) is None
+
+
+def test_before_their_first_pass_sets_on_one_secret_and_schema_share_a_store() -> None:
+    index = ProjectorIndex()
+    first = claim_of(body("a", "2026-01-01T00:00:00Z"))
+    later = claim_of(body("b", "2026-01-02T00:00:00Z"))
+    assert first is not None and later is not None
+    index.record(first)
+    assert index.earlier_overlap(later) is not None
+    # The watch's view of a set keeps the store its pass learnt.
+    index.record(SetClaim(first.owner, first.created, first.source, first.projectors, "store-1"))
+    index.record(first)
+    assert (
+        index.earlier_overlap(SetClaim(later.owner, later.created, later.source, later.projectors, "store-2")) is None
+    )
