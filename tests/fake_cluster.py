@@ -37,6 +37,7 @@ from projectorset.resources import (
     build_deployment,
     build_stage_job,
     deployment_name,
+    deployment_view,
 )
 
 TESTS = Path(__file__).resolve().parent
@@ -83,7 +84,9 @@ class FakeCluster:
         for manifest in self.deployments.values():
             version = manifest["metadata"]["labels"][api.VERSION_LABEL]
             replicas = manifest["spec"]["replicas"]
-            deployments[version] = DeploymentView(version, replicas, replicas, replicas > 0)
+            # The release annotation too: what the set owns (rollout.owned_projectors).
+            projectors = deployment_view(manifest).projectors
+            deployments[version] = DeploymentView(version, replicas, replicas, replicas > 0, projectors=projectors)
         jobs = tuple(
             JobView(
                 name=name,

@@ -14,6 +14,8 @@ from fake_cluster import FakeCluster
 from test_controller import Harness, app_database  # noqa: F401 - the fixture, shared
 
 from projectorset.ownership import ProjectorIndex, SetClaim, claim_of
+from projectorset.planning import plan_upgrade
+from projectorset.sequent import DatabaseState, ProjectorState
 from testbed.manifests import sample_projectorset
 from testbed.sequent_schema import projector_rows
 
@@ -91,8 +93,10 @@ def test_a_replay_of_another_sets_projectors_is_waited_for_then_the_rollout_star
             "UPDATE sequent_schema.projector_states SET active_version = 1, replaying_version = NULL "
             "WHERE name = 'InvoiceProjector'"
         )
-    harness.run_until(lambda: bool(harness.cluster.created_jobs))
-    assert harness.cluster.created_jobs[0].endswith("-prepare")
+    harness.run_until(lambda: harness.status.get("phase") == "Active" and harness.status.get("activeVersion") == "v2")
+    stages = [name.split("-a1-")[-1] for name in harness.cluster.created_jobs]
+    assert stages[-4:] == ["prepare", "replay", "optimize", "golive"]
+    # The other application's projector: not in this set's releases, so never deactivated.
     assert projector_rows(harness.database_url)["InvoiceProjector"] == (1, None, None)
 
 
@@ -136,3 +140,19 @@ def test_before_their_first_pass_sets_on_one_secret_and_schema_share_a_store() -
     assert (
         index.earlier_overlap(SetClaim(later.owner, later.created, later.source, later.projectors, "store-2")) is None
     )
+
+
+def test_only_projectors_of_the_sets_own_releases_are_removed() -> None:
+    database = DatabaseState(
+        projectors={
+            "A": ProjectorState("A", active_version=1),
+            "B": ProjectorState("B", active_version=1),  # this set's, dropped by the new release
+            "C": ProjectorState("C", active_version=3),  # another application's
+            "D": ProjectorState("D", replaying_version=2),  # another application's replay
+        }
+    )
+    plan = plan_upgrade({"A": 1}, database, owned={"A", "B"})
+    assert plan.to_deactivate == ["B"]
+    assert not plan.issues
+    # Without knowing what the set owns (Deployments from before the release annotation): as before.
+    assert plan_upgrade({"A": 1}, database).to_deactivate == ["B", "C"]

@@ -34,7 +34,7 @@ from projectorset.observation import (
 from projectorset.ownership import ProjectorIndex, SetClaim, claim_of, owner_key
 from projectorset.planning import plan_upgrade
 from projectorset.pools import PoolSet, store_fingerprint, target_fingerprint
-from projectorset.rollout import Decision, decide, release_is_live
+from projectorset.rollout import Decision, decide, owned_projectors, release_is_live
 
 log = logging.getLogger(__name__)
 
@@ -123,7 +123,7 @@ class Reconciler:
         self.observer = observer
         self.index = ProjectorIndex()
         # The database and spec of each ProjectorSet's last pass, for the activation watch.
-        self._gates: dict[tuple[str, str], tuple[SequentDatabase, ProjectorSetSpec]] = {}
+        self._gates: dict[tuple[str, str], tuple[SequentDatabase, ProjectorSetSpec, set[str] | None]] = {}
         self._gates_lock = threading.Lock()
 
     def reconcile(self, body: dict[str, Any]) -> PassResult:
@@ -224,8 +224,9 @@ class Reconciler:
     def _hold(
         self, owner: Owner, generation: int, previous: ProjectorSetStatus, reason: Reason, message: str
     ) -> PassResult:
-        """A pass that does nothing but say why: reported once, checked again a little later."""
-        status = previous.model_copy(update={"message": message, "observed_generation": generation})
+        """A pass that does nothing but say why: reported once, checked again a little later. The
+        observed generation stays: the pass that acts on this spec is still to come."""
+        status = previous.model_copy(update={"message": message})
         moving = reason.kind is Kind.STEP
         status = _with_condition(status, ConditionType.PROGRESSING, moving, reason, message, self.clock())
         if _condition_changed(previous, status, ConditionType.PROGRESSING):
@@ -243,7 +244,7 @@ class Reconciler:
         try:
             database = self.databases.get(owner, uri, spec.database.event_store_schema)
             with self._gates_lock:
-                self._gates[(owner.namespace, owner.name)] = (database, spec)
+                self._gates[(owner.namespace, owner.name)] = (database, spec, owned_projectors(view))
             return DatabaseView(state=database.read_state())
         except DatabaseError as error:
             return DatabaseView(error_reason=error.reason, error_message=error.message)
@@ -254,10 +255,11 @@ class Reconciler:
             gate = self._gates.get((namespace, name))
         if gate is None:
             return True  # nothing to watch: let a full pass decide
-        database, spec = gate
+        database, spec, owned = gate
         try:
             # Live, not yet active: projectors the release removed are deactivated by the pass after golive.
-            return release_is_live(spec, database.read_projector_states(lock_timeout_ms=WATCH_LOCK_TIMEOUT_MS))
+            states = database.read_projector_states(lock_timeout_ms=WATCH_LOCK_TIMEOUT_MS)
+            return release_is_live(spec, states, owned)
         except ProjectorStatesBusy:
             return False  # golive still holds the table: the next read is granted at its commit
         except DatabaseError:

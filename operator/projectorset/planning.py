@@ -7,7 +7,7 @@ reported as a blocking issue or a notice.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 
@@ -67,8 +67,13 @@ class Plan:
         return bool(self.issues)
 
 
-def plan_upgrade(release: Mapping[str, int], database: DatabaseState) -> Plan:
-    """Compare the release's projector versions with what the database says."""
+def plan_upgrade(release: Mapping[str, int], database: DatabaseState, owned: Collection[str] | None = None) -> Plan:
+    """Compare the release's projector versions with what the database says.
+
+    ``owned``: the projectors this ProjectorSet listed in the releases it deployed before; only
+    those can be Removed. Others in the table belong to other applications on the same event
+    store and are none of this plan's business. None: unknown (every one not in the release).
+    """
     first_install = (
         all(
             state.active_version is None and state.activating_version is None and state.replaying_version is None
@@ -110,7 +115,7 @@ def plan_upgrade(release: Mapping[str, int], database: DatabaseState) -> Plan:
             )
 
     for name, state in sorted(database.projectors.items()):
-        if name in release:
+        if name in release or (owned is not None and name not in owned):
             continue
         if state.active_version is not None:
             plans.append(ProjectorPlan(name, Change.REMOVED, None, state))

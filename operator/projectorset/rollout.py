@@ -18,7 +18,7 @@ the database to the state its stage promises fails the rollout ("VerificationFai
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -257,7 +257,8 @@ def decide(
     )
 
     db = database.state
-    plan = plan_upgrade(spec.projector_versions, db)
+    owned = owned_projectors(cluster)
+    plan = plan_upgrade(spec.projector_versions, db, owned)
     run.remember(
         projectors=_projector_statuses(plan),
         replay=_replay_status(status.replay, db, cluster, target, status.attempt),
@@ -395,10 +396,10 @@ def _rollout(run: _Pass, plan: Plan, db: DatabaseState) -> Decision:
     attempt = run.memory.attempt
 
     # The database is the gate: once the release is active there, traffic moves in this very pass.
-    if release_is_active(spec, db):
+    if release_is_active(spec, db, owned_projectors(cluster)):
         return _switch(run)
     golive = _latest(cluster.jobs_for(target, attempt, Stage.GOLIVE))
-    if golive is not None and plan.to_deactivate and release_is_live(spec, db):
+    if golive is not None and plan.to_deactivate and release_is_live(spec, db, owned_projectors(cluster)):
         # golive committed. Only now are the projectors the release removed deactivated (a golive
         # that fails leaves them as they were); the new code refuses every write while a projector
         # it does not know is active, so this comes right before the switch, in the same pass.
@@ -627,10 +628,12 @@ def _paused(run: _Pass) -> Decision:
     return run.finish(Phase.PAUSED, Reason.PAUSED_BY_USER, f"rollout of {run.spec.version} paused by spec.paused")
 
 
-def release_is_live(spec: ProjectorSetSpec, db: DatabaseState) -> bool:
+def release_is_live(spec: ProjectorSetSpec, db: DatabaseState, owned: Collection[str] | None = None) -> bool:
     """Every projector of the release is active at its version and nothing is left in flight:
-    golive (or the activation) committed. Projectors the release removed may still be active."""
-    if db.empty or _in_flight(db):
+    golive (or the activation) committed. Projectors the release removed may still be active.
+    ``owned`` (``owned_projectors``): only those and the release's count; other applications'
+    projectors on a shared event store may be replaying meanwhile."""
+    if db.empty or _in_flight(db, None if owned is None else {*spec.projector_versions, *owned}):
         return False
     return all(
         (state := db.projectors.get(name)) is not None and state.active_version == version
@@ -638,10 +641,12 @@ def release_is_live(spec: ProjectorSetSpec, db: DatabaseState) -> bool:
     )
 
 
-def release_is_active(spec: ProjectorSetSpec, db: DatabaseState) -> bool:
-    """The release is live and no projector outside it is still active: its code can write."""
-    return release_is_live(spec, db) and all(
-        name in spec.projector_versions or s.active_version is None for name, s in db.projectors.items()
+def release_is_active(spec: ProjectorSetSpec, db: DatabaseState, owned: Collection[str] | None = None) -> bool:
+    """The release is live and no projector outside it is still active: its code can write.
+    With ``owned``, only this set's projectors count (see ``release_is_live``)."""
+    return release_is_live(spec, db, owned) and all(
+        name in spec.projector_versions or s.active_version is None or (owned is not None and name not in owned)
+        for name, s in db.projectors.items()
     )
 
 
@@ -659,6 +664,18 @@ def _own_projectors(spec: ProjectorSetSpec, db: DatabaseState) -> tuple[str, ...
     those of the latest replay (a spec edit may have dropped one)."""
     names = set(spec.projector_versions) | set(db.replay.projectors if db.replay is not None else ())
     return tuple(sorted(names))
+
+
+def owned_projectors(cluster: ClusterView) -> set[str] | None:
+    """The projectors of every release this set deployed (its Deployments' release annotations):
+    what it may deactivate when the spec drops them. None when a Deployment does not say (made by an
+    operator version before the annotation): then every active projector not in the spec counts."""
+    owned: set[str] = set()
+    for deployment in cluster.deployments.values():
+        if deployment.projectors is None:
+            return None
+        owned.update(deployment.projectors)
+    return owned
 
 
 def _switch(run: _Pass) -> Decision:
