@@ -36,6 +36,11 @@ test: lint ## The whole suite: lint, type checks, unit, database and cluster tes
 unit: $(STAMP) ## Only the fast tests (no cluster)
 	$(BIN)/pytest -m 'not cluster'
 
+SEED ?=
+.PHONY: fuzz bench-isolation
+fuzz: $(STAMP) ## The rollout's state machine at length (10,000+ steps); SEED=n replays a printed seed
+	HYPOTHESIS_PROFILE=fuzz $(BIN)/pytest tests/test_rollout_stateful.py -s -q $(if $(SEED),--hypothesis-seed=$(SEED))
+
 run: $(STAMP) ## Run the operator against the current kubeconfig
 	$(BIN)/projectorset-operator
 
@@ -68,6 +73,9 @@ EVENTS ?= 10000,100000
 RUNS ?= 3
 bench: $(STAMP) ## Measure upgrades (EVENTS=10000,100000 RUNS=3): totals, Jobs vs operator, switch latency, memory, API calls
 	@$(TESTBED) -m testbed.bench --events $(EVENTS) --runs $(RUNS)
+
+bench-isolation: $(STAMP) ## 10 ProjectorSets, 6 with a silent database: time for the others to switch
+	@$(TESTBED) -m testbed.isolation
 
 LAG_EVENTS ?= 10000000
 bench-lag: $(STAMP) ## One replay-lag read on a store of LAG_EVENTS events (no xact_id index): p50/p95 vs a full count

@@ -1,6 +1,17 @@
 """An in-memory world for the phase machine: it carries out the actions ``decide`` returns the
 way the cluster and Sequent would, so tests can walk whole rollouts step by step.
 
+Sequent's side follows its replayer (see /work/shared/reference/sequent and DESIGN.md section 9):
+``prepare`` creates the replay row (refused while another replay is in progress) and registers the
+projectors replaying; a stage that raises marks the replay ``failed``, which stays in progress until
+``abort``; ``optimize`` and ``golive`` leave the state as it was when they fail; ``abort`` works from
+any in-progress state and raises with none; a stage that ends after an abort marks it ``failed``
+again; golive commits in one transaction, possibly some time before its Job reports success.
+
+``step`` calls ``decide`` directly; ``reconcile`` runs a whole pass through the real
+``controller.Reconciler`` (observe, decide, act, patch status, emit Events) with faults
+injected where the test asks: a failing API call or database write, a lost status patch.
+
 It is a fast stand-in for unit tests only; the same rollouts run against a real PostgreSQL
 and a real API server elsewhere in the suite.
 """
@@ -8,21 +19,29 @@ and a real API server elsewhere in the suite.
 from __future__ import annotations
 
 import copy
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from projectorset.api import ProjectorSetSpec, ProjectorSetStatus
+from projectorset.cluster import ClusterError, Owner
+from projectorset.conditions import Reason
+from projectorset.controller import DatabaseRegistry, PassResult, Reconciler
+from projectorset.database import DatabaseUnreachable, IllegalProjectorState
 from projectorset.observation import (
+    Action,
     Activate,
     ClearReplaying,
     ClusterView,
+    DatabaseAction,
     DatabaseView,
     Deactivate,
     DeleteDeployment,
     DeleteJob,
     DeploymentView,
     EnsureDeployment,
+    Event,
     JobState,
     JobView,
     RegisterReplaying,
@@ -30,10 +49,14 @@ from projectorset.observation import (
     ScaleDeployment,
     SwitchService,
 )
+from projectorset.resources import job_name
 from projectorset.rollout import Decision, decide
+from projectorset.sequent import IN_PROGRESS_STATES as IN_PROGRESS
 from projectorset.sequent import DatabaseState, ProjectorState, ReplayState
 
 START = datetime(2026, 11, 27, 12, 0, 0, tzinfo=UTC)
+OWNER = Owner("blog", "default", "uid-blog")
+DATABASE_URI = "postgresql://blog:secret@db.example/blog"
 
 
 def manifest(version: str = "v1", projectors: dict[str, int] | None = None, **overrides: Any) -> ProjectorSetSpec:
@@ -53,6 +76,61 @@ def manifest(version: str = "v1", projectors: dict[str, int] | None = None, **ov
 
 
 @dataclass
+class StageRun:
+    """Sequent's side of one stage Job: the replay it works on and the code it runs."""
+
+    stage: str
+    # The projector versions of the release the Job's image has (its projector classes).
+    versions: Mapping[str, int]
+    replay_id: int | None = None
+    # Set when the stage cannot even start (no replay in progress, a replay already in progress
+    # for prepare): the Job fails without touching the database.
+    doomed: str | None = None
+    # The state a catch-up returns to.
+    saved_state: str | None = None
+    # golive's transaction committed (its Job may still be Running).
+    committed: bool = False
+    # The world's rollout epoch when the Job was created (see the stateful test).
+    epoch: int = 0
+    # Every projector class of the Job's image (abort loads each class of the replay it resumes).
+    code: Mapping[str, int] = field(default_factory=dict)
+
+
+@dataclass
+class Faults:
+    """What goes wrong in one ``reconcile`` pass."""
+
+    # Listing the cluster fails: the pass raises before deciding anything.
+    observe_fails: bool = False
+    # The n-th action of the pass fails: "before" it takes effect (409, 5xx, refused write), or
+    # "after" (the API server or the database did it, the response was lost: a timeout).
+    failing_action: int | None = None
+    failing_when: str = "before"
+    failing_status: int = 500
+    status_patch_lost: bool = False
+
+    @property
+    def any(self) -> bool:
+        return self.observe_fails or self.failing_action is not None or self.status_patch_lost
+
+
+@dataclass
+class PassRecord:
+    """What one ``reconcile`` pass saw and did, for the invariants."""
+
+    result: PassResult | None
+    raised: Exception | None
+    applied: list[Action]
+    failed_action: Action | None
+    status_written: bool
+    events: list[Event]
+    # The database as the pass read it, and the Service before and after.
+    projectors_before: dict[str, ProjectorState]
+    service_before: str | None
+    service_after: str | None
+
+
+@dataclass(repr=False)
 class World:
     spec: ProjectorSetSpec
     status: ProjectorSetStatus = field(default_factory=ProjectorSetStatus)
@@ -63,14 +141,55 @@ class World:
     secret_problem: str | None = None
     deployments: dict[str, DeploymentView] = field(default_factory=dict)
     jobs: dict[str, JobView] = field(default_factory=dict)
+    runs: dict[str, StageRun] = field(default_factory=dict)
     projectors: dict[str, ProjectorState] = field(default_factory=dict)
-    replay: ReplayState | None = None
+    replays: list[ReplayState] = field(default_factory=list)
     lag: int = 0
     database_error: tuple[str, str] | None = None
     history: list[Decision] = field(default_factory=list)
     golive_runs: int = 0
     # Deployments become available on the pass after they are created, like a healthy rollout.
     auto_available: bool = True
+    epoch: int = 0
+    # Sequent's lag after a catch-up round.
+    lag_after_catchup: int = 0
+    # The controller's side: the stored object's status as a dict (what the API server holds).
+    stored_status: dict[str, Any] | None = None
+    reconciler: Reconciler | None = None
+    events: list[Event] = field(default_factory=list)
+    faults: Faults = field(default_factory=Faults)
+
+    def __repr__(self) -> str:
+        return f"World(spec.version={self.spec.version}, service={self.service_version}, phase={self.status.phase})"
+
+    # -- the replay row Sequent's tasks resume from --
+
+    @property
+    def replay(self) -> ReplayState | None:
+        """The in-progress replay (at most one, by Sequent's unique index), else the latest."""
+        in_progress = [r for r in self.replays if r.state in IN_PROGRESS]
+        if in_progress:
+            return in_progress[-1]
+        return self.replays[-1] if self.replays else None
+
+    @replay.setter
+    def replay(self, value: ReplayState | None) -> None:
+        if value is None:
+            self.replays.clear()
+            return
+        for index, row in enumerate(self.replays):
+            if row.id == value.id:
+                self.replays[index] = value
+                return
+        self.replays.append(value)
+
+    def _set_replay_state(self, replay_id: int, state: str, **changes: Any) -> None:
+        for index, row in enumerate(self.replays):
+            if row.id == replay_id:
+                self.replays[index] = replace(row, state=state, **changes)
+
+    def replay_by_id(self, replay_id: int | None) -> ReplayState | None:
+        return next((r for r in self.replays if r.id == replay_id), None)
 
     # -- observation --
 
@@ -83,13 +202,17 @@ class World:
             jobs=tuple(self.jobs.values()),
         )
 
+    def database_state(self) -> DatabaseState:
+        replay = self.replay
+        lag = self.lag if replay is not None and replay.state in IN_PROGRESS else None
+        return DatabaseState(dict(self.projectors), replay, lag)
+
     def database(self) -> DatabaseView:
         if self.database_error is not None:
             return DatabaseView(error_reason=self.database_error[0], error_message=self.database_error[1])
-        lag = self.lag if self.replay is not None and self.replay.in_progress else None
-        return DatabaseView(DatabaseState(dict(self.projectors), self.replay, lag))
+        return DatabaseView(self.database_state())
 
-    # -- one operator pass --
+    # -- one operator pass, deciding directly --
 
     def step(self, *, restart: bool = False, execute: bool = True) -> Decision:
         """One pass of the operator. ``restart`` round-trips the status through its manifest form,
@@ -98,9 +221,7 @@ class World:
             self.status = ProjectorSetStatus.model_validate(
                 copy.deepcopy(self.status.model_dump(by_alias=True, mode="json"))
             )
-        for name, deployment in list(self.deployments.items()):
-            if self.auto_available and not deployment.available and deployment.replicas > 0:
-                self.deployments[name] = replace(deployment, available=True, ready_replicas=deployment.replicas)
+        self.pods_become_ready()
         decision = decide(self.spec, self.generation, self.status, self.cluster(), self.database(), self.now)
         self.history.append(decision)
         self.status = decision.status
@@ -118,38 +239,123 @@ class World:
             decision = self.step(**kwargs)
         return decision
 
+    def pods_become_ready(self) -> None:
+        """What the cluster does between two looks: new pods become ready, deleted Jobs' pods end."""
+        for name, job in list(self.jobs.items()):
+            if job.deleting:
+                self.jobs.pop(name)
+                self.runs.pop(name, None)
+        for name, deployment in list(self.deployments.items()):
+            if self.auto_available and not deployment.available and deployment.replicas > 0:
+                self.deployments[name] = replace(deployment, available=True, ready_replicas=deployment.replicas)
+
+    # -- one operator pass through the real controller --
+
+    def body(self) -> dict[str, Any]:
+        return {
+            "metadata": {
+                "name": OWNER.name,
+                "namespace": OWNER.namespace,
+                "uid": OWNER.uid,
+                "generation": self.generation,
+            },
+            "spec": self.spec.model_dump(by_alias=True, mode="json"),
+            "status": copy.deepcopy(self.stored_status),
+        }
+
+    def restart_operator(self) -> None:
+        """A new operator process: no memory but what the API server and the database hold."""
+        self.reconciler = None
+
+    def reconcile(self, faults: Faults | None = None) -> PassRecord:
+        """One pass of ``controller.Reconciler`` over this world, with ``faults`` injected."""
+        self.faults = faults or Faults()
+        if self.reconciler is None:
+            adapter = _WorldCluster(self)
+            self.reconciler = Reconciler(adapter, _WorldRegistry(self), clock=lambda: self.now)
+        adapter = self.reconciler.cluster
+        assert isinstance(adapter, _WorldCluster)
+        adapter.start_pass()
+        projectors_before = dict(self.projectors)
+        service_before = self.service_version
+        raised: Exception | None = None
+        result: PassResult | None = None
+        try:
+            result = self.reconciler.reconcile(self.body())
+        except ClusterError as error:
+            raised = error
+        if result is not None and result.decision is not None:
+            self.history.append(result.decision)
+        record = PassRecord(
+            result=result,
+            raised=raised,
+            applied=list(adapter.applied),
+            failed_action=adapter.failed_action,
+            status_written=adapter.status_written,
+            events=list(adapter.events),
+            projectors_before=projectors_before,
+            service_before=service_before,
+            service_after=self.service_version,
+        )
+        if self.stored_status is not None:
+            self.status = ProjectorSetStatus.model_validate(self.stored_status)
+        self.faults = Faults()
+        return record
+
+    # -- carrying out actions --
+
     def execute(self, action: object) -> None:
         match action:
             case EnsureDeployment(version=version, replicas=replicas):
                 current = self.deployments.get(version)
                 if current is None:
-                    self.deployments[version] = DeploymentView(version, replicas)
+                    if version != self.spec.version:
+                        raise ClusterError(f"Deployment {version} is gone", Reason.KUBERNETES_NOT_FOUND)
+                    self.deployments[version] = DeploymentView(
+                        version, replicas, projectors=dict(self.spec.projector_versions)
+                    )
                 elif current.replicas != replicas:
-                    self.deployments[version] = replace(current, replicas=replicas)
+                    self.deployments[version] = replace(current, replicas=replicas, ready_replicas=0, available=False)
             case ScaleDeployment(version=version, replicas=replicas):
-                self.deployments[version] = replace(self.deployments[version], replicas=replicas, ready_replicas=0)
+                current = self.deployments.get(version)
+                if current is None:
+                    raise ClusterError(f"ScaleDeployment: Deployment {version} not found", Reason.KUBERNETES_NOT_FOUND)
+                if current.replicas != replicas:
+                    self.deployments[version] = replace(current, replicas=replicas, ready_replicas=0, available=False)
             case DeleteDeployment(version=version):
                 self.deployments.pop(version, None)
-            case RunStageJob(version=version, attempt=attempt, stage=stage, round=round_):
-                name = f"blog-{version}-a{attempt}-{stage}" + (f"-{round_}" if round_ else "")
-                if name not in self.jobs:
-                    self.jobs[name] = JobView(name, version, attempt, stage, round_, JobState.RUNNING)
-                    self.start_stage(stage)
+            case RunStageJob(version=version, attempt=attempt, stage=stage, round=round_, projectors=names):
+                name = job_name(OWNER, version, attempt, stage, round_)
+                if name in self.jobs:
+                    return  # 409: the API server keeps the Job that has this name
+                self.jobs[name] = JobView(name, version, attempt, stage, round_, JobState.RUNNING, active=1)
+                code = self._release_code(version)
+                unknown = [n for n in names if n not in code]
+                self.runs[name] = StageRun(stage, {n: code[n] for n in names if n in code} or code, epoch=self.epoch)
+                self.runs[name].code = code
+                if unknown:
+                    # Class.const_get raises before the task does anything.
+                    self.runs[name].doomed = f"uninitialized constant {unknown[0]}"
+                self.start_stage(name)
             case DeleteJob(name=name):
-                self.jobs.pop(name, None)
+                # Foreground deletion: the pod is killed (SIGTERM is no StandardError for the rake
+                # task: nothing is marked failed); the Job stays in view, deleting, until the pod is
+                # gone (the next time the world is looked at).
+                job = self.jobs.get(name)
+                if job is not None and job.active > 0:
+                    self.jobs[name] = replace(job, deleting=True)
+                    run = self.runs.get(name)
+                    if run is not None:
+                        run.doomed = run.doomed or "killed"
+                else:
+                    self.jobs.pop(name, None)
+                    self.runs.pop(name, None)
             case RegisterReplaying(versions=versions):
-                for name, version in versions.items():
-                    old = self.projectors.get(name, ProjectorState(name))
-                    assert old.activating_version is None
-                    self.projectors[name] = replace(old, replaying_version=version, activating_version=None)
+                self.write_register_replaying(versions)
             case Activate(versions=versions, deactivate=removed):
-                for name, version in versions.items():
-                    self.projectors[name] = ProjectorState(name, version, None, None)
-                for name in removed:
-                    self.projectors[name] = replace(self.projectors[name], active_version=None)
+                self.write_activate(versions, removed)
             case Deactivate(names=names):
-                for name in names:
-                    self.projectors[name] = replace(self.projectors[name], active_version=None)
+                self.write_deactivate(names)
             case ClearReplaying(names=names):
                 for name in names:
                     if name in self.projectors:
@@ -160,65 +366,198 @@ class World:
             case _:
                 raise AssertionError(f"unknown action {action!r}")
 
+    def _release_code(self, version: str) -> dict[str, int]:
+        """The projector classes a stage Job's image has: spec.version's release, or for another
+        version the release its Deployment records (kube.py builds the Job from that template)."""
+        deployment = self.deployments.get(version)
+        if version == self.spec.version or deployment is None or deployment.projectors is None:
+            return dict(self.spec.projector_versions)
+        return dict(deployment.projectors)
+
+    # -- the operator's database writes, with SequentDatabase's checks --
+
+    def write_register_replaying(self, versions: Mapping[str, int]) -> None:
+        for name, version in sorted(versions.items()):
+            old = self.projectors.get(name, ProjectorState(name))
+            if old.activating_version is not None:
+                raise IllegalProjectorState(f"cannot register {name} replaying: activating")
+            if old.replaying_version not in (None, version):
+                raise IllegalProjectorState(f"cannot register {name} replaying: another version replays")
+        for name, version in versions.items():
+            old = self.projectors.get(name, ProjectorState(name))
+            self.projectors[name] = replace(old, replaying_version=version, activating_version=None)
+
+    def write_activate(self, versions: Mapping[str, int], removed: tuple[str, ...] = ()) -> None:
+        for name, version in versions.items():
+            state = self.projectors.get(name, ProjectorState(name))
+            busy = state.activating_version if state.activating_version is not None else state.replaying_version
+            if busy is not None and busy != version:
+                raise IllegalProjectorState(f"cannot activate {name}: version {busy} is busy")
+        for name in removed:
+            state = self.projectors.get(name)
+            if state is not None and state.activating_version is not None:
+                raise IllegalProjectorState(f"cannot deactivate {name}: activating")
+        for name, version in versions.items():
+            self.projectors[name] = ProjectorState(name, version, None, None)
+        for name in removed:
+            if name in self.projectors:
+                self.projectors[name] = replace(self.projectors[name], active_version=None)
+
+    def write_deactivate(self, names: tuple[str, ...]) -> None:
+        for name in names:
+            state = self.projectors.get(name)
+            if state is not None and state.activating_version is not None:
+                raise IllegalProjectorState(f"cannot deactivate {name}: activating")
+        for name in names:
+            if name in self.projectors:
+                self.projectors[name] = replace(self.projectors[name], active_version=None)
+
     # -- Sequent's side of the stages --
 
-    def start_stage(self, stage: str) -> None:
-        if stage == "prepare":
-            self.replay = ReplayState(
-                (self.replay.id + 1) if self.replay else 1, "created", tuple(self.replaying()), None
-            )
-        elif stage == "replay" and self.replay:
-            self.replay = replace(self.replay, state="replaying")
-        elif stage == "catchup" and self.replay:
-            self.replay = replace(self.replay, state="catching_up")
-        elif stage == "golive":
+    def _replaying_matches(self, run: StageRun) -> bool:
+        """Sequent's verify_replaying_projector_versions: the replay set and the code agree."""
+        replay = self.replay_by_id(run.replay_id)
+        if replay is None:
+            return False
+        classes = {name: run.versions.get(name) for name in replay.projectors}
+        replaying = {n: s.replaying_version for n, s in self.projectors.items() if s.replaying_version is not None}
+        return replaying == classes
+
+    def start_stage(self, name: str) -> None:
+        run = self.runs[name]
+        if run.doomed is not None or run.stage == "migrate":
+            return
+        current = self.replay
+        in_progress = current if current is not None and current.state in IN_PROGRESS else None
+        if run.stage == "prepare":
+            if in_progress is not None:
+                run.doomed = "a replay is already in progress (unique index)"
+                return
+            replay_id = max((r.id for r in self.replays), default=0) + 1
+            self.replays.append(ReplayState(replay_id, "created", tuple(sorted(run.versions)), None))
+            run.replay_id = replay_id
+            return
+        if in_progress is None:
+            run.doomed = "no replay in progress"
+            return
+        run.replay_id = in_progress.id
+        if run.stage == "replay":
+            if in_progress.state != "prepared" or not self._replaying_matches(run):
+                run.doomed = f"initial replay can only be performed when prepared, not {in_progress.state}"
+                return
+            self._set_replay_state(in_progress.id, "replaying")
+        elif run.stage == "catchup":
+            if in_progress.state not in ("replayed", "optimized") or not self._replaying_matches(run):
+                run.doomed = f"catching up can only be performed when replayed or optimized, not {in_progress.state}"
+                return
+            run.saved_state = in_progress.state
+            self._set_replay_state(in_progress.id, "catching_up")
+        elif run.stage == "golive":
             self.golive_runs += 1
 
-    def finish_job(self, name: str, *, succeed: bool = True, move_database: bool = True) -> None:
+    def _mark_failed(self, run: StageRun) -> None:
+        if run.replay_id is not None:
+            self._set_replay_state(run.replay_id, "failed")
+
+    def commit_golive(self, name: str) -> bool:
+        """golive's single transaction; False when Sequent's checks refuse it (nothing changes)."""
+        run = self.runs[name]
+        replay = self.replay_by_id(run.replay_id)
+        if run.committed or run.doomed or replay is None or replay.state != "optimized":
+            return run.committed
+        if not self._replaying_matches(run):
+            return False
+        for projector in replay.projectors:
+            self.projectors[projector] = ProjectorState(projector, run.versions[projector], None, None)
+        self._set_replay_state(replay.id, "live")
+        run.committed = True
+        return True
+
+    def finish_job(self, name: str, *, succeed: bool = True, move_database: bool = True, hang: bool = False) -> None:
+        """The Job ends. ``succeed=False`` is a stage that raised (Sequent marks the replay failed
+        where it does); ``hang`` is a Job killed by its deadline (nothing marked);
+        ``move_database=False`` a Job that exits 0 without doing its work."""
         job = self.jobs[name]
-        self.jobs[name] = replace(
-            job,
-            state=JobState.SUCCEEDED if succeed else JobState.FAILED,
-            message="" if succeed else "BackoffLimitExceeded",
-            finished_at=self.now,
-        )
-        if not succeed or not move_database or job.stage == "migrate":
-            return
-        replay = self.replay
-        assert replay is not None or job.stage == "abort"
-        if job.stage == "prepare":
-            self.replay = replace(replay, state="prepared", continue_replay_at_xact_id=100)
-        elif job.stage == "replay":
-            self.replay = replace(replay, state="replayed")
-        elif job.stage == "optimize":
-            self.replay = replace(replay, state="optimized")
-        elif job.stage == "catchup":
-            self.replay = replace(replay, state="optimized")
-            self.lag = 0
-        elif job.stage == "golive":
-            for name_ in replay.projectors:
-                state = self.projectors[name_]
-                self.projectors[name_] = ProjectorState(name_, state.replaying_version, None, None)
-            self.replay = replace(replay, state="live")
-        elif job.stage == "abort" and replay is not None and replay.in_progress:
-            # Sequent's abort also clears the replaying and activating versions of the replay's projectors.
-            self.replay = replace(replay, state="aborted")
-            for name_ in replay.projectors:
-                if name_ in self.projectors:
-                    state = self.projectors[name_]
-                    self.projectors[name_] = replace(state, replaying_version=None, activating_version=None)
+        run = self.runs.get(name) or StageRun(job.stage, {})
+        ok = succeed and not hang and run.doomed is None
+        if ok and move_database:
+            ok = self._complete_stage(name, run)
+        elif succeed and not hang and not move_database:
+            ok = True
+        elif not succeed and not hang and run.doomed is None and run.stage in ("prepare", "replay", "catchup"):
+            self._mark_failed(run)
+        message = ""
+        if not ok:
+            message = (
+                "DeadlineExceeded: Job was active longer than specified deadline" if hang else "BackoffLimitExceeded"
+            )
+        state = JobState.SUCCEEDED if ok else JobState.FAILED
+        self.jobs[name] = replace(job, state=state, message=message, finished_at=self.now, active=0)
+
+    def _complete_stage(self, name: str, run: StageRun) -> bool:
+        replay = self.replay_by_id(run.replay_id)
+        stage = run.stage
+        if stage == "migrate":
+            return True  # the release's migrations: nothing in Sequent's replay tables
+        if stage == "abort":
+            current = self.replay
+            if current is None or current.state not in IN_PROGRESS:
+                return False  # resume_from_database finds nothing in progress: the task raises
+            if any(projector not in run.code for projector in current.projectors):
+                return False  # the replay's projector classes are unknown to this image
+            for projector in current.projectors:
+                if projector in self.projectors:
+                    state = self.projectors[projector]
+                    self.projectors[projector] = replace(state, replaying_version=None, activating_version=None)
+            self._set_replay_state(current.id, "aborted")
+            return True
+        if stage == "golive":
+            return self.commit_golive(name)
+        assert replay is not None
+        if stage == "prepare":
+            if replay.state != "created":
+                return False
+            if any(self.projectors.get(p, ProjectorState(p)).activating_version is not None for p in replay.projectors):
+                self._mark_failed(run)
+                return False
+            for projector in replay.projectors:
+                state = self.projectors.get(projector, ProjectorState(projector))
+                self.projectors[projector] = replace(
+                    state, replaying_version=run.versions[projector], activating_version=None
+                )
+            self._set_replay_state(replay.id, "prepared")
+            return True
+        if stage == "optimize":
+            if replay.state != "replayed" or not self._replaying_matches(run):
+                return False
+            self._set_replay_state(replay.id, "optimized")
+            return True
+        # replay and catchup: a state or version check that fails inside the rescue marks it failed.
+        expected = "replaying" if stage == "replay" else "catching_up"
+        if replay.state != expected or not self._replaying_matches(run):
+            self._mark_failed(run)
+            return False
+        if stage == "replay":
+            self._set_replay_state(replay.id, "replayed", continue_replay_at_xact_id=100)
+        else:
+            self._set_replay_state(replay.id, run.saved_state or "replayed", continue_replay_at_xact_id=200)
+            self.lag = self.lag_after_catchup
+        return True
 
     def stage_raises(self, name: str, *, job_ends: bool = True) -> None:
         """A stage fails the way Sequent's stages do: the replay is marked ``failed`` (and stays in
         progress); the Job's pod exits non-zero (``job_ends``) or is still retrying."""
-        assert self.replay is not None
-        self.replay = replace(self.replay, state="failed")
+        run = self.runs.get(name)
+        if run is not None and run.replay_id is not None:
+            self._mark_failed(run)
+        elif self.replay is not None:
+            self.replay = replace(self.replay, state="failed")
         if job_ends:
             self.finish_job(name, succeed=False)
 
     def finish_running_jobs(self) -> None:
         for name, job in list(self.jobs.items()):
-            if job.state is JobState.RUNNING:
+            if job.state is JobState.RUNNING and not job.deleting:
                 self.finish_job(name)
 
     def replaying(self) -> list[str]:
@@ -231,13 +570,129 @@ class World:
 
     def serving_v1(self, projectors: dict[str, int] | None = None) -> World:
         """An application whose version v1 serves, with its projectors active."""
+        release = projectors or {"PostProjector": 1}
         self.service_version = "v1"
-        self.deployments["v1"] = DeploymentView("v1", 2, 2, True)
-        for name, version in (projectors or {"PostProjector": 1}).items():
+        self.deployments["v1"] = DeploymentView("v1", 2, 2, True, projectors=dict(release))
+        for name, version in release.items():
             self.projectors[name] = ProjectorState(name, version)
         self.status = ProjectorSetStatus(phase="Active", active_version="v1", target_version="v1")
+        self.stored_status = self.status.model_dump(by_alias=True, mode="json")
         return self
 
     def upgrade(self, spec: ProjectorSetSpec) -> None:
+        if spec.version != self.spec.version:
+            self.epoch += 1
         self.spec = spec
         self.generation += 1
+
+
+# ---- the controller's view of the world -----------------------------------------------------------
+
+
+class _WorldCluster:
+    """The ``Cluster`` protocol over a World, failing where ``world.faults`` says."""
+
+    def __init__(self, world: World) -> None:
+        self.world = world
+        self.start_pass()
+
+    def start_pass(self) -> None:
+        self.calls = 0
+        self.applied: list[Action] = []
+        self.failed_action: Action | None = None
+        self.status_written = False
+        self.events: list[Event] = []
+
+    def _count(self, action: Action) -> None:
+        """Fail the action the faults name (counting cluster and database actions alike)."""
+        faults = self.world.faults
+        index = self.calls
+        self.calls += 1
+        if faults.failing_action != index:
+            return
+        self.failed_action = action
+        if faults.failing_when == "after":
+            self.world.execute(action)
+            self.applied.append(action)
+        if isinstance(action, DatabaseAction):
+            raise DatabaseUnreachable("the database did not answer in time")
+        raise ClusterError(f"{type(action).__name__}: {faults.failing_status} injected")
+
+    def observe(self, owner: Owner, spec: ProjectorSetSpec) -> tuple[ClusterView, str | None]:
+        if self.world.faults.observe_fails:
+            raise ClusterError("listing Deployments and Jobs: 503 injected")
+        self.world.pods_become_ready()
+        return self.world.cluster(), DATABASE_URI
+
+    def apply(self, owner: Owner, spec: ProjectorSetSpec, action: Action) -> None:
+        self._count(action)
+        self.world.execute(action)
+        self.applied.append(action)
+
+    def patch_status(self, owner: Owner, status: dict[str, Any]) -> None:
+        if self.world.faults.status_patch_lost:
+            raise ClusterError("writing status: 500 injected")
+        self.world.stored_status = copy.deepcopy(status)
+        self.status_written = True
+
+    def emit(self, owner: Owner, event: Event) -> None:
+        self.events.append(event)
+        self.world.events.append(event)
+
+
+class _WorldRegistry(DatabaseRegistry):
+    """Every ProjectorSet's database is the world's."""
+
+    def __init__(self, world: World) -> None:
+        super().__init__()
+        self.database = _WorldDatabase(world)
+
+    def get(self, owner: Owner, uri: str, schema: str) -> Any:
+        return self.database
+
+    def forget(self, owner: Owner) -> None:
+        pass
+
+
+class _WorldDatabase:
+    """The part of ``SequentDatabase`` the controller uses, over a World."""
+
+    def __init__(self, world: World) -> None:
+        self.world = world
+
+    def _check(self) -> None:
+        if self.world.database_error is not None:
+            raise DatabaseUnreachable(self.world.database_error[1])
+
+    def close(self) -> None:
+        pass
+
+    def read_state(self) -> DatabaseState:
+        self._check()
+        return self.world.database_state()
+
+    def read_projector_states(self, lock_timeout_ms: int | None = None) -> DatabaseState:
+        self._check()
+        return DatabaseState(projectors=dict(self.world.projectors))
+
+    def _write(self, action: Action) -> None:
+        self._check()
+        adapter = self.world.reconciler.cluster if self.world.reconciler is not None else None
+        if isinstance(adapter, _WorldCluster):
+            adapter._count(action)
+            self.world.execute(action)
+            adapter.applied.append(action)
+        else:
+            self.world.execute(action)
+
+    def register_replaying(self, versions: Mapping[str, int]) -> None:
+        self._write(RegisterReplaying(dict(versions)))
+
+    def activate(self, versions: Mapping[str, int], deactivate: Any = ()) -> None:
+        self._write(Activate(dict(versions), tuple(deactivate)))
+
+    def deactivate(self, names: Any) -> None:
+        self._write(Deactivate(tuple(names)))
+
+    def abort(self, names: Any) -> None:
+        self._write(ClearReplaying(tuple(names)))
