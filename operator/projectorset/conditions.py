@@ -86,6 +86,18 @@ class Reason(StrEnum):
         "rollout starts its own when that one ends.",
     )
     ROLLOUT_COMPLETE = "RolloutComplete", Kind.STEP, "The Service reaches `spec.version`."
+    SUPERSEDED = (
+        "Superseded",
+        Kind.STEP,
+        "`spec.version` moved away from a rollout in progress: its stage Jobs are stopped and its replay "
+        "aborted before the next rollout starts.",
+    )
+    FOLLOWING_DATABASE = (
+        "FollowingDatabase",
+        Kind.STEP,
+        "The database made an earlier target's release active (its golive committed after `spec.version` "
+        "changed): the Service moves to those pods first, then `spec.version` rolls out.",
+    )
     # -- waiting for someone --
     SERVICE_NOT_FOUND = "ServiceNotFound", Kind.WAITING, "`spec.service.name` does not exist."
     PROJECTORS_OWNED_BY_OTHER = (
@@ -127,6 +139,11 @@ class Reason(StrEnum):
         "DatabaseReadTimedOut",
         Kind.WAITING,
         "A read of the database hit its statement timeout; nothing was changed.",
+    )
+    DATABASE_PERMISSION_DENIED = (
+        "DatabasePermissionDenied",
+        Kind.WAITING,
+        "The Secret's database role lacks a privilege on Sequent's tables; the message says which grants.",
     )
     DATABASE_ERROR = "DatabaseError", Kind.WAITING, "Another database problem; the message says which."
     REPLAY_IN_PROGRESS_FOR_OTHER_TARGET = (
@@ -196,6 +213,11 @@ class Reason(StrEnum):
     KUBERNETES_API_ERROR = "KubernetesAPIError", Kind.WRITE, "Another API server error."
     # -- other conditions --
     ACTIVE = "Active", Kind.STATUS, "Ready: the version serves."
+    SERVICE_PATCH_FAILED = (
+        "ServicePatchFailed",
+        Kind.STATUS,
+        "Ready: the Service patch failed or timed out; which pods it selects is read again at the next pass.",
+    )
     CONNECTED = "Connected", Kind.STATUS, "DatabaseReady: both tables are readable."
     APPLIED = "Applied", Kind.STATUS, "ActionsApplied: every action of the last pass succeeded."
     IN_SYNC = "InSync", Kind.STATUS, "ProjectorsInSync: every projector is active at its release version."

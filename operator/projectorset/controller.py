@@ -7,16 +7,20 @@ in unit tests), the database through ``SequentDatabase``. See docs/architecture.
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import logging
+import os
 import threading
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
-from typing import Any, assert_never
+from typing import Any, TypeVar, assert_never
 
 from pydantic import ValidationError
 
-from projectorset.api import ProjectorSetSpec, ProjectorSetStatus
+from projectorset.api import Phase, ProjectorSetSpec, ProjectorSetStatus
 from projectorset.cluster import Cluster, ClusterError, Owner, ServiceRefused
 from projectorset.conditions import ConditionType, Kind, Reason, ReportedError, set_condition
 from projectorset.database import WATCH_LOCK_TIMEOUT_MS, DatabaseError, ProjectorStatesBusy, SequentDatabase
@@ -48,6 +52,30 @@ REPORTED_ONCE = {
     Reason.SERVICE_OWNED_BY_OTHER: ServiceRefused.retry_after,
     Reason.SERVICE_NOT_CLAIMED: ServiceRefused.retry_after,
 }
+# Threads for passes: a pass waiting on a silent database (up to its connect timeouts) holds one,
+# so this many minus one unreachable databases never delay another ProjectorSet's pass.
+PASS_WORKERS = int(os.environ.get("PROJECTORSET_PASS_WORKERS", "32"))
+T = TypeVar("T")
+
+
+class PassRunner:
+    """Runs passes (and the activation watch's reads) on a dedicated, bounded thread pool.
+
+    Not asyncio's default executor (about six threads on two cores, shared with every other
+    ``to_thread``): there, six ProjectorSets whose database never answers would hold every
+    thread, and every other ProjectorSet's pass, Service switches included, would wait behind
+    them. Each ProjectorSet runs one pass at a time, so it holds at most one worker."""
+
+    def __init__(self, workers: int = PASS_WORKERS) -> None:
+        self.workers = workers
+        self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="pass")
+
+    async def run(self, function: Callable[..., T], *args: Any) -> T:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, functools.partial(function, *args))
+
+    def shutdown(self) -> None:
+        self._executor.shutdown(wait=False, cancel_futures=True)
 
 
 class DatabaseRegistry:
@@ -152,11 +180,16 @@ class Reconciler:
         if queued_behind is not None:
             return self._hold(owner, generation, previous, Reason.REPLAY_QUEUED, queued_behind)
         decision = decide(spec, generation, previous, view, database, self.clock())
-        action_error = self._carry_out(owner, spec, uri, decision, first_install=previous.active_version is None)
+        done, action_error = self._carry_out(owner, spec, uri, decision, first_install=previous.active_version is None)
         if action_error is not None:
             reason, message = action_error
             status = _with_condition(
-                decision.status, ConditionType.ACTIONS_APPLIED, False, reason, message, self.clock()
+                _status_after_failed_action(previous, decision, done, self.clock()),
+                ConditionType.ACTIONS_APPLIED,
+                False,
+                reason,
+                message,
+                self.clock(),
             )
             if reason not in REPORTED_ONCE or _condition_changed(previous, status, ConditionType.ACTIONS_APPLIED):
                 self._emit(owner, Event("Warning", reason, message))
@@ -170,8 +203,10 @@ class Reconciler:
                 self.clock(),
             )
         self._patch_status(owner, previous, status)
-        for event in decision.events:
-            self._emit(owner, event)
+        if action_error is None:
+            # The decision's Events tell what its actions did: only true once they all succeeded.
+            for event in decision.events:
+                self._emit(owner, event)
         if self.observer is not None:
             self.observer(owner, decision)
         requeue = decision.requeue_after
@@ -267,10 +302,10 @@ class Reconciler:
 
     def _carry_out(
         self, owner: Owner, spec: ProjectorSetSpec, uri: str | None, decision: Decision, *, first_install: bool
-    ) -> tuple[Reason, str] | None:
+    ) -> tuple[int, tuple[Reason, str] | None]:
         """Run the actions in order, stopping at the first failure: the next pass re-decides
-        from what the cluster and the database then show."""
-        for action in decision.actions:
+        from what the cluster and the database then show. Returns how many succeeded."""
+        for done, action in enumerate(decision.actions):
             if isinstance(action, SwitchService):
                 action = replace(action, first_install=first_install)
             try:
@@ -282,8 +317,8 @@ class Reconciler:
                     self.cluster.apply(owner, spec, action)
             except ReportedError as error:
                 log.warning("%s/%s: %s failed: %s", owner.namespace, owner.name, type(action).__name__, error.message)
-                return error.reason, f"{type(action).__name__}: {error.message}"
-        return None
+                return done, (error.reason, f"{type(action).__name__}: {error.message}")
+        return len(decision.actions), None
 
     def _database_action(self, owner: Owner, spec: ProjectorSetSpec, uri: str, action: DatabaseAction) -> None:
         database = self.databases.get(owner, uri, spec.database.event_store_schema)
@@ -334,6 +369,31 @@ def _condition_changed(previous: ProjectorSetStatus, status: ProjectorSetStatus,
         return None if found is None else (found.status, found.reason, found.message)
 
     return of(previous) != of(status)
+
+
+def _status_after_failed_action(
+    previous: ProjectorSetStatus, decision: Decision, done: int, now: datetime
+) -> ProjectorSetStatus:
+    """The status to write when an action failed: the decision's status assumed every action
+    succeeded, so it may claim what did not happen (Active after a Service patch that failed).
+
+    Once the Service patch succeeded, the decision's status tells the truth about it. Before
+    that, the previous status still does, unless the failed action was the Service patch
+    itself: a timeout leaves the selector unknown until the next pass reads it."""
+    switch_at = next((i for i, action in enumerate(decision.actions) if isinstance(action, SwitchService)), None)
+    if switch_at is not None and switch_at < done:
+        return decision.status
+    if switch_at != done:
+        return previous
+    status = previous.model_copy(
+        update={
+            "phase": Phase.SWITCHING,
+            "message": f"switching the Service to version {decision.status.active_version}",
+        }
+    )
+    return _with_condition(
+        status, ConditionType.READY, False, Reason.SERVICE_PATCH_FAILED, "the Service patch failed; retrying", now
+    )
 
 
 def _parse_status(raw: dict[str, Any] | None) -> ProjectorSetStatus:

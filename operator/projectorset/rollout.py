@@ -51,6 +51,7 @@ from projectorset.observation import (
     Deactivate,
     DeleteDeployment,
     DeleteJob,
+    DeploymentView,
     EnsureDeployment,
     Event,
     JobState,
@@ -74,6 +75,8 @@ from projectorset.sequent import (
 # How often the database is read while a rollout runs, and while it waits for a human or an outage.
 ROLLOUT_POLL_SECONDS = 2.0
 BLOCKED_POLL_SECONDS = 10.0
+# No pass asks to sleep longer than this (a scaleDownDelaySeconds of years must not overflow a timer).
+LONGEST_POLL_SECONDS = 300.0
 
 # The Progressing reason while each stage's Job runs.
 STAGE_REASONS: Mapping[str, Reason] = {
@@ -161,6 +164,7 @@ class _Pass:
         self.events.append(Event("Warning" if warning else "Normal", reason, message))
 
     def poll(self, seconds: float) -> None:
+        seconds = min(seconds, LONGEST_POLL_SECONDS)
         self.requeue_after = seconds if self.requeue_after is None else min(self.requeue_after, seconds)
 
     def finish(self, phase: Phase, reason: Reason, message: str, *, note: str = "", warning: bool = False) -> Decision:
@@ -227,16 +231,13 @@ def decide(
     target = spec.version
 
     if not cluster.service_found:
-        run.poll(BLOCKED_POLL_SECONDS)
-        return run.finish(
-            _waiting_phase(status),
+        return _blocked(
+            run,
             Reason.SERVICE_NOT_FOUND,
             f"Service {spec.service.name} not found; create it (its selector is switched to the active version)",
-            warning=True,
         )
     if cluster.secret_problem is not None:
-        run.poll(BLOCKED_POLL_SECONDS)
-        return run.finish(_waiting_phase(status), Reason.SECRET_NOT_FOUND, cluster.secret_problem, warning=True)
+        return _blocked(run, Reason.SECRET_NOT_FOUND, cluster.secret_problem)
     if database.state is None:
         golive = [job for job in cluster.jobs if job.stage == Stage.GOLIVE and job.state is JobState.RUNNING]
         if golive and database.error_reason == Reason.PROJECTOR_STATES_LOCKED:
@@ -250,8 +251,7 @@ def decide(
         reason = database.error_reason or Reason.DATABASE_UNREACHABLE
         message = database.error_message or "the database could not be read"
         run.condition(ConditionType.DATABASE_READY, False, reason, message)
-        run.poll(BLOCKED_POLL_SECONDS)
-        return run.finish(_waiting_phase(status), reason, message, warning=True)
+        return _blocked(run, reason, message)
     run.condition(
         ConditionType.DATABASE_READY, True, Reason.CONNECTED, "projector_states and replay_states are readable"
     )
@@ -264,14 +264,34 @@ def decide(
         replay=_replay_status(status.replay, db, cluster, target, status.attempt),
     )
 
+    if status.target_version == target:
+        latest = max((job.attempt for job in cluster.jobs if job.version == target), default=0)
+        if latest > status.attempt:
+            # A stale status (a lost patch, a restart): the Jobs say which attempt this rollout is at.
+            run.remember(attempt=latest)
+    # Whatever the spec says now: pods the database refuses writes from must not keep the Service.
+    live = _deployed_active_release(run, db)
+    if live is not None:
+        return _follow_database(run, live)
+    superseded = _superseded_work(run, db)
+    if superseded is not None:
+        return superseded
     if serving == target:
-        return _steady(run, plan)
+        return _steady(run, plan, db)
     return _rollout(run, plan, db)
 
 
-def _waiting_phase(status: ProjectorSetStatus) -> Phase:
-    # An outage does not end a rollout or an active release: the phase stays as it was.
-    return status.phase
+def _blocked(run: _Pass, reason: Reason, message: str) -> Decision:
+    """An input is missing or unreachable: the phase stays as it was, and so does the reason a
+    finished rollout ended with (an outage is not why it failed, and must not become so)."""
+    previous = run.previous
+    run.poll(BLOCKED_POLL_SECONDS)
+    if previous.phase in (Phase.FAILED, Phase.ABORTED):
+        if message not in previous.message:
+            run.event(reason, message, warning=True)
+        ended = progress_message(previous)
+        return run.finish(previous.phase, _ended_reason(previous), ended, note=f"; {message}")
+    return run.finish(previous.phase, reason, message, warning=True)
 
 
 def _projector_statuses(plan: Plan) -> list[ProjectorStatus]:
@@ -296,26 +316,40 @@ def _replay_status(
         return previous
     jobs = cluster.jobs_for(target, attempt)
     running = [job for job in jobs if job.state is JobState.RUNNING]
-    catchups = [job.round for job in jobs if job.stage == Stage.CATCHUP]
     return ReplayStatus(
         stage=running[-1].stage if running else (previous.stage if previous else None),
         state=replay.state,
         replay_id=replay.id,
-        catchup_round=max(catchups, default=0),
+        catchup_round=_catchup_rounds(previous, replay, jobs),
         lag=db.replay_lag,
         lag_at_least=db.replay_lag_at_least,
         job=running[-1].name if running else None,
     )
 
 
+def _catchup_rounds(previous: ReplayStatus | None, replay: ReplayState, jobs: Sequence[JobView]) -> int:
+    """Catch-up rounds run for this replay: the highest round of its Jobs or of the status, so a
+    deleted Job (a TTL, ``kubectl delete``) neither repeats its round nor resets the count."""
+    recorded = previous.catchup_round if previous is not None and previous.replay_id == replay.id else 0
+    return max([job.round for job in jobs if job.stage == Stage.CATCHUP] + [recorded])
+
+
+def _pods_ready(deployment: DeploymentView | None, replicas: int) -> bool:
+    """The version's pods are all available; with ``replicas: 0`` there are none to wait for."""
+    if deployment is None:
+        return False
+    return deployment.available or (replicas == 0 and deployment.replicas == 0)
+
+
 # ---- steady state: the Service already reaches spec.version --------------------------------------
 
 
-def _steady(run: _Pass, plan: Plan) -> Decision:
+def _steady(run: _Pass, plan: Plan, db: DatabaseState) -> Decision:
     spec, cluster = run.spec, run.cluster
     target = spec.version
     run.ensure_deployment()
     _retire_old_versions(run)
+    _clear_stale_registrations(run, db)
     run.remember(target_version=target)
     drift = [p for p in plan.projectors if p.change is not Change.UNCHANGED]
     if drift and not plan.first_install:
@@ -339,13 +373,33 @@ def _steady(run: _Pass, plan: Plan) -> Decision:
     return run.finish(Phase.ACTIVE, Reason.ROLLOUT_COMPLETE, message)
 
 
+def _clear_stale_registrations(run: _Pass, db: DatabaseState) -> None:
+    """Replaying or activating versions with no replay in progress and no stage Job at work are
+    what an abandoned rollout registered before its prepare Job ever ran (its creation failed,
+    or the spec moved back first): cleared, for this ProjectorSet's projectors only."""
+    if db.replay_in_progress is not None or any(
+        job.state is JobState.RUNNING or job.active > 0 or job.deleting for job in run.cluster.jobs
+    ):
+        return
+    ours = set(run.spec.projector_versions)
+    for deployment in run.cluster.deployments.values():
+        ours |= set(deployment.projectors or {})
+    stale = sorted(
+        name
+        for name, state in db.projectors.items()
+        if name in ours and (state.replaying_version is not None or state.activating_version is not None)
+    )
+    if stale:
+        run.act(ClearReplaying(tuple(stale)))
+
+
 def _retire_old_versions(run: _Pass) -> None:
     """Scale the previous version down after the delay and keep a bounded history."""
     spec, cluster = run.spec, run.cluster
     serving = run.memory.active_version
     previous = run.memory.previous_version
     switched_at = _parse(run.memory.switched_at)
-    delay = timedelta(seconds=spec.strategy.scale_down_delay_seconds)
+    delay = float(spec.strategy.scale_down_delay_seconds)
     history: list[str] = [v for v in run.memory.history if v not in (serving, spec.version)]
     for version in sorted(cluster.deployments):
         if version not in (serving, spec.version) and version not in history:
@@ -354,9 +408,11 @@ def _retire_old_versions(run: _Pass) -> None:
     for version, deployment in sorted(cluster.deployments.items()):
         if version in (serving, spec.version):
             continue
-        if version == previous and switched_at is not None and run.now < switched_at + delay:
-            # The old pods stay up for the delay, whatever the history limit says.
-            run.poll(max(0.5, (switched_at + delay - run.now).total_seconds()))
+        waited = (run.now - switched_at).total_seconds() if switched_at is not None else None
+        if version == previous and waited is not None and waited < delay:
+            # The old pods stay up for the delay, whatever the history limit says (seconds, not a
+            # datetime sum: the CRD allows delays past the year 9999).
+            run.poll(max(0.5, delay - waited))
             continue
         if version not in keep:
             run.act(DeleteDeployment(version))
@@ -378,10 +434,19 @@ def _rollout(run: _Pass, plan: Plan, db: DatabaseState) -> Decision:
     serving = run.memory.active_version
 
     # A new target, or a retry after a failure once the spec was edited, starts a new attempt.
-    finished = previous.phase in (Phase.FAILED, Phase.ABORTED) and previous.target_version == target
+    # A finished status whose attempt is behind the Jobs is stale: a retry already started.
+    finished = (
+        previous.phase in (Phase.FAILED, Phase.ABORTED)
+        and previous.target_version == target
+        and run.memory.attempt == previous.attempt
+    )
     if previous.target_version != target:
         run.remember(
-            target_version=target, attempt=1, rollout_started_at=run.timestamp(), activated_at=None, replay=None
+            target_version=target,
+            attempt=_attempt_for(cluster, target, 1, adopt=_status_lost(previous)),
+            rollout_started_at=run.timestamp(),
+            activated_at=None,
+            replay=None,
         )
         run.event(Reason.ROLLOUT_STARTED, f"rolling out version {target} (serving: {serving or 'nothing yet'})")
     elif finished and not _cleanup_pending(run, db):
@@ -389,10 +454,9 @@ def _rollout(run: _Pass, plan: Plan, db: DatabaseState) -> Decision:
         if not retry or spec.abort:
             return _stay_finished(run, db)
         finished = False
-        run.remember(attempt=previous.attempt + 1, rollout_started_at=run.timestamp(), replay=None)
-        run.event(
-            Reason.ROLLOUT_RETRIED, f"retrying version {target} (attempt {previous.attempt + 1}) after a spec change"
-        )
+        attempt = _attempt_for(cluster, target, run.memory.attempt + 1, adopt=False)
+        run.remember(attempt=attempt, rollout_started_at=run.timestamp(), replay=None)
+        run.event(Reason.ROLLOUT_RETRIED, f"retrying version {target} (attempt {attempt}) after a spec change")
     attempt = run.memory.attempt
 
     # The database is the gate: once the release is active there, traffic moves in this very pass.
@@ -417,6 +481,24 @@ def _rollout(run: _Pass, plan: Plan, db: DatabaseState) -> Decision:
             return run.finish(Phase.ACTIVATING, Reason.ABORT_WAITING_FOR_GOLIVE, "abort requested; golive is running")
         return _clean_up(run, db, Phase.ABORTED, Reason.ABORTED, f"rollout of {target} aborted by spec.abort")
 
+    # golive is one transaction that cannot be stopped: another rollout's golive (the spec moved on
+    # while it ran) either lands, and the Service follows the database, or leaves nothing behind.
+    other = [
+        job
+        for job in cluster.jobs
+        if job.stage == Stage.GOLIVE
+        and job.state is JobState.RUNNING
+        and (job.version, job.attempt) != (target, attempt)
+    ]
+    if other:
+        run.poll(ROLLOUT_POLL_SECONDS)
+        return run.finish(
+            Phase.ACTIVATING,
+            Reason.GOING_LIVE,
+            f"golive of version {other[0].version} is running in Job {other[0].name}; version {target} rolls out "
+            "once it has landed or failed",
+        )
+
     # 1. The release's migrations run first; the new version runs beside the old one, outside the Service.
     run.ensure_deployment()
     migrating = _migrate(run, db, attempt)
@@ -425,7 +507,7 @@ def _rollout(run: _Pass, plan: Plan, db: DatabaseState) -> Decision:
     deployment = cluster.deployments.get(target)
     if deployment is not None and deployment.failure:
         return _fail(run, db, Reason.DEPLOYMENT_FAILED, f"Deployment of {target}: {deployment.failure}")
-    if deployment is None or not deployment.available:
+    if not _pods_ready(deployment, spec.replicas):
         ready = f"{deployment.ready_replicas}/{deployment.replicas}" if deployment else "0"
         run.poll(ROLLOUT_POLL_SECONDS)
         return run.finish(
@@ -486,6 +568,28 @@ def _migrate(run: _Pass, db: DatabaseState, attempt: int) -> Decision | None:
     if job.state is JobState.FAILED:
         return _fail(run, db, Reason.STAGE_FAILED, f"migrate Job {job.name} failed: {job.message}")
     return None
+
+
+def _status_lost(status: ProjectorSetStatus) -> bool:
+    """No status at all (never written, or lost): the Jobs are all that is left to go by."""
+    return status.observed_generation is None
+
+
+def _attempt_for(cluster: ClusterView, target: str, lowest: int, *, adopt: bool) -> int:
+    """The attempt a rollout of ``target`` starting now takes, at least ``lowest``.
+
+    Never one whose Jobs already exist (v1 -> v2 -> v1 -> v2 must not find the first v2
+    rollout's Jobs by name). With ``adopt`` (the status was lost), the latest attempt while one
+    of its stage Jobs still runs: the rollout that status recorded carries on. An abort Job, or a
+    Job being deleted, means that attempt is being torn down: never adopted."""
+    latest = max((job.attempt for job in cluster.jobs if job.version == target), default=0)
+    carrying_on = any(
+        job.state is JobState.RUNNING and not job.deleting and job.stage != Stage.ABORT
+        for job in cluster.jobs_for(target, latest)
+    )
+    if adopt and latest >= lowest and carrying_on:
+        return latest
+    return max(lowest, latest + 1)
 
 
 def _replay(run: _Pass, plan: Plan, db: DatabaseState, attempt: int, golive: JobView | None) -> Decision:
@@ -551,22 +655,22 @@ def _replay(run: _Pass, plan: Plan, db: DatabaseState, attempt: int, golive: Job
     # optimized: catch up until the lag is small, then go live.
     lag = db.replay_lag or 0
     lag_text = f"{'at least ' if db.replay_lag_at_least else ''}{lag} events"
-    catchups = cluster.jobs_for(target, attempt, Stage.CATCHUP)
-    last = _latest(catchups)
+    last = _latest(cluster.jobs_for(target, attempt, Stage.CATCHUP))
     if last is not None and last.state is not JobState.SUCCEEDED:
         return _expect_running(run, db, last)
     if lag > spec.replay.catchup.max_lag:
-        if len(catchups) >= spec.replay.catchup.max_rounds:
+        rounds = run.memory.replay.catchup_round if run.memory.replay is not None else 0
+        if rounds >= spec.replay.catchup.max_rounds:
             return _fail(
                 run,
                 db,
                 Reason.CATCHUP_DID_NOT_CONVERGE,
-                f"lag is still {lag_text} after {len(catchups)} catch-up rounds (bound {spec.replay.catchup.max_lag})",
+                f"lag is still {lag_text} after {rounds} catch-up rounds (bound {spec.replay.catchup.max_lag})",
             )
         if run.spec.paused:
             return _paused(run)
-        run.act(RunStageJob(target, attempt, Stage.CATCHUP, round=len(catchups) + 1, projectors=projectors))
-        return run.finish(Phase.REPLAYING, Reason.CATCHING_UP, f"catch-up round {len(catchups) + 1}: lag {lag_text}")
+        run.act(RunStageJob(target, attempt, Stage.CATCHUP, round=rounds + 1, projectors=projectors))
+        return run.finish(Phase.REPLAYING, Reason.CATCHING_UP, f"catch-up round {rounds + 1}: lag {lag_text}")
 
     gate = _promotion_gate(run)
     if gate is not None:
@@ -678,6 +782,179 @@ def owned_projectors(cluster: ClusterView) -> set[str] | None:
     return owned
 
 
+def _current_attempt(run: _Pass) -> int:
+    """The attempt of spec.version's rollout as far as the status and the running Jobs tell."""
+    if run.previous.target_version == run.spec.version:
+        return run.memory.attempt
+    return _attempt_for(run.cluster, run.spec.version, 1, adopt=_status_lost(run.previous))
+
+
+def _superseded_work(run: _Pass, db: DatabaseState) -> Decision | None:
+    """What a rollout left behind when spec.version moved away from it (back to the serving
+    version, or on to another), or when its Jobs vanished: its running stage Jobs are stopped
+    and its replay is aborted before the next rollout starts. A running golive cannot be
+    stopped: it is waited for (if it lands, the Service follows the database)."""
+    spec, cluster = run.spec, run.cluster
+    attempt = _current_attempt(run)
+
+    def current(job: JobView) -> bool:
+        return job.version == spec.version and job.attempt == attempt
+
+    # A Job is over only when its pods are gone (a deleted one terminates in the foreground).
+    running = [
+        job
+        for job in cluster.jobs
+        if not current(job) and (job.state is JobState.RUNNING or job.active > 0 or job.deleting)
+    ]
+    stages = [job for job in running if job.stage != Stage.ABORT]
+    aborting = [job for job in running if job.stage == Stage.ABORT]
+    replay = db.replay_in_progress
+    # A replay in progress belongs to the current rollout when the status follows a rollout of
+    # spec.version (its own clean-up handles it) or once any Job of its attempt exists. Once
+    # spec.version serves, no rollout is in progress: a replay left in progress is left over.
+    rolling_out = run.previous.target_version == spec.version and run.memory.active_version != spec.version
+    started_here = rolling_out or any(current(job) for job in cluster.jobs)
+    owner = None if replay is None or started_here or running else _replay_owner(run, replay, db)
+    if not running and owner is None:
+        return None
+    phase = Phase.ACTIVE if run.memory.active_version == spec.version else Phase.PENDING
+    # The superseded rollout is over: the next one starts afresh (a new attempt) once this is done.
+    run.remember(target_version=None, attempt=0, replay=None)
+    run.poll(ROLLOUT_POLL_SECONDS)
+    golive = next((job for job in stages if job.stage == Stage.GOLIVE), None)
+    if golive is not None:
+        return run.finish(
+            Phase.ACTIVATING,
+            Reason.SUPERSEDED,
+            f"golive of version {golive.version} is running in Job {golive.name} and cannot be stopped; "
+            f"version {spec.version} rolls out once it has landed or failed",
+        )
+    run.act(*(DeleteJob(job.name) for job in stages if job.state is JobState.RUNNING and not job.deleting))
+    if aborting:
+        return run.finish(
+            phase, Reason.SUPERSEDED, f"replay {replay.id if replay else ''} is being aborted in Job {aborting[0].name}"
+        )
+    if replay is None or owner is None:
+        return run.finish(phase, Reason.SUPERSEDED, f"stopping Job {stages[0].name} of an earlier rollout")
+    version, owner_attempt = owner
+    aborts = cluster.jobs_for(version, owner_attempt, Stage.ABORT)
+    last = _latest(aborts)
+    rounds = max((job.round for job in aborts), default=0)
+    if last is not None and last.state is JobState.FAILED:
+        # Tried and failed: say so, and try again with a growing pause, as for any abort.
+        run.condition(
+            ConditionType.REPLAY_ABORTED, False, Reason.ABORT_FAILED, f"abort Job {last.name}: {last.message}"
+        )
+        delay = min(ABORT_RETRY_MAX_SECONDS, ABORT_RETRY_SECONDS * 2 ** (len(aborts) - 1))
+        due = (last.finished_at or run.now) + timedelta(seconds=delay)
+        if run.now < due:
+            run.poll((due - run.now).total_seconds())
+            return run.finish(
+                phase,
+                Reason.SUPERSEDED,
+                f"replay {replay.id} of version {version}'s rollout is left over: next abort at {timestamp(due)}",
+            )
+    projectors = tuple(sorted(replay.projectors))
+    run.act(RunStageJob(version, owner_attempt, Stage.ABORT, round=rounds + 1, projectors=projectors))
+    return run.finish(
+        phase,
+        Reason.SUPERSEDED,
+        f"replay {replay.id} ({replay.state}) of version {version}'s rollout is left over: aborting it",
+    )
+
+
+def _replay_owner(run: _Pass, replay: ReplayState, db: DatabaseState) -> tuple[str, int] | None:
+    """The (version, attempt) of the rollout of this ProjectorSet that started ``replay``, which
+    no Job works on any more: the deployed release whose projector versions are the ones
+    replaying (its code knows them, so its abort can load them), or else the newest prepare Job.
+    None for a replay this ProjectorSet did not start (reported by the plan, never aborted)."""
+    cluster = run.cluster
+    replaying = {name: db.projectors[name].replaying_version for name in replay.projectors if name in db.projectors}
+    for version, deployment in sorted(cluster.deployments.items()):
+        release = deployment.projectors or {}
+        if replay.projectors and all(
+            name in release and replaying.get(name) == release[name] for name in replay.projectors
+        ):
+            attempts = [job.attempt for job in cluster.jobs if job.version == version]
+            return version, max(attempts, default=0)
+    owned = owned_projectors(cluster)
+    ours = owned is not None and set(replay.projectors) <= {*run.spec.projector_versions, *owned}
+    prepares = [job for job in cluster.jobs if job.stage == Stage.PREPARE]
+    if prepares and ours:
+        newest = max(prepares, key=lambda job: (job.attempt, job.finished_at or run.now))
+        return newest.version, newest.attempt
+    return None
+
+
+def _active_projectors(run: _Pass, db: DatabaseState) -> dict[str, int] | None:
+    """This set's projector versions the database shows active, when none of them is replaying or
+    activating (other applications' projectors on a shared event store do not count)."""
+    owned = owned_projectors(run.cluster)
+    mine = None if owned is None else {*run.spec.projector_versions, *owned}
+    if db.empty or _in_flight(db, mine):
+        return None
+    active = {
+        name: s.active_version
+        for name, s in db.projectors.items()
+        if s.active_version is not None and (mine is None or name in mine)
+    }
+    return active or None
+
+
+def _deployed_active_release(run: _Pass, db: DatabaseState) -> str | None:
+    """A deployed version, not spec.version's, whose release the database shows active while the
+    Service selects pods of another release: an earlier target's golive committed after the spec
+    moved on (or back). Its Deployment's release annotation says which projectors it runs."""
+    active = _active_projectors(run, db)
+    if active is None or active == run.spec.projector_versions:
+        return None  # nothing settled, or spec.version's own release: the rollout switches to it
+
+    def runs_active(version: str | None) -> bool:
+        deployment = run.cluster.deployments.get(version) if version else None
+        return deployment is not None and deployment.projectors is not None and dict(deployment.projectors) == active
+
+    if runs_active(run.cluster.service_version):
+        return None
+    candidates = sorted(v for v in run.cluster.deployments if v != run.spec.version and runs_active(v))
+    if run.previous.target_version in candidates:
+        return run.previous.target_version
+    return candidates[-1] if candidates else None
+
+
+def _follow_database(run: _Pass, version: str) -> Decision:
+    """Move the Service to ``version``, the release the database made active, then carry on."""
+    spec, cluster = run.spec, run.cluster
+    deployment = cluster.deployments[version]
+    why = (
+        f"the database shows version {version}'s release active (its golive committed after spec.version "
+        f"changed to {spec.version})"
+    )
+    run.poll(ROLLOUT_POLL_SECONDS)
+    if not deployment.available:
+        if deployment.replicas == 0:
+            run.act(ScaleDeployment(version, max(1, spec.replicas)))
+        return _waiting_for_pods(run, f"{why}; waiting for its pods before the Service moves to them")
+    _move_service(run, version, f": {why}")
+    return run.finish(
+        Phase.SWITCHING,
+        Reason.FOLLOWING_DATABASE,
+        f"{why}: the Service selects version {version}; version {spec.version} rolls out next",
+    )
+
+
+def _waiting_for_pods(run: _Pass, message: str) -> Decision:
+    return run.finish(Phase.SWITCHING, Reason.WAITING_FOR_AVAILABLE_PODS, message, warning=True)
+
+
+def _move_service(run: _Pass, version: str, why: str = "") -> None:
+    """Patch the Service to select ``version``'s pods and remember the switch."""
+    serving = run.memory.active_version
+    run.act(SwitchService(version))
+    history = [v for v in [serving, *run.memory.history] if v and v != version]
+    run.remember(active_version=version, previous_version=serving, switched_at=run.timestamp(), history=history)
+    run.event(Reason.SERVICE_SWITCHED, f"Service {run.spec.service.name} now selects version {version}{why}")
+
+
 def _switch(run: _Pass) -> Decision:
     spec, cluster = run.spec, run.cluster
     target = spec.version
@@ -687,20 +964,12 @@ def _switch(run: _Pass) -> Decision:
         run.activated = True
         run.event(Reason.ACTIVATED, f"the database shows every projector of {target} active")
     deployment = cluster.deployments.get(target)
-    if deployment is None or not deployment.available:
+    if not _pods_ready(deployment, spec.replicas):
         # Switching to pods that are not ready would drop every request; keep the old pods.
         run.ensure_deployment()
         run.poll(ROLLOUT_POLL_SECONDS)
-        return run.finish(
-            Phase.SWITCHING,
-            Reason.WAITING_FOR_AVAILABLE_PODS,
-            f"version {target} is active in the database but its Deployment is not available",
-            warning=True,
-        )
-    run.act(SwitchService(target))
-    history = [v for v in [serving, *run.memory.history] if v and v != target]
-    run.remember(active_version=target, previous_version=serving, switched_at=run.timestamp(), history=history)
-    run.event(Reason.SERVICE_SWITCHED, f"Service {spec.service.name} now selects version {target}")
+        return _waiting_for_pods(run, f"version {target} is active in the database but its Deployment is not available")
+    _move_service(run, target)
     if serving is not None:
         run.poll(max(0.5, float(spec.strategy.scale_down_delay_seconds)))
     return run.finish(Phase.ACTIVE, Reason.ROLLOUT_COMPLETE, f"version {target} serves")
