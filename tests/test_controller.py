@@ -3,24 +3,31 @@ sample application's real replay stages running as processes."""
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import json
+import logging
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import psycopg
 import pytest
 from fake_cluster import FakeCluster
+from prometheus_client import CollectorRegistry, generate_latest
 
 from projectorset.cluster import ClusterError
 from projectorset.controller import Reconciler
+from projectorset.metrics import OperatorMetrics
 from sampleapp.config import Settings
 from sampleapp.migrate import migrate
 from sampleapp.releases import get_release
 from sampleapp.store import Schemas, deposit, read_account
+from testbed.isolation import healthy_database, measure, pass_runner, silent_databases
 from testbed.manifests import sample_projectorset
+from testbed.postgres import PostgresServer
 from testbed.sequent_schema import projector_rows
 
 DEPOSITS = 60
@@ -206,3 +213,117 @@ def test_invalid_spec_is_reported_not_crashed_on(harness: Harness) -> None:
     harness.reconcile()
     assert "AccountProjector is listed twice" in harness.status["message"]
     assert harness.cluster.events[-1].reason == "InvalidSpec"
+
+
+# ---- secrets: whatever shape the password has, nothing of it is ever shown ------------------------
+
+# Each password carries markers no message of the operator's own could contain.
+PERCENT_PASSWORD = "pc%zz-Wx8q%-secret"
+SPACED_PASSWORD = "kv Wx8q secret words"
+PEM_PASSWORD = "-----BEGIN PRIVATE KEY-----\nMIIEvQIBADANBgkqhkiG9w0BAQEFAASC\n-----END PRIVATE KEY-----"
+MARKERS = ("Wx8q", "zz-", "secret words", "MIIEvQIBADANBgkq", "9w0BAQEFAASC")
+
+
+def _keyword_value(url: str, password: str, quoted: bool = True) -> str:
+    parts = urlsplit(url)
+    value = "'" + password.replace("\\", "\\\\").replace("'", "\\'") + "'" if quoted else password
+    return f"host={parts.hostname} port={parts.port} dbname={parts.path.lstrip('/')} user=wx_role password={value}"
+
+
+@pytest.mark.parametrize(
+    ("case", "expected"),
+    [
+        ("percent-in-uri", "InvalidDatabaseURI"),
+        ("keyword-value-unquoted", "InvalidDatabaseURI"),
+        ("pem-wrong-password", "DatabaseAuthenticationFailed"),
+        ("keyword-value-quoted", None),
+    ],
+)
+def test_no_part_of_the_password_reaches_logs_status_events_or_metrics(
+    case: str,
+    expected: str | None,
+    app_database: str,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    with psycopg.connect(app_database, autocommit=True) as conn:
+        conn.execute("DROP ROLE IF EXISTS wx_role")
+        conn.execute(
+            psycopg.sql.SQL("CREATE ROLE wx_role LOGIN SUPERUSER PASSWORD {}").format(
+                psycopg.sql.Literal(SPACED_PASSWORD if case == "keyword-value-quoted" else PERCENT_PASSWORD)
+            )
+        )
+    parts = urlsplit(app_database)
+    secret = {
+        "percent-in-uri": f"postgresql://wx_role:{PERCENT_PASSWORD}@{parts.hostname}:{parts.port}{parts.path}",
+        "keyword-value-unquoted": _keyword_value(app_database, SPACED_PASSWORD, quoted=False),
+        "pem-wrong-password": _keyword_value(app_database, PEM_PASSWORD),
+        "keyword-value-quoted": _keyword_value(app_database, SPACED_PASSWORD),
+    }[case]
+    registry = CollectorRegistry()
+    metrics = OperatorMetrics(registry=registry)
+    cluster = FakeCluster(tmp_path)
+    harness = Harness(cluster, app_database)
+    harness.reconciler = Reconciler(metrics.timed(cluster), observer=metrics.observe)
+    cluster.secrets["accounts-db"] = {"uri": secret}
+    caplog.set_level(logging.DEBUG)
+    try:
+        if expected is None:
+            harness.run_until(harness.phase_is("Active"))
+        else:
+            for _ in range(3):
+                harness.reconcile()
+            database_ready = next(c for c in harness.status["conditions"] if c["type"] == "DatabaseReady")
+            assert (database_ready["status"], database_ready["reason"]) == ("False", expected)
+    finally:
+        cluster.stop()
+    visible = "\n".join(
+        [
+            json.dumps(harness.status),
+            json.dumps([e.__dict__ for e in cluster.events]),
+            caplog.text,
+            generate_latest(registry).decode(),
+        ]
+    )
+    for marker in MARKERS:
+        assert marker not in visible, f"{marker!r} of the password is visible"
+
+
+# ---- isolation: a silent database delays only its own ProjectorSet --------------------------------
+
+
+def test_six_silent_databases_do_not_delay_the_other_projectorsets(
+    postgres_server: PostgresServer, tmp_path: Path
+) -> None:
+    """10 ProjectorSets, 6 whose database accepts connections and never answers: the 4 others
+    switch their Service while every silent pass is still waiting (none has ended), because
+    passes run on the operator's PassRunner, not on asyncio's six default threads."""
+    healthy = [healthy_database(postgres_server) for _ in range(4)]
+    with silent_databases(6) as silent:
+        run, shutdown = pass_runner()
+        try:
+            measured = asyncio.run(measure(healthy, silent, run, tmp_path, timeout=120))
+        finally:
+            shutdown()
+    assert all(result.switched_s is not None for result in measured.healthy), measured
+    assert measured.silent_passes_ended == 0, measured
+
+
+def test_a_role_without_grants_gets_a_condition_and_an_event(harness: Harness) -> None:
+    """A role that may log in but not read Sequent's tables froze the status, with no condition
+    and no Event (the error escaped the pass)."""
+    with psycopg.connect(harness.database_url, autocommit=True) as conn:
+        conn.execute("DROP ROLE IF EXISTS no_grants")
+        conn.execute("CREATE ROLE no_grants LOGIN PASSWORD 'no-grants-pw'")
+    parts = urlsplit(harness.database_url)
+    harness.cluster.secrets["accounts-db"] = {
+        "uri": f"postgresql://no_grants:no-grants-pw@{parts.hostname}:{parts.port}{parts.path}"
+    }
+    harness.reconcile()
+    harness.reconcile()
+    database_ready = next(c for c in harness.status["conditions"] if c["type"] == "DatabaseReady")
+    assert (database_ready["status"], database_ready["reason"]) == ("False", "DatabasePermissionDenied")
+    assert "grant" in database_ready["message"]
+    assert any(e.type == "Warning" and e.reason == "DatabasePermissionDenied" for e in harness.cluster.events)
+    harness.cluster.secrets["accounts-db"] = {"uri": harness.database_url}
+    harness.run_until(harness.phase_is("Active"))

@@ -85,6 +85,12 @@ class DatabaseReadTimedOut(DatabaseError):
     reason = Reason.DATABASE_READ_TIMED_OUT
 
 
+class DatabasePermissionDenied(DatabaseError):
+    """The role in the Secret lacks a privilege on Sequent's tables."""
+
+    reason = Reason.DATABASE_PERMISSION_DENIED
+
+
 class IllegalProjectorState(DatabaseError):
     """A write that Sequent's protocol forbids; the message names the projector and versions."""
 
@@ -107,17 +113,26 @@ def redact(message: str, conninfo: str) -> str:
 
 
 def classify_connection_error(error: Exception, conninfo: str) -> DatabaseError:
-    text = redact(str(error).strip(), conninfo)
+    """A fixed reason and message for a connection that failed. libpq's own text is never shown:
+    its parse errors quote the connection string around the fault (a stray ``%`` in a password, an
+    unquoted space in a keyword/value string, a PEM's line breaks), so any part of the password
+    may be in it; its server messages add nothing a user needs here."""
     if isinstance(error, psycopg.ProgrammingError):
-        return InvalidDatabaseURI(f"the database URI is not valid: {text}")
-    lowered = text.lower()
+        return InvalidDatabaseURI(
+            "the Secret's value is neither a libpq URI nor a keyword/value connection string "
+            "(percent-encode reserved characters of the password in a URI, quote values with spaces)"
+        )
+    lowered = str(error).lower()
+    sqlstate = getattr(error, "sqlstate", None)
     if "invalid" in lowered and ("value" in lowered or "uri" in lowered or "connection info" in lowered):
-        return InvalidDatabaseURI(f"the database URI is not valid: {text}")
-    if "password authentication failed" in lowered or "authentication failed" in lowered:
-        return DatabaseAuthenticationFailed(f"the database refused the credentials: {text}")
-    if "does not exist" in lowered and "database" in lowered:
-        return DatabaseUnreachable(f"the database does not exist: {text}")
-    return DatabaseUnreachable(f"cannot connect to the database: {text}")
+        return InvalidDatabaseURI("the Secret's connection string has an invalid value")
+    if sqlstate in ("28P01", "28000") or "authentication failed" in lowered or "password" in lowered:
+        return DatabaseAuthenticationFailed("the database refused the credentials in the Secret")
+    if sqlstate == "3D000" or ("does not exist" in lowered and "database" in lowered):
+        return DatabaseUnreachable("the database named in the Secret does not exist")
+    if "timeout" in lowered or "timed out" in lowered:
+        return DatabaseUnreachable("the database did not answer within the connect timeout")
+    return DatabaseUnreachable("cannot connect to the database (refused, unreachable, or the connection was closed)")
 
 
 # ---- the protocol -------------------------------------------------------------------------------
@@ -186,8 +201,16 @@ class SequentDatabase:
             raise SequentTablesMissing(
                 f"schema {self.schema} does not exist: {redact(str(error), self._conninfo)}"
             ) from None
+        except errors.InsufficientPrivilege:
+            raise DatabasePermissionDenied(
+                f"the database role may not use Sequent's tables in schema {self.schema}: grant it SELECT on "
+                "projector_states, replay_states and events, and INSERT, UPDATE on projector_states"
+            ) from None
         except psycopg.OperationalError as error:
             raise classify_connection_error(error, self._conninfo) from None
+        except psycopg.Error as error:
+            # Anything else the server or the driver reports: its code, never its text.
+            raise DatabaseError(f"the database reported an error (SQLSTATE {error.sqlstate or 'none'})") from None
 
     def _diagnose(self) -> DatabaseError:
         try:

@@ -21,7 +21,7 @@ from kubernetes import config as kube_config
 
 from projectorset import api, memory
 from projectorset.cluster import ClusterError, Owner
-from projectorset.controller import DatabaseRegistry, Reconciler
+from projectorset.controller import DatabaseRegistry, PassRunner, Reconciler
 from projectorset.kube import KubernetesCluster
 from projectorset.metrics import metrics
 from projectorset.resources import MANAGED_BY
@@ -49,6 +49,7 @@ class _Runtime:
         self.reconciler: Reconciler | None = None
         self.cluster: KubernetesCluster | None = None
         self.databases = DatabaseRegistry()
+        self.pass_runner = PassRunner()
         self.wakeups: dict[tuple[str, str], asyncio.Event] = {}
         self.generations: dict[tuple[str, str], int] = {}
         self.passes = 0  # passes finished, and running now: when they stop, memory is trimmed
@@ -120,14 +121,14 @@ async def run_rollouts(name: str, namespace: str | None, stopped: kopf.DaemonSto
         while not stopped:
             wakeup.clear()
             try:
-                body = await asyncio.to_thread(runtime.cluster.read_projectorset, namespace, name)
+                body = await runtime.pass_runner.run(runtime.cluster.read_projectorset, namespace, name)
                 if body is None or body["metadata"].get("deletionTimestamp"):
                     deleted = True
                     return
                 runtime.generations[key] = int(body["metadata"].get("generation", 0))
                 runtime.running += 1
                 try:
-                    result = await asyncio.to_thread(runtime.reconciler.reconcile, body)
+                    result = await runtime.pass_runner.run(runtime.reconciler.reconcile, body)
                 finally:
                     runtime.running -= 1
                     runtime.passes += 1
@@ -172,7 +173,7 @@ async def _watch_activation(namespace: str, name: str, wakeup: asyncio.Event, ti
     assert runtime.reconciler is not None
     deadline = asyncio.get_running_loop().time() + timeout
     while not wakeup.is_set() and asyncio.get_running_loop().time() < deadline:
-        if await asyncio.to_thread(runtime.reconciler.activation_seen, namespace, name):
+        if await runtime.pass_runner.run(runtime.reconciler.activation_seen, namespace, name):
             return
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(wakeup.wait(), timeout=ACTIVATION_POLL_SECONDS)

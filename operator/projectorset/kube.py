@@ -18,6 +18,7 @@ from typing import Any, assert_never, cast
 
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
+from urllib3.exceptions import HTTPError
 
 from projectorset import api
 from projectorset.cluster import ClusterError, Owner, ServiceRefused
@@ -43,11 +44,34 @@ from projectorset.resources import (
     deployment_view,
     failed_pod_messages,
     job_view,
+    recorded_spec,
     service_selector,
 )
 
 log = logging.getLogger(__name__)
 COMPONENT = "projectorset-operator"
+# Every API call gives up after this (connect, read) in seconds: a pass never hangs on a silent API
+# server, it fails with a condition and the next one retries.
+REQUEST_TIMEOUT = (5.0, 30.0)
+
+
+def _check_owned(metadata: Any, owner: Owner, version: str, what: str) -> None:
+    """Object names are ``<set>-<version>...`` lowered, with ``_`` and ``.`` as ``-``: versions
+    v1.2 and v1_2, or set shop at eu-v2 and set shop-eu at v2, map to the same name. Taking
+    another's object for ours would be silent and wrong: it is refused with a clear message."""
+    labels = (metadata.labels if metadata is not None else None) or {}
+    if labels.get(api.NAME_LABEL) != owner.name or labels.get(api.VERSION_LABEL) != version:
+        raise ClusterError(
+            f"{what} exists for ProjectorSet {labels.get(api.NAME_LABEL)!r} version "
+            f"{labels.get(api.VERSION_LABEL)!r}: its name collides with version {version!r} of "
+            f"{owner.name!r}; choose a version (or set name) that differs in more than case, '_' and '.'",
+            Reason.KUBERNETES_CONFLICT,
+        )
+
+
+def _unanswered(error: HTTPError, what: str) -> ClusterError:
+    """A request that timed out or lost its connection (urllib3 raises these, not ApiException)."""
+    return ClusterError(f"{what}: no answer from the API server ({type(error).__name__})", Reason.KUBERNETES_API_ERROR)
 
 
 def _error(error: ApiException, what: str) -> ClusterError:
@@ -97,8 +121,12 @@ class KubernetesCluster:
 
     def read_projectorset(self, namespace: str, name: str) -> dict[str, Any] | None:
         try:
-            found = self.custom.get_namespaced_custom_object(api.GROUP, api.VERSION, namespace, api.PLURAL, name)
+            found = self.custom.get_namespaced_custom_object(
+                api.GROUP, api.VERSION, namespace, api.PLURAL, name, _request_timeout=REQUEST_TIMEOUT
+            )
             return cast(dict[str, Any], found)
+        except HTTPError as error:
+            raise _unanswered(error, f"reading ProjectorSet {name}") from None
         except ApiException as error:
             if error.status == 404:
                 return None
@@ -109,18 +137,25 @@ class KubernetesCluster:
         # The four reads are independent: in parallel, a pass (and so the traffic switch that
         # follows an activation) waits for the slowest, not for their sum.
         deployments_call = self._reads.submit(
-            self.apps.list_namespaced_deployment, owner.namespace, label_selector=selector
+            self.apps.list_namespaced_deployment,
+            owner.namespace,
+            label_selector=selector,
+            _request_timeout=REQUEST_TIMEOUT,
         )
-        jobs_call = self._reads.submit(self.batch.list_namespaced_job, owner.namespace, label_selector=selector)
+        jobs_call = self._reads.submit(
+            self.batch.list_namespaced_job, owner.namespace, label_selector=selector, _request_timeout=REQUEST_TIMEOUT
+        )
         service_call = self._reads.submit(self._service, owner, spec)
         secret_call = self._reads.submit(self._database_uri, owner, spec)
         try:
             deployments = deployments_call.result()
             jobs = jobs_call.result()
+            service_found, service_version = service_call.result()
+            uri, secret_problem = secret_call.result()
+        except HTTPError as error:
+            raise _unanswered(error, "reading Deployments, Jobs, the Service and the Secret") from None
         except ApiException as error:
             raise _error(error, "listing Deployments and Jobs") from None
-        service_found, service_version = service_call.result()
-        uri, secret_problem = secret_call.result()
         views: dict[str, DeploymentView] = {}
         for item in deployments.items:
             view = deployment_view(self.api_client.sanitize_for_serialization(item))
@@ -156,10 +191,12 @@ class KubernetesCluster:
         if any(uid not in self._failure_output for uid in failed.values()):
             try:
                 pods = self.core.list_namespaced_pod(
-                    owner.namespace, label_selector=f"{api.NAME_LABEL}={owner.name},{api.STAGE_LABEL}"
+                    owner.namespace,
+                    label_selector=f"{api.NAME_LABEL}={owner.name},{api.STAGE_LABEL}",
+                    _request_timeout=REQUEST_TIMEOUT,
                 )
-            except ApiException as error:
-                log.warning("%s/%s: cannot read the failed stage pods: %s", owner.namespace, owner.name, error.reason)
+            except (ApiException, HTTPError) as error:
+                log.warning("%s/%s: cannot read the failed stage pods: %s", owner.namespace, owner.name, error)
                 return {}
             messages = failed_pod_messages([self.api_client.sanitize_for_serialization(pod) for pod in pods.items])
             for name, uid in failed.items():
@@ -168,7 +205,9 @@ class KubernetesCluster:
 
     def _service(self, owner: Owner, spec: api.ProjectorSetSpec) -> tuple[bool, str | None]:
         try:
-            service = self.core.read_namespaced_service(spec.service.name, owner.namespace)
+            service = self.core.read_namespaced_service(
+                spec.service.name, owner.namespace, _request_timeout=REQUEST_TIMEOUT
+            )
         except ApiException as error:
             if error.status == 404:
                 return False, None
@@ -184,7 +223,7 @@ class KubernetesCluster:
     def _database_uri(self, owner: Owner, spec: api.ProjectorSetSpec) -> tuple[str | None, str | None]:
         ref = spec.database.secret_ref
         try:
-            secret = self.core.read_namespaced_secret(ref.name, owner.namespace)
+            secret = self.core.read_namespaced_secret(ref.name, owner.namespace, _request_timeout=REQUEST_TIMEOUT)
         except ApiException as error:
             if error.status == 404:
                 return None, f"Secret {ref.name} not found"
@@ -204,6 +243,8 @@ class KubernetesCluster:
     def apply(self, owner: Owner, spec: api.ProjectorSetSpec, action: ClusterAction) -> None:
         try:
             self._apply(owner, spec, action)
+        except HTTPError as error:
+            raise _unanswered(error, type(action).__name__) from None
         except ApiException as error:
             raise _error(error, type(action).__name__) from None
 
@@ -212,7 +253,9 @@ class KubernetesCluster:
             case EnsureDeployment(version=version, replicas=replicas):
                 name = deployment_name(owner, version)
                 try:
-                    current = self.apps.read_namespaced_deployment(name, owner.namespace)
+                    current = self.apps.read_namespaced_deployment(
+                        name, owner.namespace, _request_timeout=REQUEST_TIMEOUT
+                    )
                 except ApiException as error:
                     if error.status != 404:
                         raise
@@ -220,10 +263,13 @@ class KubernetesCluster:
                         raise ClusterError(f"Deployment {name} is gone", Reason.KUBERNETES_NOT_FOUND) from None
                     self._create(
                         lambda: self.apps.create_namespaced_deployment(
-                            owner.namespace, cast(client.V1Deployment, build_deployment(owner, spec, version))
+                            owner.namespace,
+                            cast(client.V1Deployment, build_deployment(owner, spec, version)),
+                            _request_timeout=REQUEST_TIMEOUT,
                         )
                     )
                     return
+                _check_owned(current.metadata, owner, version, f"Deployment {name}")
                 if current.spec.replicas != replicas:
                     self._scale(owner, version, replicas)
             case ScaleDeployment(version=version, replicas=replicas):
@@ -231,15 +277,42 @@ class KubernetesCluster:
             case DeleteDeployment(version=version):
                 self._delete(
                     lambda: self.apps.delete_namespaced_deployment(
-                        deployment_name(owner, version), owner.namespace, propagation_policy="Background"
+                        deployment_name(owner, version),
+                        owner.namespace,
+                        propagation_policy="Background",
+                        _request_timeout=REQUEST_TIMEOUT,
                     )
                 )
             case RunStageJob(version=version, attempt=attempt, stage=stage, round=round_, projectors=projectors):
-                job = build_stage_job(owner, spec, version, attempt, stage, round_, list(projectors))
-                self._create(lambda: self.batch.create_namespaced_job(owner.namespace, cast(client.V1Job, job)))
+                code = spec
+                if version != spec.version:
+                    # A superseded rollout's Job runs that version's recorded code, not spec.version's.
+                    try:
+                        recorded = self.apps.read_namespaced_deployment(
+                            deployment_name(owner, version), owner.namespace, _request_timeout=REQUEST_TIMEOUT
+                        )
+                        code = recorded_spec(spec, (recorded.metadata.annotations if recorded.metadata else None) or {})
+                    except ApiException as error:
+                        if error.status != 404:
+                            raise
+                job = build_stage_job(owner, code, version, attempt, stage, round_, list(projectors))
+                try:
+                    self.batch.create_namespaced_job(
+                        owner.namespace, cast(client.V1Job, job), _request_timeout=REQUEST_TIMEOUT
+                    )
+                except ApiException as error:
+                    if error.status != 409:
+                        raise
+                    # Already there: created by an earlier pass, unless the name is another's.
+                    existing = self.batch.read_namespaced_job(
+                        job["metadata"]["name"], owner.namespace, _request_timeout=REQUEST_TIMEOUT
+                    )
+                    _check_owned(existing.metadata, owner, version, f"Job {job['metadata']['name']}")
             case DeleteJob(name=name):
                 self._delete(
-                    lambda: self.batch.delete_namespaced_job(name, owner.namespace, propagation_policy="Foreground")
+                    lambda: self.batch.delete_namespaced_job(
+                        name, owner.namespace, propagation_policy="Foreground", _request_timeout=REQUEST_TIMEOUT
+                    )
                 )
             case SwitchService(version=version, first_install=first_install):
                 self._switch_service(owner, spec.service.name, version, first_install)
@@ -251,7 +324,9 @@ class KubernetesCluster:
         seen = self._services_seen.get((owner.namespace, owner.name))
         for attempt in range(3):
             if seen is None or seen.name != name or attempt:
-                seen = _ServiceSeen.of(self.core.read_namespaced_service(name, owner.namespace))
+                seen = _ServiceSeen.of(
+                    self.core.read_namespaced_service(name, owner.namespace, _request_timeout=REQUEST_TIMEOUT)
+                )
             refusal = service_claim(
                 owner.namespace, owner.name, name, seen.annotations, seen.selector, first_install=first_install
             )
@@ -270,7 +345,7 @@ class KubernetesCluster:
                 },
             ]
             try:
-                self.core.patch_namespaced_service(name, owner.namespace, patch)
+                self.core.patch_namespaced_service(name, owner.namespace, patch, _request_timeout=REQUEST_TIMEOUT)
                 return
             except ApiException as error:
                 if error.status not in (409, 422) or attempt == 2:
@@ -284,7 +359,10 @@ class KubernetesCluster:
 
     def _scale(self, owner: Owner, version: str, replicas: int) -> None:
         self.apps.patch_namespaced_deployment(
-            deployment_name(owner, version), owner.namespace, {"spec": {"replicas": replicas}}
+            deployment_name(owner, version),
+            owner.namespace,
+            {"spec": {"replicas": replicas}},
+            _request_timeout=REQUEST_TIMEOUT,
         )
 
     @staticmethod
@@ -306,8 +384,16 @@ class KubernetesCluster:
     def patch_status(self, owner: Owner, status: dict[str, Any]) -> None:
         try:
             self.custom.patch_namespaced_custom_object_status(
-                api.GROUP, api.VERSION, owner.namespace, api.PLURAL, owner.name, {"status": status}
+                api.GROUP,
+                api.VERSION,
+                owner.namespace,
+                api.PLURAL,
+                owner.name,
+                {"status": status},
+                _request_timeout=REQUEST_TIMEOUT,
             )
+        except HTTPError as error:
+            raise _unanswered(error, "writing status") from None
         except ApiException as error:
             if error.status == 404:
                 return  # deleted meanwhile
@@ -335,7 +421,9 @@ class KubernetesCluster:
             count=1,
         )
         try:
-            self.core.create_namespaced_event(owner.namespace, body)
+            self.core.create_namespaced_event(owner.namespace, body, _request_timeout=REQUEST_TIMEOUT)
+        except HTTPError as error:
+            raise _unanswered(error, "writing an Event") from None
         except ApiException as error:
             if error.status != 404:  # the namespace is being deleted
                 raise _error(error, "writing an Event") from None

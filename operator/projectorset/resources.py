@@ -88,6 +88,17 @@ def _release_projectors(annotations: dict[str, str]) -> dict[str, int] | None:
         return None
 
 
+def recorded_spec(spec: api.ProjectorSetSpec, annotations: dict[str, str]) -> api.ProjectorSetSpec:
+    """``spec`` with the template a Deployment's release annotation records: a stage Job for an
+    earlier version (aborting the replay a superseded rollout left) must run that version's code,
+    which knows its projectors. Unchanged when the annotation is absent or unreadable."""
+    try:
+        template = json.loads(annotations[RELEASE_ANNOTATION])["template"]
+        return spec.model_copy(update={"template": dict(template)})
+    except (KeyError, TypeError, ValueError, AttributeError):
+        return spec
+
+
 def _pod_template(owner: Owner, spec: api.ProjectorSetSpec, version: str) -> dict[str, Any]:
     template = copy.deepcopy(spec.template)
     metadata = template.setdefault("metadata", {})

@@ -163,7 +163,7 @@ def test_bad_credentials_and_missing_service_give_conditions_and_never_leak_the_
             for c in s.get("conditions", [])
         ),
     )
-    assert "password authentication failed" in status["message"]
+    assert "the database refused the credentials" in status["message"]
     # The Event follows the status write of the same pass.
     wait_until(
         "the DatabaseAuthenticationFailed Event",

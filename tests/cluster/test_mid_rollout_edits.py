@@ -1,0 +1,114 @@
+"""The edits users really make in the middle of a rollout, end to end on the local cluster with
+the operator as a process, a real PostgreSQL and writes going through the Service."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from kubernetes import client
+from test_upgrade import install_v1_with_traffic
+
+from projectorset.api import ProjectorSetSpec
+from projectorset.cluster import ClusterError, Owner
+from projectorset.conditions import Reason
+from projectorset.kube import KubernetesCluster
+from projectorset.observation import EnsureDeployment, RunStageJob
+from projectorset.sequent import Stage
+from sampleapp.releases import get_release
+from testbed.manifests import sample_projectorset
+from testbed.scenario import MomentWatcher, Scenario
+from testbed.sequent_schema import projector_rows
+
+
+def stage_jobs(running: Scenario) -> list[dict[str, str]]:
+    jobs = client.BatchV1Api(running.api_client).list_namespaced_job(running.namespace)
+    return [dict(job.metadata.labels or {}) for job in jobs.items]
+
+
+def test_version_changed_while_golive_runs_follows_the_database_then_rolls_out_the_new_spec(
+    scenario: Scenario,
+) -> None:
+    install_v1_with_traffic(scenario)
+    assert scenario.load is not None
+    spec = scenario.projectorset()["spec"]
+    commands = dict(spec["replay"]["commands"])
+    # golive waits a little before its transaction, so the spec can change while it runs.
+    commands["golive"] = ["sh", "-c", 'sleep 6; exec "$0" "$@"', *commands["golive"]]
+    watcher = MomentWatcher(scenario.database_url, scenario.core, scenario.namespace, scenario.name)
+    watcher.watch("v2", get_release("v2").versions)
+    began = time.monotonic()
+    scenario.apply("v2", replay={**spec["replay"], "commands": commands})
+    scenario.wait_for("golive", lambda s: s.get("phase") == "Activating")
+
+    scenario.apply("v3")  # the user moves on while golive of v2 runs
+    status = scenario.wait_active("v3", timeout=300)
+    total = time.monotonic() - began
+    time.sleep(1.0)
+    watcher.stop()
+    writes = [w for w in scenario.load.snapshot() if w.started >= began]
+    result = scenario.measure("v1", "v2", writes, watcher, total)
+    print(result.summary())
+
+    # golive of v2 committed: the Service followed the database to v2 at once, then went to v3.
+    assert watcher.switched_at is not None, "the Service never selected v2 after its golive committed"
+    assert result.active_to_switch_ms is not None
+    assert result.refused_outside_window == 0, result.summary()
+    assert result.lost == 0, scenario.lost_writes(scenario.load.snapshot())
+    reasons = [e["reason"] for e in scenario.events()]
+    assert "FollowingDatabase" in reasons, reasons
+    assert status["activeVersion"] == "v3"
+    assert projector_rows(scenario.database_url) == {
+        name: (version, None, None) for name, version in get_release("v3").versions.items()
+    }
+
+
+def test_replicas_zero_rolls_out_with_no_pods(scenario: Scenario) -> None:
+    scenario.apply("v1")
+    scenario.wait_active("v1")
+    scenario.apply("v2", replicas=0)
+    status = scenario.wait_active("v2", timeout=300)
+    assert next(c for c in status["conditions"] if c["type"] == "Ready")["status"] == "True"
+    assert scenario.deployment_replicas("v2") == 0
+    assert projector_rows(scenario.database_url)["AccountProjector"] == (2, None, None)
+
+
+def test_v1_v2_v1_v2_each_rollout_runs_its_own_jobs_and_loses_no_write(scenario: Scenario) -> None:
+    install_v1_with_traffic(scenario)
+    for source, target in (("v1", "v2"), ("v2", "v1"), ("v1", "v2")):
+        result = scenario.upgrade(source, target)
+        print(result.summary())
+        assert result.lost == 0, result.summary()
+        assert result.refused_outside_window == 0, result.summary()
+    golives = sorted(
+        (labels["projectorset.io/version"], labels["projectorset.io/attempt"])
+        for labels in stage_jobs(scenario)
+        if labels["projectorset.io/stage"] == "golive"
+    )
+    # The second v2 rollout ran under a new attempt, not on the first one's finished Jobs.
+    assert golives == [("v1", "1"), ("v2", "1"), ("v2", "2")], golives
+    assert projector_rows(scenario.database_url)["AccountProjector"] == (2, None, None)
+
+
+def test_versions_whose_object_names_collide_are_refused_not_confused(kube_api: client.ApiClient) -> None:
+    """v1.2 and v1_2 both map to Deployment and Job names ending in v1-2: the second version used
+    to take the first one's Deployment (and Jobs) for its own."""
+    namespace = f"collide-{int(time.time()) % 100000}"
+    core = client.CoreV1Api(kube_api)
+    core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=namespace)))
+    try:
+        cluster = KubernetesCluster(kube_api)
+        owner = Owner("accounts", namespace, "uid-collide")
+        first = ProjectorSetSpec.model_validate(sample_projectorset("v1")["spec"] | {"version": "v1_2"})
+        second = ProjectorSetSpec.model_validate(sample_projectorset("v1")["spec"] | {"version": "v1.2"})
+        cluster.apply(owner, first, EnsureDeployment("v1_2", 1))
+        cluster.apply(owner, first, RunStageJob("v1_2", 1, Stage.PREPARE, projectors=("AccountProjector",)))
+        with pytest.raises(ClusterError) as refused:
+            cluster.apply(owner, second, EnsureDeployment("v1.2", 1))
+        assert refused.value.reason is Reason.KUBERNETES_CONFLICT
+        assert "collides" in refused.value.message
+        with pytest.raises(ClusterError) as refused_job:
+            cluster.apply(owner, second, RunStageJob("v1.2", 1, Stage.PREPARE, projectors=("AccountProjector",)))
+        assert refused_job.value.reason is Reason.KUBERNETES_CONFLICT
+    finally:
+        core.delete_namespace(namespace)
