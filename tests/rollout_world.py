@@ -24,11 +24,11 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from projectorset.api import ProjectorSetSpec, ProjectorSetStatus
+from projectorset.api import CheckResult, ProjectorSetSpec, ProjectorSetStatus
 from projectorset.cluster import ClusterError, Owner
-from projectorset.conditions import Reason
+from projectorset.conditions import Reason, timestamp
 from projectorset.controller import DatabaseRegistry, PassResult, Reconciler
-from projectorset.database import DatabaseUnreachable, IllegalProjectorState
+from projectorset.database import CheckOutcome, DatabaseUnreachable, IllegalProjectorState
 from projectorset.observation import (
     Action,
     Activate,
@@ -45,12 +45,13 @@ from projectorset.observation import (
     JobState,
     JobView,
     RegisterReplaying,
+    RunChecks,
     RunStageJob,
     ScaleDeployment,
     SwitchService,
 )
 from projectorset.resources import job_name
-from projectorset.rollout import Decision, decide
+from projectorset.rollout import Decision, decide, with_check_results
 from projectorset.sequent import IN_PROGRESS_STATES as IN_PROGRESS
 from projectorset.sequent import DatabaseState, ProjectorState, ReplayState
 
@@ -150,6 +151,9 @@ class World:
     golive_runs: int = 0
     # Deployments become available on the pass after they are created, like a healthy rollout.
     auto_available: bool = True
+    # What each check returns when the controller runs it (passed, result); unlisted ones pass.
+    check_outcomes: dict[str, tuple[bool, str]] = field(default_factory=dict)
+    checks_run: list[str] = field(default_factory=list)
     epoch: int = 0
     # Sequent's lag after a catch-up round.
     lag_after_catchup: int = 0
@@ -363,6 +367,24 @@ class World:
                         self.projectors[name] = replace(state, replaying_version=None, activating_version=None)
             case SwitchService(version=version):
                 self.service_version = version
+            case RunChecks(version=version, attempt=attempt, checks=checks):
+                # As the controller does: the results go into the status the pass writes.
+                results = []
+                for check in checks:
+                    passed, result = self.check_outcomes.get(check.name, (True, "true"))
+                    self.checks_run.append(check.name)
+                    results.append(
+                        CheckResult(
+                            name=check.name,
+                            passed=passed,
+                            result=result,
+                            checked_at=timestamp(self.now),
+                            version=version,
+                            attempt=attempt,
+                            digest=check.digest,
+                        )
+                    )
+                self.status = with_check_results(self.status, results)
             case _:
                 raise AssertionError(f"unknown action {action!r}")
 
@@ -696,3 +718,12 @@ class _WorldDatabase:
 
     def abort(self, names: Any) -> None:
         self._write(ClearReplaying(tuple(names)))
+
+    def run_checks(self, checks: Any) -> list[CheckOutcome]:
+        """Read-only: what ``world.check_outcomes`` says (unlisted checks pass)."""
+        self._check()
+        outcomes = []
+        for check in checks:
+            self.world.checks_run.append(check.name)
+            outcomes.append(CheckOutcome(check.name, *self.world.check_outcomes.get(check.name, (True, "true"))))
+        return outcomes

@@ -8,6 +8,7 @@ Python code uses snake_case; the manifest uses camelCase through aliases.
 
 from __future__ import annotations
 
+import hashlib
 from enum import StrEnum
 from typing import Any, Literal
 
@@ -124,6 +125,35 @@ class CatchupSpec(Model):
     max_rounds: int = Field(default=10, ge=1, le=1000, description="Catch-up Jobs before the rollout fails.")
 
 
+CHECK_NAME_PATTERN = r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$"
+
+
+class Check(Model):
+    """A read-only SQL query run after the replay caught up and before golive (README: "Checks
+    before golive"). It passes when it returns exactly one row whose first column is true."""
+
+    name: str = Field(
+        min_length=1,
+        max_length=63,
+        pattern=CHECK_NAME_PATTERN,
+        description="Unique among the checks; shown in the status and Events.",
+    )
+    query: str = Field(
+        min_length=1,
+        max_length=10_000,
+        description="One SQL statement, run in a read-only transaction; passes when it returns exactly one row "
+        "whose first column is true. Qualify tables with their schema (replay_schema.x, view_schema.x).",
+    )
+    timeout_seconds: int = Field(
+        default=30, ge=1, le=600, description="statement_timeout of the query; a check that runs longer fails."
+    )
+
+    @property
+    def digest(self) -> str:
+        """Identifies the query: a result counts only for the query that produced it."""
+        return hashlib.sha256(self.query.encode()).hexdigest()[:12]
+
+
 class ReplaySpec(Model):
     commands: StageCommands = Field(default_factory=StageCommands)
     container: str | None = Field(
@@ -152,6 +182,22 @@ class ReplaySpec(Model):
         "again. prepare, replay and catchup are never retried in place (a failure marks the replay failed): "
         "the rollout fails, aborts the replay, and a retry starts from a fresh prepare.",
     )
+    checks: list[Check] = Field(
+        default_factory=list,
+        max_length=20,
+        description="Read-only SQL checks run after the replay caught up and before golive (and before waiting "
+        "for promotion); one that fails, times out or errors fails the rollout (CheckFailed).",
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]},
+    )
+
+    @field_validator("checks")
+    @classmethod
+    def _unique_check_names(cls, checks: list[Check]) -> list[Check]:
+        names = [check.name for check in checks]
+        twice = sorted({name for name in names if names.count(name) > 1})
+        if twice:
+            raise ValueError(f"check names must be unique: {', '.join(twice)} listed twice")
+        return checks
 
 
 class Promotion(StrEnum):
@@ -356,6 +402,18 @@ class ReplayStatus(Model):
     job: str | None = None
 
 
+class CheckResult(Model):
+    name: str
+    passed: bool
+    result: str = Field(
+        description="What the query returned (true, false, NULL, no row, ...) or the error's class and message."
+    )
+    checked_at: str
+    version: str = Field(description="The version rolled out when the check ran.")
+    attempt: int = Field(description="The rollout attempt the check ran in; a retry runs the checks again.")
+    digest: str = Field(default="", description="Identifies the query that ran.")
+
+
 class ProjectorSetStatus(Model):
     model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="ignore", frozen=True)
 
@@ -373,3 +431,6 @@ class ProjectorSetStatus(Model):
     activated_at: str | None = Field(default=None, description="When the database showed the target active.")
     switched_at: str | None = None
     attempt: int = Field(default=0, description="Rollout attempt for target version; bumped by a retry.")
+    checks: list[CheckResult] = Field(
+        default_factory=list, description="Results of spec.replay.checks in the latest attempt that ran them."
+    )

@@ -67,6 +67,11 @@ class Reason(StrEnum):
     REPLAYING = "Replaying", Kind.STEP, "The initial replay stage runs."
     OPTIMIZING = "Optimizing", Kind.STEP, "The optimize stage runs (indexes, vacuum, analyze)."
     CATCHING_UP = "CatchingUp", Kind.STEP, "A catch-up round runs because the lag exceeds `maxLag`."
+    RUNNING_CHECKS = (
+        "RunningChecks",
+        Kind.STEP,
+        "The replay caught up: `spec.replay.checks` run (read-only) before golive or the promotion wait.",
+    )
     GOING_LIVE = "GoingLive", Kind.STEP, "golive runs (one transaction); traffic moves when it commits."
     ACTIVATING = "Activating", Kind.STEP, "Nothing to replay: the operator activates the release itself."
     WAITING_FOR_AVAILABLE_PODS = (
@@ -192,6 +197,11 @@ class Reason(StrEnum):
         Kind.FAILURE,
         "The lag still exceeds `maxLag` after `maxRounds` catch-up rounds.",
     )
+    CHECK_FAILED = (
+        "CheckFailed",
+        Kind.FAILURE,
+        "A check of `spec.replay.checks` did not return true, timed out, or erred; the message names it.",
+    )
     DEPLOYMENT_FAILED = "DeploymentFailed", Kind.FAILURE, "The new Deployment exceeded its progress deadline."
     ABORTED = "Aborted", Kind.FAILURE, "`spec.abort` stopped the rollout; as ReplayAborted's reason: versions cleared."
     FAILED = "Failed", Kind.FAILURE, "A failed rollout whose original reason was not kept in the status."
@@ -240,6 +250,7 @@ class Reason(StrEnum):
         Kind.EVENT,
         "Right after golive committed, the projectors the release removed were deactivated.",
     )
+    CHECKS_PASSED = "ChecksPassed", Kind.EVENT, "Every check of `spec.replay.checks` returned true."
     ACTIVATED = "Activated", Kind.EVENT, "The database first showed every projector of the release active."
     SERVICE_SWITCHED = "ServiceSwitched", Kind.EVENT, "The Service now selects the new version's pods."
     SCALED_DOWN = "ScaledDown", Kind.EVENT, "An old version was scaled to zero after `scaleDownDelaySeconds`."

@@ -20,9 +20,9 @@ from typing import Any, TypeVar, assert_never
 
 from pydantic import ValidationError
 
-from projectorset.api import Phase, ProjectorSetSpec, ProjectorSetStatus
+from projectorset.api import CheckResult, Phase, ProjectorSetSpec, ProjectorSetStatus
 from projectorset.cluster import Cluster, ClusterError, Owner, ServiceRefused
-from projectorset.conditions import ConditionType, Kind, Reason, ReportedError, set_condition
+from projectorset.conditions import ConditionType, Kind, Reason, ReportedError, set_condition, timestamp
 from projectorset.database import WATCH_LOCK_TIMEOUT_MS, DatabaseError, ProjectorStatesBusy, SequentDatabase
 from projectorset.observation import (
     Activate,
@@ -33,12 +33,13 @@ from projectorset.observation import (
     Deactivate,
     Event,
     RegisterReplaying,
+    RunChecks,
     SwitchService,
 )
 from projectorset.ownership import ProjectorIndex, SetClaim, claim_of, owner_key
 from projectorset.planning import plan_upgrade
 from projectorset.pools import PoolSet, store_fingerprint, target_fingerprint
-from projectorset.rollout import Decision, decide, owned_projectors, release_is_live
+from projectorset.rollout import Decision, decide, owned_projectors, release_is_live, with_check_results
 
 log = logging.getLogger(__name__)
 
@@ -180,11 +181,16 @@ class Reconciler:
         if queued_behind is not None:
             return self._hold(owner, generation, previous, Reason.REPLAY_QUEUED, queued_behind)
         decision = decide(spec, generation, previous, view, database, self.clock())
-        done, action_error = self._carry_out(owner, spec, uri, decision, first_install=previous.active_version is None)
+        checked: list[CheckResult] = []
+        done, action_error = self._carry_out(
+            owner, spec, uri, decision, checked, first_install=previous.active_version is None
+        )
+        # Check results go into the status this pass writes; the next pass decides from them.
+        status = with_check_results(decision.status, checked)
         if action_error is not None:
             reason, message = action_error
             status = _with_condition(
-                _status_after_failed_action(previous, decision, done, self.clock()),
+                with_check_results(_status_after_failed_action(previous, decision, done, self.clock()), checked),
                 ConditionType.ACTIONS_APPLIED,
                 False,
                 reason,
@@ -195,7 +201,7 @@ class Reconciler:
                 self._emit(owner, Event("Warning", reason, message))
         else:
             status = _with_condition(
-                decision.status,
+                status,
                 ConditionType.ACTIONS_APPLIED,
                 True,
                 Reason.APPLIED,
@@ -301,7 +307,14 @@ class Reconciler:
             return True
 
     def _carry_out(
-        self, owner: Owner, spec: ProjectorSetSpec, uri: str | None, decision: Decision, *, first_install: bool
+        self,
+        owner: Owner,
+        spec: ProjectorSetSpec,
+        uri: str | None,
+        decision: Decision,
+        checked: list[CheckResult],
+        *,
+        first_install: bool,
     ) -> tuple[int, tuple[Reason, str] | None]:
         """Run the actions in order, stopping at the first failure: the next pass re-decides
         from what the cluster and the database then show. Returns how many succeeded."""
@@ -312,7 +325,7 @@ class Reconciler:
                 if isinstance(action, DatabaseAction):
                     # decide() asks for database actions only after it read the database, so a URI exists.
                     assert uri is not None
-                    self._database_action(owner, spec, uri, action)
+                    self._database_action(owner, spec, uri, action, checked)
                 else:
                     self.cluster.apply(owner, spec, action)
             except ReportedError as error:
@@ -320,7 +333,9 @@ class Reconciler:
                 return done, (error.reason, f"{type(action).__name__}: {error.message}")
         return len(decision.actions), None
 
-    def _database_action(self, owner: Owner, spec: ProjectorSetSpec, uri: str, action: DatabaseAction) -> None:
+    def _database_action(
+        self, owner: Owner, spec: ProjectorSetSpec, uri: str, action: DatabaseAction, checked: list[CheckResult]
+    ) -> None:
         database = self.databases.get(owner, uri, spec.database.event_store_schema)
         match action:
             case RegisterReplaying(versions=versions):
@@ -331,6 +346,31 @@ class Reconciler:
                 database.deactivate(names)
             case ClearReplaying(names=names):
                 database.abort(names)
+            case RunChecks(version=version, attempt=attempt, checks=checks):
+                outcomes = database.run_checks(checks)
+                checked_at = timestamp(self.clock())
+                digests = {check.name: check.digest for check in checks}
+                checked.extend(
+                    CheckResult(
+                        name=outcome.name,
+                        passed=outcome.passed,
+                        result=outcome.result,
+                        checked_at=checked_at,
+                        version=version,
+                        attempt=attempt,
+                        digest=digests[outcome.name],
+                    )
+                    for outcome in outcomes
+                )
+                for outcome in outcomes:
+                    log.info(
+                        "%s/%s: check %s %s: %s",
+                        owner.namespace,
+                        owner.name,
+                        outcome.name,
+                        "passed" if outcome.passed else "failed",
+                        outcome.result,
+                    )
             case _:
                 assert_never(action)
 

@@ -21,15 +21,16 @@ from __future__ import annotations
 import logging
 import random
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import psycopg
 import psycopg_pool
 from psycopg import errors, sql
 from psycopg.conninfo import conninfo_to_dict
 
+from projectorset.api import Check
 from projectorset.conditions import Reason, ReportedError
 from projectorset.pools import SharedPool
 from projectorset.sequent import FINISHED_STATES, DatabaseState, ProjectorState, ReplayState
@@ -40,6 +41,12 @@ T = TypeVar("T")
 # While golive runs, the watch reads projector_states in a loop. Each read waits on golive's lock,
 # which is granted the moment golive commits; this bounds one wait so a wakeup is never missed long.
 WATCH_LOCK_TIMEOUT_MS = 250
+
+# A check waits at most this long for a lock (a migration, golive) before it fails: it must not
+# queue behind an exclusive lock and make every reader behind it wait too.
+CHECK_LOCK_TIMEOUT_MS = 2000
+# A check's result in the status and Events is cut to this length.
+CHECK_RESULT_MAX_CHARS = 240
 
 
 # ---- errors -------------------------------------------------------------------------------------
@@ -302,6 +309,73 @@ class SequentDatabase:
         See docs/sequent-protocol.md ("lag")."""
         return self._read(lambda conn: _tail_lag(conn, self._table("events"), since_xact_id))
 
+    # -- checks before golive --
+
+    def run_checks(self, checks: Sequence[Check]) -> list[CheckOutcome]:
+        """Run each check of ``spec.replay.checks`` and say whether it passed (README: "Checks
+        before golive"): exactly one row whose first column is true.
+
+        The checks run on a connection of their own, closed afterwards, so nothing a query leaves
+        in its session (a setting, an advisory lock) reaches the operator's pool. Each runs in a
+        read-only transaction (``SET TRANSACTION READ ONLY``, the session's default too) that is
+        always rolled back, with ``statement_timeout`` = its timeout and a short ``lock_timeout``,
+        as one prepared statement (the extended protocol refuses a second statement after a ``;``).
+        A check that fails, errs or times out is a result; only a connection that breaks raises."""
+        if not checks:
+            return []
+        try:
+            conn = psycopg.connect(
+                self._conninfo,
+                connect_timeout=max(1, int(self._connect_timeout_s)),
+                application_name="projectorset-operator-checks",
+            )
+        except psycopg.Error as error:
+            raise classify_connection_error(error, self._conninfo) from None
+        try:
+            conn.execute("SET default_transaction_read_only = on")
+            conn.commit()
+            return [self._run_check(conn, check) for check in checks]
+        except psycopg.Error as error:
+            raise classify_connection_error(error, self._conninfo) from None
+        finally:
+            conn.close()
+
+    def _run_check(self, conn: psycopg.Connection, check: Check) -> CheckOutcome:
+        timeout_ms = check.timeout_seconds * 1000
+        try:
+            with conn.transaction(force_rollback=True):
+                conn.execute("SET TRANSACTION READ ONLY")
+                _set_timeouts(conn, min(CHECK_LOCK_TIMEOUT_MS, timeout_ms), timeout_ms)
+                cursor = conn.execute(check.query, prepare=True)  # type: ignore[arg-type]
+                rows = cursor.fetchmany(2) if cursor.description is not None else None
+        except psycopg.Error as error:
+            if conn.broken:
+                raise  # an outage, not the check's fault: the caller reports it and the pass retries
+            if isinstance(error, errors.QueryCanceled) and "statement timeout" in (error.diag.message_primary or ""):
+                return CheckOutcome(
+                    check.name, False, self._clip(f"timed out after {check.timeout_seconds}s: {self._describe(error)}")
+                )
+            if isinstance(error, errors.LockNotAvailable):
+                return CheckOutcome(
+                    check.name,
+                    False,
+                    self._clip(f"waited more than {CHECK_LOCK_TIMEOUT_MS} ms for a lock: {self._describe(error)}"),
+                )
+            return CheckOutcome(check.name, False, self._clip(self._describe(error)))
+        return CheckOutcome(check.name, *_judge(rows))
+
+    def _describe(self, error: psycopg.Error) -> str:
+        """The error's class and the server's one-line message, never the connection's text."""
+        message = error.diag.message_primary
+        if not message:
+            lines = str(error).strip().splitlines()
+            message = lines[0] if lines else "no message"
+        return f"{type(error).__name__}: {redact(message, self._conninfo)}"
+
+    @staticmethod
+    def _clip(text: str) -> str:
+        return text if len(text) <= CHECK_RESULT_MAX_CHARS else text[: CHECK_RESULT_MAX_CHARS - 1] + "…"
+
     # -- writes --
 
     def _write(self, description: str, change: Callable[[psycopg.Connection, dict[str, ProjectorState]], None]) -> None:
@@ -437,6 +511,36 @@ class SequentDatabase:
                     self._upsert(conn, name, active=KEEP, activating=None, replaying=None)
 
         self._write("abort", change)
+
+
+@dataclass(frozen=True)
+class CheckOutcome:
+    name: str
+    passed: bool
+    # What the query returned, or the error's class and message.
+    result: str
+
+
+def _judge(rows: list[tuple[Any, ...]] | None) -> tuple[bool, str]:
+    """A check passes when it returns exactly one row whose first column is the boolean true."""
+    if rows is None:
+        return False, "no result set: a check is one query returning one row"
+    if not rows:
+        return False, "no row"
+    if len(rows) > 1:
+        return False, "more than one row"
+    if not rows[0]:
+        return False, "a row without columns"
+    value = rows[0][0]
+    if value is True:
+        return True, "true"
+    if value is False:
+        return False, "false"
+    if value is None:
+        return False, "NULL"
+    shown = str(value)
+    shown = shown if len(shown) <= 80 else shown[:79] + "…"
+    return False, f"{shown} ({type(value).__name__}, not a boolean)"
 
 
 def _set_timeouts(conn: psycopg.Connection, lock_timeout_ms: int, statement_timeout_ms: int) -> None:

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
 
+from projectorset.api import Check
 from projectorset.conditions import Reason
 from projectorset.sequent import DatabaseState, Stage
 
@@ -156,7 +157,18 @@ class ClearReplaying:
     names: tuple[str, ...]
 
 
-DatabaseAction = RegisterReplaying | Activate | Deactivate | ClearReplaying
+@dataclass(frozen=True)
+class RunChecks:
+    """Run ``checks`` (read-only SQL) and record their results in the status the pass writes;
+    the next pass decides from them. Read-only, so running them again (a lost status patch,
+    a restart) changes nothing."""
+
+    version: str
+    attempt: int
+    checks: tuple[Check, ...]
+
+
+DatabaseAction = RegisterReplaying | Activate | Deactivate | ClearReplaying | RunChecks
 Action = ClusterAction | DatabaseAction
 
 

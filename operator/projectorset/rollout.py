@@ -24,6 +24,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from projectorset.api import (
+    CheckResult,
     Condition,
     Phase,
     ProjectorSetSpec,
@@ -57,6 +58,7 @@ from projectorset.observation import (
     JobState,
     JobView,
     RegisterReplaying,
+    RunChecks,
     RunStageJob,
     ScaleDeployment,
     SwitchService,
@@ -658,6 +660,9 @@ def _replay(run: _Pass, plan: Plan, db: DatabaseState, attempt: int, golive: Job
     last = _latest(cluster.jobs_for(target, attempt, Stage.CATCHUP))
     if last is not None and last.state is not JobState.SUCCEEDED:
         return _expect_running(run, db, last)
+    failed = _failed_checks(run, db, attempt)
+    if failed is not None:
+        return failed
     if lag > spec.replay.catchup.max_lag:
         rounds = run.memory.replay.catchup_round if run.memory.replay is not None else 0
         if rounds >= spec.replay.catchup.max_rounds:
@@ -672,6 +677,9 @@ def _replay(run: _Pass, plan: Plan, db: DatabaseState, attempt: int, golive: Job
         run.act(RunStageJob(target, attempt, Stage.CATCHUP, round=rounds + 1, projectors=projectors))
         return run.finish(Phase.REPLAYING, Reason.CATCHING_UP, f"catch-up round {rounds + 1}: lag {lag_text}")
 
+    checking = _run_checks(run, attempt, lag)
+    if checking is not None:
+        return checking
     gate = _promotion_gate(run)
     if gate is not None:
         return gate
@@ -711,6 +719,63 @@ def _expect_running(run: _Pass, db: DatabaseState, job: JobView) -> Decision:
         Reason.VERIFICATION_FAILED,
         f"{job.stage} Job {job.name} succeeded but {found}; after {job.stage} it should be {expected.value!r}",
     )
+
+
+# ---- checks before golive (spec.replay.checks) -----------------------------------------------------
+
+
+def check_results(status: ProjectorSetStatus, spec: ProjectorSetSpec, attempt: int) -> dict[str, CheckResult]:
+    """The results that count for this attempt: by check name, for this version and attempt, and
+    for the query the spec holds now (an edited query runs again)."""
+    digests = {check.name: check.digest for check in spec.replay.checks}
+    return {
+        result.name: result
+        for result in status.checks
+        if result.version == spec.version and result.attempt == attempt and digests.get(result.name) == result.digest
+    }
+
+
+def with_check_results(status: ProjectorSetStatus, results: Sequence[CheckResult]) -> ProjectorSetStatus:
+    """The status with ``results`` recorded (what the controller writes after ``RunChecks``);
+    results of another version or attempt are dropped."""
+    if not results:
+        return status
+    run_of = (results[0].version, results[0].attempt)
+    names = {result.name for result in results}
+    kept = [r for r in status.checks if (r.version, r.attempt) == run_of and r.name not in names]
+    return status.model_copy(update={"checks": [*kept, *results]})
+
+
+def _failed_checks(run: _Pass, db: DatabaseState, attempt: int) -> Decision | None:
+    """A check of this attempt that did not pass fails the rollout; the replay is aborted."""
+    results = check_results(run.memory, run.spec, attempt)
+    failed = [results[c.name] for c in run.spec.replay.checks if c.name in results and not results[c.name].passed]
+    if not failed:
+        return None
+    if len(failed) == 1:
+        message = f"check {failed[0].name} failed: {failed[0].result}"
+    else:
+        message = f"{len(failed)} checks failed: " + "; ".join(f"{r.name}: {r.result}" for r in failed)
+    return _fail(run, db, Reason.CHECK_FAILED, message)
+
+
+def _run_checks(run: _Pass, attempt: int, lag: int) -> Decision | None:
+    """Once per attempt, after the replay caught up and before golive or the promotion wait: ask the
+    controller to run the checks that have no result yet. None: every check passed (or none)."""
+    checks = run.spec.replay.checks
+    if not checks:
+        return None
+    results = check_results(run.memory, run.spec, attempt)
+    missing = tuple(check for check in checks if check.name not in results)
+    if missing:
+        if run.spec.paused:
+            return _paused(run)
+        run.act(RunChecks(run.spec.version, attempt, missing))
+        names = ", ".join(check.name for check in missing)
+        return run.finish(Phase.REPLAYING, Reason.RUNNING_CHECKS, f"lag {lag} events: running checks {names}")
+    if progress_reason(run.previous) == Reason.RUNNING_CHECKS:
+        run.event(Reason.CHECKS_PASSED, "checks passed before golive: " + ", ".join(check.name for check in checks))
+    return None
 
 
 def _promotion_gate(run: _Pass) -> Decision | None:
