@@ -561,3 +561,50 @@ def test_main_prints_errors_and_exits_1(tmp_path: Path, capsys: pytest.CaptureFi
     code = cli.main(["--kubeconfig", str(tmp_path / "missing"), "get", "blog"])
     assert code == 1
     assert capsys.readouterr().err.startswith("error: cannot load the kubeconfig")
+
+
+# ---- checks before golive -----------------------------------------------------------------------
+
+
+def test_tree_shows_the_checks_before_golive_with_their_results() -> None:
+    checks = [
+        {"name": "posts-complete", "query": "SELECT true", "timeoutSeconds": 30},
+        {"name": "slugs-set", "query": "SELECT false", "timeoutSeconds": 30},
+        {"name": "added-later", "query": "SELECT true", "timeoutSeconds": 30},
+    ]
+
+    def result(name: str, passed: bool, text: str, attempt: int = 1) -> dict[str, Any]:
+        return {
+            "name": name,
+            "passed": passed,
+            "result": text,
+            "checkedAt": "2026-11-29T17:01:55Z",
+            "version": "v2",
+            "attempt": attempt,
+            "digest": "0",
+        }
+
+    body = projectorset(
+        "Failed",
+        "CheckFailed",
+        spec={"replay": {"catchup": {"maxLag": 1000}, "checks": checks}},
+        checks=[
+            result("posts-complete", True, "true"),
+            result("slugs-set", False, "false"),
+            result("added-later", True, "true", attempt=0),  # an earlier attempt's: not shown as this one's
+        ],
+    )
+    document = view.build(snapshot(body), NOW)
+    assert [(c["name"], c["result"] and c["result"]["passed"]) for c in document["checks"]] == [
+        ("posts-complete", True),
+        ("slugs-set", False),
+        ("added-later", None),
+    ]
+    lines = render.tree(document, NOW).splitlines()
+    assert any(line.startswith("├─ Checks before golive") for line in lines)
+    passed = next(line for line in lines if "posts-complete" in line)
+    assert "✔ posts-complete" in passed and "true" in passed
+    failed = next(line for line in lines if "slugs-set" in line)
+    assert "✖ slugs-set" in failed and "false" in failed and "2026-11-29T17:01:55Z (v2, attempt 1)" in failed
+    assert "◌ added-later" in next(line for line in lines if "added-later" in line)
+    json.dumps(document)

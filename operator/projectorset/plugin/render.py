@@ -139,6 +139,18 @@ def tree(document: dict[str, Any], now: datetime) -> str:
             )
         sections.append((f"Stages (attempt {d['attempt']})", _columns(stage_rows), []))
 
+    if d["checks"]:
+        check_rows = []
+        for check in d["checks"]:
+            result = check["result"]
+            if result is None:
+                check_rows.append(["◌ " + str(check["name"]), "not run in this attempt yet", ""])
+                continue
+            mark = "✔" if result.get("passed") else "✖"
+            ran = f"{result.get('checkedAt')} ({result.get('version')}, attempt {result.get('attempt')})"
+            check_rows.append([f"{mark} {check['name']}", str(result.get("result")), ran])
+        sections.append(("Checks before golive", _columns(check_rows), []))
+
     projector_rows = [_projector_line(p) for p in d["projectors"]]
     sections.append(
         (

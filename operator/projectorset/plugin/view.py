@@ -189,6 +189,21 @@ def _stages(snapshot: Snapshot, now: datetime) -> list[dict[str, Any]]:
     return stages
 
 
+def _checks(spec: dict[str, Any], status: dict[str, Any]) -> list[dict[str, Any]]:
+    """spec.replay.checks with the result the operator last recorded for each (None: not run
+    in this rollout yet), then results of checks no longer in the spec."""
+    results = {r.get("name"): r for r in status.get("checks") or [] if isinstance(r, dict)}
+    current = (spec.get("version"), status.get("attempt"))
+    checks = []
+    for check in (spec.get("replay") or {}).get("checks") or []:
+        result = results.pop(check.get("name"), None)
+        if result is not None and (result.get("version"), result.get("attempt")) != current:
+            result = None  # from an earlier rollout or attempt
+        checks.append({"name": check.get("name"), "timeoutSeconds": check.get("timeoutSeconds"), "result": result})
+    checks.extend({"name": name, "timeoutSeconds": None, "result": result} for name, result in results.items())
+    return checks
+
+
 def estimate(samples: Sequence[LagSample], lag: int | None, bound: int) -> dict[str, Any]:
     """Catch-up progress from the highest lag seen down to the bound, and the time left at the
     rate of the recent samples ("estimating" until there are two)."""
@@ -307,6 +322,7 @@ def build(snapshot: Snapshot, now: datetime, samples: Sequence[LagSample] = ()) 
         "stages": stages,
         "replay": replay,
         "projectors": list(status.get("projectors") or []),
+        "checks": _checks(spec, status),
         "conditions": list(status.get("conditions") or []),
         "events": _events(snapshot),
     }
