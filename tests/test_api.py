@@ -67,6 +67,18 @@ def test_defaults_are_sequents() -> None:
         ({"strategy": {"promotion": "Sometimes"}}, "strategy.promotion", "Automatic"),
         ({"replay": {"container": "nope"}}, "", "replay.container 'nope'"),
         ({"unknownField": 1}, "unknownField", "Extra inputs"),
+        (
+            {"replay": {"checks": [{"name": "c", "query": "SELECT true"}, {"name": "c", "query": "SELECT 1"}]}},
+            "replay.checks",
+            "c listed twice",
+        ),
+        ({"replay": {"checks": [{"name": "Rows Match", "query": "SELECT true"}]}}, "replay.checks.0.name", "pattern"),
+        ({"replay": {"checks": [{"name": "c", "query": ""}]}}, "replay.checks.0.query", "at least 1"),
+        (
+            {"replay": {"checks": [{"name": "c", "query": "SELECT true", "timeoutSeconds": 601}]}},
+            "replay.checks.0.timeoutSeconds",
+            "less than or equal to 600",
+        ),
     ],
 )
 def test_invalid_specs_name_the_field(changes: dict[str, Any], field: str, words: str) -> None:

@@ -97,7 +97,7 @@ def test_a_check_that_does_not_pass_fails_the_rollout_and_aborts_the_replay(outc
     advance(world, lambda w: w.status.phase is Phase.FAILED)
 
     assert reason(world) == "CheckFailed"
-    assert world.status.message.startswith(f"check titles-set failed: {outcome}; aborting the replay")
+    assert world.status.message.startswith(f"check titles-set failed: {outcome}; aborting")
     assert results(world) == {"rows-match": (True, "true", 1), "titles-set": (False, outcome, 1)}
     [warning] = [e for e in events(world) if e[1] == "CheckFailed"]
     assert warning[0] == "Warning" and f"check titles-set failed: {outcome}" in warning[2]

@@ -107,6 +107,21 @@ INVALID: list[tuple[str, dict[str, Any], str]] = [
     ),
     ("zero-catchup-rounds", {"replay": {"catchup": {"maxRounds": 0}}}, "spec.replay.catchup.maxRounds"),
     ("unknown-field", {"replicaz": 3}, "replicaz"),
+    (
+        "duplicate-check",
+        {"replay": {"checks": [{"name": "c", "query": "SELECT true"}, {"name": "c", "query": "SELECT 1"}]}},
+        "spec.replay.checks[1]",
+    ),
+    (
+        "bad-check-name",
+        {"replay": {"checks": [{"name": "Rows Match", "query": "SELECT 1"}]}},
+        "spec.replay.checks[0].name",
+    ),
+    (
+        "check-timeout-zero",
+        {"replay": {"checks": [{"name": "c", "query": "SELECT 1", "timeoutSeconds": 0}]}},
+        "spec.replay.checks[0].timeoutSeconds",
+    ),
 ]
 
 
