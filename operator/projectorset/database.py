@@ -346,7 +346,7 @@ class SequentDatabase:
             with conn.transaction(force_rollback=True):
                 conn.execute("SET TRANSACTION READ ONLY")
                 _set_timeouts(conn, min(CHECK_LOCK_TIMEOUT_MS, timeout_ms), timeout_ms)
-                cursor = conn.execute(check.query, prepare=True)  # type: ignore[arg-type]
+                cursor = conn.execute(check.query, prepare=True)
                 rows = cursor.fetchmany(2) if cursor.description is not None else None
         except psycopg.Error as error:
             if conn.broken:

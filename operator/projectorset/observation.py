@@ -128,7 +128,8 @@ class SwitchService:
 ClusterAction = EnsureDeployment | ScaleDeployment | DeleteDeployment | RunStageJob | DeleteJob | SwitchService
 
 
-# Database actions are Sequent's writes to projector_states (``SequentDatabase``).
+# Database actions are Sequent's writes to projector_states, and the read-only checks before golive
+# (``SequentDatabase``).
 
 
 @dataclass(frozen=True)
