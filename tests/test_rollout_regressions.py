@@ -284,3 +284,41 @@ def test_a_lost_status_mid_rollout_carries_on_with_the_running_jobs() -> None:
     settle(world)
     assert world.status.phase is Phase.ACTIVE and world.service_version == "v2"
     assert world.golive_runs == 1
+
+
+# ---- listed in issue 9 (found by hand, not by the model) --------------------------------------------
+
+
+def test_a_deleted_catch_up_job_neither_repeats_its_round_nor_resets_max_rounds() -> None:
+    """A TTL policy or kubectl delete removed a finished catch-up Job: the operator asked for the
+    same round for ever and maxRounds never ended it."""
+    world = World(manifest("v1", RELEASES["v1"], replay={"catchup": {"maxLag": 10, "maxRounds": 3}})).serving_v1(
+        RELEASES["v1"]
+    )
+    edit(world, "v2")
+    world.lag = world.lag_after_catchup = 500  # events arrive faster than a round catches up
+    rounds: list[int] = []
+    for _ in range(30):
+        world.reconcile()
+        for name, job in list(world.jobs.items()):
+            if job.stage == "catchup" and job.state is JobState.RUNNING:
+                rounds.append(job.round)
+            if job.state is JobState.RUNNING:
+                world.finish_job(name)
+            if job.stage == "catchup" and job.state is not JobState.RUNNING:
+                world.jobs.pop(name)  # the TTL controller deletes it once it finished
+        world.now += timedelta(seconds=40)
+        if world.status.phase is Phase.FAILED:
+            break
+    assert rounds == [1, 2, 3]
+    assert world.status.phase is Phase.FAILED and reason(world) == "CatchupDidNotConverge"
+
+
+def test_a_scale_down_delay_of_centuries_does_not_overflow() -> None:
+    """scaleDownDelaySeconds large enough overflowed a datetime on every pass."""
+    world = World(manifest("v1", RELEASES["v1"], strategy={"scaleDownDelaySeconds": 10**15})).serving_v1(RELEASES["v1"])
+    edit(world, "v2")
+    settle(world)
+    assert world.status.phase is Phase.ACTIVE and world.service_version == "v2"
+    assert world.deployments["v1"].replicas == 2  # kept for the (very long) delay
+    assert world.history[-1].requeue_after is not None and world.history[-1].requeue_after <= 300
