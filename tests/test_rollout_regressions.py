@@ -20,6 +20,7 @@ RELEASES: dict[str, dict[str, int]] = {
     "v1": {"PostProjector": 1},
     "v2": {"PostProjector": 2},
     "v3": {"PostProjector": 2, "TagProjector": 1},
+    "v2b": {"PostProjector": 2},  # v2's projectors in another build
 }
 
 
@@ -284,6 +285,32 @@ def test_a_lost_status_mid_rollout_carries_on_with_the_running_jobs() -> None:
     settle(world)
     assert world.status.phase is Phase.ACTIVE and world.service_version == "v2"
     assert world.golive_runs == 1
+
+
+def test_edited_during_golive_to_a_build_of_the_same_release_follows_the_ready_pods_first() -> None:
+    """Found on the cluster: golive of v2 committed after the spec went to v2b (the same projector
+    versions); the Service waited on v1, whose writes the database refused, until v2b's pods were
+    ready. It now moves to v2's ready pods at once, then to v2b."""
+    world = serving_v1()
+    edit(world, "v2")
+    for _ in range(12):
+        world.reconcile()
+        running = [n for n, j in world.jobs.items() if j.state is JobState.RUNNING]
+        if any(world.jobs[n].stage == "golive" for n in running):
+            break
+        for name in running:
+            world.finish_job(name)
+    golive = next(n for n, j in world.jobs.items() if j.stage == "golive")
+    edit(world, "v2b")
+    world.auto_available = False  # v2b's pods take their time
+    world.reconcile()
+    assert "v2b" in world.deployments and not world.deployments["v2b"].available
+    world.commit_golive(golive)
+    world.reconcile()
+    assert world.service_version == "v2", world.status.message
+    world.auto_available = True
+    settle(world)
+    assert world.status.phase is Phase.ACTIVE and world.service_version == "v2b"
 
 
 # ---- listed in issue 9 (found by hand, not by the model) --------------------------------------------

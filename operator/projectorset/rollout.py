@@ -485,6 +485,8 @@ def _rollout(run: _Pass, plan: Plan, db: DatabaseState) -> Decision:
 
     # golive is one transaction that cannot be stopped: another rollout's golive (the spec moved on
     # while it ran) either lands, and the Service follows the database, or leaves nothing behind.
+    # Meanwhile the new version's pods start, outside the Service.
+    run.ensure_deployment()
     other = [
         job
         for job in cluster.jobs
@@ -888,6 +890,7 @@ def _superseded_work(run: _Pass, db: DatabaseState) -> Decision | None:
     run.poll(ROLLOUT_POLL_SECONDS)
     golive = next((job for job in stages if job.stage == Stage.GOLIVE), None)
     if golive is not None:
+        run.ensure_deployment()  # spec.version's pods start meanwhile, outside the Service
         return run.finish(
             Phase.ACTIVATING,
             Reason.SUPERSEDED,
@@ -971,8 +974,9 @@ def _deployed_active_release(run: _Pass, db: DatabaseState) -> str | None:
     Service selects pods of another release: an earlier target's golive committed after the spec
     moved on (or back). Its Deployment's release annotation says which projectors it runs."""
     active = _active_projectors(run, db)
-    if active is None or active == run.spec.projector_versions:
-        return None  # nothing settled, or spec.version's own release: the rollout switches to it
+    spec_ready = _pods_ready(run.cluster.deployments.get(run.spec.version), run.spec.replicas)
+    if active is None or (active == run.spec.projector_versions and spec_ready):
+        return None  # nothing settled, or spec.version's own release, ready: the rollout switches to it
 
     def runs_active(version: str | None) -> bool:
         deployment = run.cluster.deployments.get(version) if version else None
@@ -980,10 +984,19 @@ def _deployed_active_release(run: _Pass, db: DatabaseState) -> str | None:
 
     if runs_active(run.cluster.service_version):
         return None
-    candidates = sorted(v for v in run.cluster.deployments if v != run.spec.version and runs_active(v))
+    candidates = sorted(
+        v
+        for v in run.cluster.deployments
+        if v != run.spec.version and runs_active(v) and (active != run.spec.projector_versions or _ready(run, v))
+    )
     if run.previous.target_version in candidates:
         return run.previous.target_version
     return candidates[-1] if candidates else None
+
+
+def _ready(run: _Pass, version: str) -> bool:
+    deployment = run.cluster.deployments.get(version)
+    return deployment is not None and deployment.available
 
 
 def _follow_database(run: _Pass, version: str) -> Decision:
