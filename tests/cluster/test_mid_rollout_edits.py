@@ -102,7 +102,11 @@ def test_versions_whose_object_names_collide_are_refused_not_confused(kube_api: 
     core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=namespace)))
     try:
         cluster = KubernetesCluster(kube_api)
-        owner = Owner("accounts", namespace, "uid-collide")
+        # A real owner: the garbage collector deletes objects whose owner does not exist.
+        created = client.CustomObjectsApi(kube_api).create_namespaced_custom_object(
+            "projectorset.io", "v1alpha1", namespace, "projectorsets", sample_projectorset("v1", namespace=namespace)
+        )
+        owner = Owner("accounts", namespace, created["metadata"]["uid"])
         first = ProjectorSetSpec.model_validate(sample_projectorset("v1")["spec"] | {"version": "v1_2"})
         second = ProjectorSetSpec.model_validate(sample_projectorset("v1")["spec"] | {"version": "v1.2"})
         cluster.apply(owner, first, EnsureDeployment("v1_2", 1))
