@@ -24,7 +24,8 @@ from projectorset.cluster import ClusterError, Owner
 from projectorset.controller import DatabaseRegistry, PassRunner, Reconciler
 from projectorset.kube import KubernetesCluster
 from projectorset.metrics import metrics
-from projectorset.resources import MANAGED_BY
+from projectorset.observation import DeploymentView
+from projectorset.resources import MANAGED_BY, deployment_view
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +53,7 @@ class _Runtime:
         self.pass_runner = PassRunner()
         self.wakeups: dict[tuple[str, str], asyncio.Event] = {}
         self.generations: dict[tuple[str, str], int] = {}
+        self.deployment_views: dict[str, DeploymentView] = {}  # by uid: the last one that woke a pass
         self.passes = 0  # passes finished, and running now: when they stop, memory is trimmed
         self.running = 0
 
@@ -194,7 +196,18 @@ async def projectorset_changed(name: str, namespace: str | None, body: kopf.Body
 
 
 @kopf.on.event("apps", "v1", "deployments", labels={api.NAME_LABEL: kopf.PRESENT})
-async def deployment_changed(namespace: str | None, labels: kopf.Labels, **_: Any) -> None:
+async def deployment_changed(
+    namespace: str | None, labels: kopf.Labels, body: kopf.Body, uid: str | None, type: str | None, **_: Any
+) -> None:
+    # A Deployment changes a few times while its pods start; a pass is needed only when what the
+    # rollout sees of it (resources.deployment_view) changed.
+    if uid and type != "DELETED":
+        view = deployment_view(dict(body))
+        if runtime.deployment_views.get(uid) == view:
+            return
+        runtime.deployment_views[uid] = view
+    elif uid:
+        runtime.deployment_views.pop(uid, None)
     runtime.wake(namespace, labels.get(api.NAME_LABEL))
 
 

@@ -2,8 +2,8 @@
 
 Each set ``crowd-<n>`` has its own event store (schema ``crowd_<n>`` of one shared database, so
 all of them share one connection target and one Secret), one projector, its own Service and
-one pod running ``sleep`` without probes. ``placement`` puts the pods on a node of choice (the
-virtual node of ``testbed.virtual_node`` for hundreds of them).
+one pod running ``sleep`` without probes; its migrate step runs ``true``. ``placement`` puts
+the pods on a node of choice (the virtual node of ``testbed.virtual_node`` for hundreds).
 """
 
 from __future__ import annotations
@@ -43,6 +43,8 @@ def crowd_projectorset(namespace: str, number: int, placement: dict[str, Any] | 
             "service": {"name": name},
             "database": {"secretRef": {"name": SECRET, "key": "uri"}, "eventStoreSchema": schema_of(number)},
             "projectors": [{"name": PROJECTOR, "version": 1}],
+            # Its migrate step has nothing to do (a first install needs no replay stage).
+            "replay": {"commands": {"migrate": ["true"]}},
             "template": {
                 "metadata": {"labels": {"app": name}},
                 "spec": {

@@ -1,4 +1,5 @@
-"""A Node whose pods run nothing: each is reported Running and Ready as soon as it is bound.
+"""A Node whose pods run nothing: each is reported Running and Ready as soon as it is bound (a Job's
+pod: Succeeded at once).
 
 For benchmarks of the operator with many applications (``bench_scale``): their pods only need to
 exist and be Ready for the Deployment, ReplicaSet and EndpointSlice controllers to do their real
@@ -84,11 +85,34 @@ class VirtualNode:
         try:
             if meta.get("deletionTimestamp"):
                 self.kube.request("DELETE", path, body={"gracePeriodSeconds": 0})
+            elif pod["spec"].get("restartPolicy", "Always") != "Always":
+                # A Job's pod (a replay stage, the migrate step): done at once, successfully.
+                if (pod.get("status") or {}).get("phase") != "Succeeded":
+                    self.kube.patch(f"{path}/status", {"status": self._succeeded(pod)})
             elif (pod.get("status") or {}).get("phase") != "Running":
                 self.kube.patch(f"{path}/status", {"status": self._running(pod)})
         except Exception as error:
             if not is_status(error, 404):
                 log.warning("virtual node: %s/%s: %s", meta["namespace"], meta["name"], error)
+
+    def _succeeded(self, pod: JSON) -> JSON:
+        now = now_rfc3339()
+        status = self._running(pod)
+        status["phase"] = "Succeeded"
+        status["conditions"] = [
+            {
+                "type": kind,
+                "status": "True" if kind in ("PodScheduled", "Initialized") else "False",
+                "lastTransitionTime": now,
+            }
+            for kind in ("PodScheduled", "Initialized", "ContainersReady", "Ready")
+        ]
+        for container in status["containerStatuses"]:
+            container.update(ready=False, started=False)
+            container["state"] = {
+                "terminated": {"exitCode": 0, "reason": "Completed", "startedAt": now, "finishedAt": now}
+            }
+        return status
 
     def _running(self, pod: JSON) -> JSON:
         now = now_rfc3339()
