@@ -139,7 +139,8 @@ def test_two_sets_naming_one_service_the_first_claims_it_the_other_never_switche
         service = core.read_namespaced_service("front", namespace)
         assert service.spec.selector == {NAME_LABEL: "crowd-0", VERSION_LABEL: "v1"}
         assert service.metadata.annotations[OWNER_ANNOTATION] == f"{namespace}/crowd-0"
-        assert phases(kube_api, namespace)["crowd-0"] == "Active"
+        now = phases(kube_api, namespace)
+        assert now["crowd-0"] == "Active" and now["crowd-1"] != "Active", now  # the refusal is not a switch
         events = core.list_namespaced_event(
             namespace, field_selector="involvedObject.name=crowd-1,reason=ServiceOwnedByOther"
         ).items
