@@ -4,6 +4,7 @@ What the database does with a check's query is in tests/test_checks.py."""
 
 from __future__ import annotations
 
+import copy
 from datetime import timedelta
 from typing import Any
 
@@ -205,3 +206,52 @@ def test_results_round_trip_through_the_status_manifest() -> None:
     [entry] = dumped["checks"]
     assert set(entry) == {"name", "passed", "result", "checkedAt", "version", "attempt", "digest"}
     assert ProjectorSetStatus.model_validate(dumped).checks == world.status.checks
+
+
+# ---- through the real controller (controller.Reconciler over the world) -------------------------
+
+
+def reconcile_until(world: World, until: Any, passes: int = 40, lose_patch_of_checks: bool = False) -> None:
+    """Passes of the real controller, finishing Jobs as Sequent would, until ``until(world)``;
+    ``lose_patch_of_checks``: the status written by the first pass that ran checks is lost."""
+    for _ in range(passes):
+        if until(world):
+            return
+        runs_before, stored_before = len(world.checks_run), copy.deepcopy(world.stored_status)
+        record = world.reconcile()
+        if lose_patch_of_checks and len(world.checks_run) > runs_before:
+            # The patch never reached the API server: it still holds the status from before.
+            assert record.status_written
+            world.stored_status = stored_before
+            world.status = ProjectorSetStatus.model_validate(stored_before)
+            lose_patch_of_checks = False
+        world.finish_running_jobs()
+        world.now += timedelta(seconds=5)
+    assert until(world), f"never reached; phase {world.status.phase}, reason {reason(world)}"
+
+
+def test_the_controller_records_the_results_and_the_next_pass_fails_on_them() -> None:
+    world = with_checks(COUNTS, NO_NULL)
+    world.check_outcomes["titles-set"] = (False, "NULL")
+    reconcile_until(world, lambda w: w.status.phase is Phase.FAILED)
+
+    stored = world.stored_status
+    assert stored is not None
+    assert [(c["name"], c["passed"], c["result"]) for c in stored["checks"]] == [
+        ("rows-match", True, "true"),
+        ("titles-set", False, "NULL"),
+    ]
+    assert reason(world) == "CheckFailed"
+    warnings = [e for e in world.events if e.type == "Warning" and e.reason == "CheckFailed"]
+    assert warnings and warnings[0].message.startswith("check titles-set failed: NULL")
+    reconcile_until(world, lambda w: condition(w, "ReplayAborted") == ("True", "Aborted"))
+    assert world.service_version == "v1" and world.golive_runs == 0
+    assert world.checks_run == ["rows-match", "titles-set"]
+
+
+def test_through_the_controller_a_lost_status_patch_runs_the_checks_again() -> None:
+    world = with_checks(COUNTS)
+    reconcile_until(world, lambda w: w.service_version == "v2", lose_patch_of_checks=True)
+    assert world.checks_run == ["rows-match", "rows-match"]
+    assert world.golive_runs == 1
+    assert [(c.name, c.passed) for c in world.status.checks] == [("rows-match", True)]
