@@ -59,7 +59,9 @@ COMMON: dict[str, Any] = {
     "print_blob": True,
     "suppress_health_check": [HealthCheck.too_slow, HealthCheck.data_too_large],
 }
-settings.register_profile("default", max_examples=40, stateful_step_count=40, **COMMON)
+# The suite's bounded profile is derandomized: `make test` runs the same examples every time, so it
+# never goes red by chance; finding new interleavings is `make fuzz`'s job (random, at length).
+settings.register_profile("default", max_examples=40, stateful_step_count=40, derandomize=True, **COMMON)
 settings.register_profile("fuzz", max_examples=500, stateful_step_count=60, **COMMON)
 # Finding counterexamples one at a time: stop at the first bug, shrink it alone.
 settings.register_profile("hunt", max_examples=300, stateful_step_count=40, report_multiple_bugs=False, **COMMON)
