@@ -349,3 +349,32 @@ def test_a_scale_down_delay_of_centuries_does_not_overflow() -> None:
     assert world.status.phase is Phase.ACTIVE and world.service_version == "v2"
     assert world.deployments["v1"].replicas == 2  # kept for the (very long) delay
     assert world.history[-1].requeue_after is not None and world.history[-1].requeue_after <= 300
+
+
+def test_a_stale_status_after_v2_v1_v2_never_takes_the_first_v2_rollouts_jobs() -> None:
+    """v1 -> v2 (prepare done) -> v1 -> v2: the first v2 replay was being aborted when a restart read
+    a status several patches old (Replaying v2, attempt 1): the second rollout took attempt 1's
+    Jobs for its own and failed on the replay Job the spec change had stopped."""
+    world = serving_v1()
+    edit(world, "v2")
+    for _ in range(2):
+        world.reconcile()
+    stale = world.stored_status
+    assert world.status.phase is Phase.REPLAYING and world.status.attempt == 1
+    world.finish_job("blog-v2-a1-prepare")
+    world.reconcile()
+    first_jobs = set(world.jobs)
+    edit(world, "v1")
+    world.reconcile()
+    edit(world, "v2")
+    world.reconcile()
+    assert any(job.stage == "abort" for job in world.jobs.values()), "the first v2 replay is being aborted"
+    world.restart_operator()
+    world.stored_status = stale
+    world.reconcile()
+    assert world.status.phase is not Phase.FAILED, f"{reason(world)}: {world.status.message}"
+    assert world.status.target_version != "v2" or world.status.attempt > 1
+    settle(world)
+    assert world.status.phase is Phase.ACTIVE and world.service_version == "v2", world.status.message
+    second_prepare = [n for n in set(world.jobs) - first_jobs if world.jobs[n].stage == "prepare"]
+    assert second_prepare, "the second rollout ran its own prepare Job"

@@ -227,6 +227,8 @@ def decide(
     database: DatabaseView,
     now: datetime,
 ) -> Decision:
+    if _torn_down_since(status, generation, cluster, spec.version):
+        status = status.model_copy(update={"target_version": None, "attempt": 0, "replay": None})
     run = _Pass(spec, generation, status, cluster, database, now)
     serving = cluster.service_version
     run.remember(active_version=serving)
@@ -281,6 +283,19 @@ def decide(
     if serving == target:
         return _steady(run, plan, db)
     return _rollout(run, plan, db)
+
+
+def _torn_down_since(status: ProjectorSetStatus, generation: int, cluster: ClusterView, target: str) -> bool:
+    """A stale status (a lost patch, a restart) of an in-flight rollout of ``target`` whose attempt
+    has an abort Job, while the spec changed since: that rollout was torn down after the status was
+    written (superseded, or failed and then edited), so its Jobs are never taken up again."""
+    return (
+        status.target_version == target
+        and status.phase not in (Phase.FAILED, Phase.ABORTED)
+        and status.observed_generation is not None
+        and status.observed_generation != generation
+        and bool(cluster.jobs_for(target, status.attempt, Stage.ABORT))
+    )
 
 
 def _blocked(run: _Pass, reason: Reason, message: str) -> Decision:
