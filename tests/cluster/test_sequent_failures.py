@@ -89,12 +89,21 @@ def test_replay_failing_the_sequent_way_aborts_keeps_v1_serving_and_a_retry_goes
         "AccountProjector": (1, None, None),
         "AuditProjector": (1, None, None),
     }
-    # The replay Job exited 1 and the abort ran only after its pod was gone.
+    # The replay Job exited 1 and the abort ran only after its pod was gone. The abort command's
+    # database work is what the operator reports; its Job completes once its process has exited and
+    # the Job controller has counted it, which on a loaded machine comes a little later.
     batch = client.BatchV1Api(scenario.api_client)
-    jobs = {
-        job.metadata.labels["projectorset.io/stage"]: job
-        for job in batch.list_namespaced_job(scenario.namespace, label_selector="projectorset.io/version=v2").items
-    }
+
+    def stage_jobs() -> dict:
+        listed = batch.list_namespaced_job(scenario.namespace, label_selector="projectorset.io/version=v2").items
+        return {job.metadata.labels["projectorset.io/stage"]: job for job in listed}
+
+    deadline = time.monotonic() + 120
+    jobs = stage_jobs()
+    while not (jobs["abort"].status.succeeded or jobs["abort"].status.failed):
+        assert time.monotonic() < deadline, f"the abort Job did not finish: {jobs['abort'].status}"
+        time.sleep(1.0)
+        jobs = stage_jobs()
     assert jobs["replay"].status.failed == 1 and not jobs["replay"].status.active
     assert jobs["abort"].status.succeeded == 1
     pods = (
