@@ -1,7 +1,7 @@
 """An in-memory world for the phase machine: it carries out the actions ``decide`` returns the
 way the cluster and Sequent would, so tests can walk whole rollouts step by step.
 
-Sequent's side follows its replayer (see /work/shared/reference/sequent and DESIGN.md section 9):
+Sequent's side follows its replayer (see docs/sequent-protocol.md):
 ``prepare`` creates the replay row (refused while another replay is in progress) and registers the
 projectors replaying; a stage that raises marks the replay ``failed``, which stays in progress until
 ``abort``; ``optimize`` and ``golive`` leave the state as it was when they fail; ``abort`` works from
