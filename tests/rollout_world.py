@@ -316,7 +316,10 @@ class World:
                     if version != self.spec.version:
                         raise ClusterError(f"Deployment {version} is gone", Reason.KUBERNETES_NOT_FOUND)
                     self.deployments[version] = DeploymentView(
-                        version, replicas, projectors=dict(self.spec.projector_versions)
+                        version,
+                        replicas,
+                        projectors=dict(self.spec.projector_versions),
+                        required=dict(self.spec.required_versions),
                     )
                 elif current.replicas != replicas:
                     self.deployments[version] = replace(current, replicas=replicas, ready_replicas=0, available=False)

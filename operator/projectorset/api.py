@@ -12,7 +12,7 @@ import hashlib
 from enum import StrEnum
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 from pydantic.alias_generators import to_camel
 
 GROUP = "projectorset.io"
@@ -279,7 +279,13 @@ class ProjectorSetSpec(Model):
                     "|| self.template.spec.containers.exists(c, c.name == self.replay.container)",
                     "message": "replay.container must name a container of template.spec.containers",
                     "fieldPath": ".replay.container",
-                }
+                },
+                {
+                    "rule": "!has(self.requiredProjectors) "
+                    "|| self.requiredProjectors.all(r, !self.projectors.exists(p, p.name == r.name))",
+                    "message": "a projector is listed in both projectors and requiredProjectors",
+                    "fieldPath": ".requiredProjectors",
+                },
             ]
         }
     )
@@ -297,6 +303,16 @@ class ProjectorSetSpec(Model):
         min_length=1,
         max_length=500,
         description="Every projector of this release with its version.",
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]},
+    )
+    required_projectors: list[ProjectorSpec] = Field(
+        default_factory=list,
+        # 100, not 500: the API server's cost budget for the rule that no name is in both lists.
+        max_length=100,
+        description="Projectors this release's code registers that another ProjectorSet on the same event store "
+        "owns (Sequent refuses writes from code that lacks an active projector or has another version of it). "
+        "This set never replays, activates or deactivates them; it switches to this version only once the "
+        "database shows each of them active at the version listed here.",
         json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]},
     )
     template: dict[str, Any] = Field(json_schema_extra=_pod_template_schema)
@@ -319,15 +335,26 @@ class ProjectorSetSpec(Model):
         "with abort false, a new generation starts a new attempt.",
     )
 
-    @field_validator("projectors")
+    @field_validator("projectors", "required_projectors")
     @classmethod
-    def _unique_projector_names(cls, projectors: list[ProjectorSpec]) -> list[ProjectorSpec]:
+    def _unique_projector_names(cls, projectors: list[ProjectorSpec], info: ValidationInfo) -> list[ProjectorSpec]:
+        what = "projector" if info.field_name == "projectors" else "required projector"
         seen: set[str] = set()
         for projector in projectors:
             if projector.name in seen:
-                raise ValueError(f"projector {projector.name} is listed twice")
+                raise ValueError(f"{what} {projector.name} is listed twice")
             seen.add(projector.name)
         return projectors
+
+    @model_validator(mode="after")
+    def _owned_or_required(self) -> ProjectorSetSpec:
+        both = sorted(set(self.projector_versions) & set(self.required_versions))
+        if both:
+            raise ValueError(
+                f"requiredProjectors: {', '.join(both)} also in projectors; a projector is either this set's "
+                "own (projectors) or another set's (requiredProjectors)"
+            )
+        return self
 
     @field_validator("template")
     @classmethod
@@ -352,6 +379,11 @@ class ProjectorSetSpec(Model):
     @property
     def projector_versions(self) -> dict[str, int]:
         return {p.name: p.version for p in self.projectors}
+
+    @property
+    def required_versions(self) -> dict[str, int]:
+        """``requiredProjectors``: another set's projectors this release's code needs active."""
+        return {p.name: p.version for p in self.required_projectors}
 
 
 # ---- status -------------------------------------------------------------------------------------

@@ -90,6 +90,13 @@ class Reason(StrEnum):
         "Another ProjectorSet's replay runs on the same event store (Sequent runs one at a time): this "
         "rollout starts its own when that one ends.",
     )
+    WAITING_FOR_PROJECTORS = (
+        "WaitingForProjectors",
+        Kind.STEP,
+        "This set's projectors are live; the switch waits until the database shows each of "
+        "`requiredProjectors` active at its version (another set owns them: named in the message). The "
+        "old version keeps serving meanwhile.",
+    )
     ROLLOUT_COMPLETE = "RolloutComplete", Kind.STEP, "The Service reaches `spec.version`."
     SUPERSEDED = (
         "Superseded",

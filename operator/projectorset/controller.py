@@ -145,8 +145,11 @@ class Reconciler:
         databases: DatabaseRegistry | None = None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         observer: Callable[[Owner, Decision], None] | None = None,
+        wake: Callable[[str, str], None] | None = None,
     ) -> None:
         self.cluster = cluster
+        # Wakes another ProjectorSet's loop (namespace, name) from a pass's thread; None: nobody to wake.
+        self.wake = wake
         self.databases = databases or DatabaseRegistry()
         self.clock = clock
         self.observer = observer
@@ -168,6 +171,8 @@ class Reconciler:
 
         view, uri = self.cluster.observe(owner, spec)
         claim = self._claim(body, spec, uri)
+        if claim is not None and spec.required_versions:
+            view = replace(view, projector_owners=self.index.owners(claim, spec.required_versions))
         clash = self.index.earlier_overlap(claim) if claim is not None else None
         if clash is not None:
             other, shared = clash
@@ -185,6 +190,8 @@ class Reconciler:
         done, action_error = self._carry_out(
             owner, spec, uri, decision, checked, first_install=previous.active_version is None
         )
+        if decision.store_changed and claim is not None:
+            self._wake_requiring(claim)
         # Check results go into the status this pass writes; the next pass decides from them.
         status = with_check_results(decision.status, checked)
         if action_error is not None:
@@ -238,6 +245,15 @@ class Reconciler:
         if claim is not None:
             self.index.record(claim)
         return claim
+
+    def _wake_requiring(self, claim: SetClaim) -> None:
+        """This pass saw (or made) this set's projectors live: the sets on its event store that
+        require one of them may switch now, without waiting for their next poll."""
+        if self.wake is None:
+            return
+        for other in self.index.requiring(claim):
+            namespace, _, name = other.partition("/")
+            self.wake(namespace, name)
 
     def _foreign_replay(
         self, claim: SetClaim | None, spec: ProjectorSetSpec, view: ClusterView, database: DatabaseView

@@ -56,6 +56,12 @@ class _Runtime:
         self.deployment_views: dict[str, DeploymentView] = {}  # by uid: the last one that woke a pass
         self.passes = 0  # passes finished, and running now: when they stop, memory is trimmed
         self.running = 0
+        self.loop: asyncio.AbstractEventLoop | None = None
+
+    def wake_from_thread(self, namespace: str, name: str) -> None:
+        """``wake`` from a pass's thread (asyncio's Events belong to the loop's thread)."""
+        if self.loop is not None:
+            self.loop.call_soon_threadsafe(self.wake, namespace, name)
 
     def wake(self, namespace: str | None, name: str | None) -> None:
         if namespace and name:
@@ -93,11 +99,14 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     configuration.connection_pool_maxsize = 32
     kube_client.Configuration.set_default(configuration)
     runtime.cluster = KubernetesCluster()
-    runtime.reconciler = Reconciler(metrics.timed(runtime.cluster), runtime.databases, observer=metrics.observe)
+    runtime.reconciler = Reconciler(
+        metrics.timed(runtime.cluster), runtime.databases, observer=metrics.observe, wake=runtime.wake_from_thread
+    )
 
 
 @kopf.on.startup()
 async def start_memory_trim(**_: Any) -> None:
+    runtime.loop = asyncio.get_running_loop()  # for wakes from passes' threads
     asyncio.get_running_loop().create_task(_trim_after_bursts())
 
 

@@ -26,6 +26,8 @@ class DeploymentView:
     template_hash: str | None = None
     # The projector versions of the release this Deployment runs (its release annotation).
     projectors: Mapping[str, int] | None = None
+    # Its release's requiredProjectors (other sets' projectors its code needs active).
+    required: Mapping[str, int] = field(default_factory=dict)
 
 
 class JobState(StrEnum):
@@ -60,6 +62,9 @@ class ClusterView:
     secret_problem: str | None = None
     deployments: Mapping[str, DeploymentView] = field(default_factory=dict)
     jobs: tuple[JobView, ...] = ()
+    # The other ProjectorSet (namespace/name) that lists each of spec.requiredProjectors on this
+    # set's event store, as the operator's cross-set index knows them; absent: none lists it.
+    projector_owners: Mapping[str, str] = field(default_factory=dict)
 
     def jobs_for(self, version: str, attempt: int, stage: str | None = None) -> list[JobView]:
         return [

@@ -4,14 +4,16 @@ A Service: the first ProjectorSet to switch it claims it with the ``OWNER_ANNOTA
 (``namespace/name``); no other set ever patches it while that set exists.
 
 A projector on an event store: the set created first that lists it owns it; a later set listing
-it too waits (``ProjectorIndex.earlier_overlap``) instead of acting.
+it too waits (``ProjectorIndex.earlier_overlap``) instead of acting. A set that only requires it
+(``requiredProjectors``: its code registers it, another set owns it) waits for its owner's golive;
+the index says who that owner is and whom to wake when it lands.
 """
 
 from __future__ import annotations
 
 import threading
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 
 from projectorset import api
 
@@ -93,6 +95,7 @@ class SetClaim:
     source: str
     projectors: frozenset[str]
     store: str | None = None
+    required: frozenset[str] = field(default_factory=frozenset)  # requiredProjectors: other sets' own
 
     def earlier_than(self, other: SetClaim) -> bool:
         return (self.created, self.owner) < (other.created, other.owner)
@@ -124,8 +127,19 @@ def claim_of(body: Mapping[str, object], store: str | None = None) -> SetClaim |
             str(database.get("eventStoreSchema", "sequent_schema")),
         ]
     )
-    names = frozenset(str(p["name"]) for p in projectors if isinstance(p, Mapping) and "name" in p)
-    return SetClaim(owner_key(namespace, name), str(metadata.get("creationTimestamp", "")), source, names, store)
+    required = spec.get("requiredProjectors")
+    return SetClaim(
+        owner_key(namespace, name),
+        str(metadata.get("creationTimestamp", "")),
+        source,
+        _names(projectors),
+        store,
+        _names(required if isinstance(required, list) else []),
+    )
+
+
+def _names(projectors: list[object]) -> frozenset[str]:
+    return frozenset(str(p["name"]) for p in projectors if isinstance(p, Mapping) and "name" in p)
 
 
 class ProjectorIndex:
@@ -140,7 +154,7 @@ class ProjectorIndex:
             known = self._claims.get(claim.owner)
             # The watch does not know the store; keep what a pass learnt while the source is the same.
             if claim.store is None and known is not None and known.source == claim.source:
-                claim = SetClaim(claim.owner, claim.created, claim.source, claim.projectors, known.store)
+                claim = replace(claim, store=known.store)
             self._claims[claim.owner] = claim
 
     def forget(self, owner: str) -> None:
@@ -164,3 +178,27 @@ class ProjectorIndex:
         with self._lock:
             others = [c for c in self._claims.values() if c.owner != claim.owner]
         return sorted(other.owner for other in others if other.shares_store_with(claim) and other.projectors & wanted)
+
+    def owners(self, claim: SetClaim, projectors: Iterable[str]) -> dict[str, str]:
+        """For each of ``projectors``, the set on ``claim``'s store that owns it (the earliest other
+        set listing it in ``projectors``); a projector no other set lists is left out."""
+        with self._lock:
+            others = sorted(
+                (c for c in self._claims.values() if c.owner != claim.owner and c.shares_store_with(claim)),
+                key=lambda c: (c.created, c.owner),
+            )
+        found: dict[str, str] = {}
+        for name in projectors:
+            owner = next((other.owner for other in others if name in other.projectors), None)
+            if owner is not None:
+                found[name] = owner
+        return found
+
+    def requiring(self, claim: SetClaim) -> list[str]:
+        """The other sets on ``claim``'s store whose ``requiredProjectors`` name one of its projectors:
+        the sets that may be waiting for this one's golive."""
+        with self._lock:
+            others = [c for c in self._claims.values() if c.owner != claim.owner]
+        return sorted(
+            other.owner for other in others if other.shares_store_with(claim) and other.required & claim.projectors
+        )

@@ -67,12 +67,19 @@ class Plan:
         return bool(self.issues)
 
 
-def plan_upgrade(release: Mapping[str, int], database: DatabaseState, owned: Collection[str] | None = None) -> Plan:
+def plan_upgrade(
+    release: Mapping[str, int],
+    database: DatabaseState,
+    owned: Collection[str] | None = None,
+    required: Collection[str] = (),
+) -> Plan:
     """Compare the release's projector versions with what the database says.
 
     ``owned``: the projectors this ProjectorSet listed in the releases it deployed before; only
     those can be Removed. Others in the table belong to other applications on the same event
     store and are none of this plan's business. None: unknown (every one not in the release).
+    ``required``: another set's projectors this release's code needs (``requiredProjectors``):
+    never Removed, never this plan's to replay, whatever ``owned`` says.
     """
     first_install = (
         all(
@@ -115,7 +122,7 @@ def plan_upgrade(release: Mapping[str, int], database: DatabaseState, owned: Col
             )
 
     for name, state in sorted(database.projectors.items()):
-        if name in release or (owned is not None and name not in owned):
+        if name in release or name in required or (owned is not None and name not in owned):
             continue
         if state.active_version is not None:
             plans.append(ProjectorPlan(name, Change.REMOVED, None, state))

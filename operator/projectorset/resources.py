@@ -76,13 +76,16 @@ def release_annotation(spec: api.ProjectorSetSpec, version: str) -> str:
         "replicas": spec.replicas,
         "template": spec.template,
     }
+    if spec.required_versions:
+        # Another set's projectors this code needs active (never this set's to deactivate).
+        release["requiredProjectors"] = dict(sorted(spec.required_versions.items()))
     return json.dumps(release, sort_keys=True, separators=(",", ":"))
 
 
-def _release_projectors(annotations: dict[str, str]) -> dict[str, int] | None:
+def _release_projectors(annotations: dict[str, str], key: str = "projectors") -> dict[str, int] | None:
     """The projector versions recorded on a Deployment; None when absent or unreadable (never guessed)."""
     try:
-        projectors = json.loads(annotations[RELEASE_ANNOTATION])["projectors"]
+        projectors = json.loads(annotations[RELEASE_ANNOTATION])[key]
         return {str(name): int(version) for name, version in projectors.items()}
     except (KeyError, TypeError, ValueError, AttributeError):
         return None
@@ -252,6 +255,7 @@ def deployment_view(obj: dict[str, Any]) -> DeploymentView:
         failure=failure,
         template_hash=annotations.get(TEMPLATE_HASH_ANNOTATION),
         projectors=_release_projectors(annotations),
+        required=_release_projectors(annotations, "requiredProjectors") or {},
     )
 
 

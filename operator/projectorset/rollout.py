@@ -67,6 +67,7 @@ from projectorset.planning import Change, Plan, plan_upgrade
 from projectorset.sequent import (
     STAGES,
     DatabaseState,
+    ProjectorState,
     ReplayState,
     ReplayStateName,
     Stage,
@@ -114,6 +115,9 @@ class Decision:
     activated: bool = False
     # This pass turned the rollout Failed, for this reason.
     failure: Reason | None = None
+    # This pass may have made projectors live that other sets on the event store wait for
+    # (requiredProjectors): the controller wakes them rather than leaving them to their next poll.
+    store_changed: bool = False
 
 
 @dataclass
@@ -199,9 +203,13 @@ class _Pass:
             status,
             tuple(self.events),
             self.requeue_after,
-            await_activation=phase is Phase.ACTIVATING,
+            # Waiting for another set's projectors can take that set's whole replay: polled, not watched.
+            await_activation=phase is Phase.ACTIVATING and reason is not Reason.WAITING_FOR_PROJECTORS,
             activated=self.activated,
             failure=reason if phase is Phase.FAILED and changed else None,
+            store_changed=self.activated
+            or any(isinstance(action, (Activate, Deactivate)) for action in self.actions)
+            or (reason is Reason.WAITING_FOR_PROJECTORS and changed),
         )
 
 
@@ -262,7 +270,7 @@ def decide(
 
     db = database.state
     owned = owned_projectors(cluster)
-    plan = plan_upgrade(spec.projector_versions, db, owned)
+    plan = plan_upgrade(spec.projector_versions, db, owned, spec.required_versions)
     run.remember(
         projectors=_projector_statuses(plan),
         replay=_replay_status(status.replay, db, cluster, target, status.attempt),
@@ -369,8 +377,12 @@ def _steady(run: _Pass, plan: Plan, db: DatabaseState) -> Decision:
     _clear_stale_registrations(run, db)
     run.remember(target_version=target)
     drift = [p for p in plan.projectors if p.change is not Change.UNCHANGED]
-    if drift and not plan.first_install:
-        details = "; ".join(f"{p.name}: active {p.state.active_version}, release {p.spec_version}" for p in drift)
+    missing = required_missing(spec, db)
+    if (drift or missing) and not plan.first_install:
+        details = "; ".join(
+            [f"{p.name}: active {p.state.active_version}, release {p.spec_version}" for p in drift]
+            + [f"{name} (required): {_shows(state)}, release {version}" for name, version, state in missing]
+        )
         run.condition(ConditionType.PROJECTORS_IN_SYNC, False, Reason.PROJECTORS_OUT_OF_SYNC, details)
         run.poll(BLOCKED_POLL_SECONDS)
         return run.finish(
@@ -478,7 +490,7 @@ def _rollout(run: _Pass, plan: Plan, db: DatabaseState) -> Decision:
 
     # The database is the gate: once the release is active there, traffic moves in this very pass.
     if release_is_active(spec, db, owned_projectors(cluster)):
-        return _switch(run)
+        return _switch_when_required_active(run, db)
     golive = _latest(cluster.jobs_for(target, attempt, Stage.GOLIVE))
     if golive is not None and plan.to_deactivate and release_is_live(spec, db, owned_projectors(cluster)):
         # golive committed. Only now are the projectors the release removed deactivated (a golive
@@ -487,7 +499,7 @@ def _rollout(run: _Pass, plan: Plan, db: DatabaseState) -> Decision:
         removed = tuple(plan.to_deactivate)
         run.act(Deactivate(removed))
         run.event(Reason.PROJECTORS_DEACTIVATED, f"deactivated {', '.join(removed)} (not in version {target})")
-        return _switch(run)
+        return _switch_when_required_active(run, db)
 
     if finished:
         return _clean_up(run, db, previous.phase, _ended_reason(previous), progress_message(previous))
@@ -819,7 +831,8 @@ def release_is_live(spec: ProjectorSetSpec, db: DatabaseState, owned: Collection
     golive (or the activation) committed. Projectors the release removed may still be active.
     ``owned`` (``owned_projectors``): only those and the release's count; other applications'
     projectors on a shared event store may be replaying meanwhile."""
-    if db.empty or _in_flight(db, None if owned is None else {*spec.projector_versions, *owned}):
+    mine = set(db.projectors) - set(spec.required_versions) if owned is None else {*spec.projector_versions, *owned}
+    if db.empty or _in_flight(db, mine):
         return False
     return all(
         (state := db.projectors.get(name)) is not None and state.active_version == version
@@ -831,7 +844,10 @@ def release_is_active(spec: ProjectorSetSpec, db: DatabaseState, owned: Collecti
     """The release is live and no projector outside it is still active: its code can write.
     With ``owned``, only this set's projectors count (see ``release_is_live``)."""
     return release_is_live(spec, db, owned) and all(
-        name in spec.projector_versions or s.active_version is None or (owned is not None and name not in owned)
+        name in spec.projector_versions
+        or name in spec.required_versions
+        or s.active_version is None
+        or (owned is not None and name not in owned)
         for name, s in db.projectors.items()
     )
 
@@ -849,7 +865,7 @@ def _own_projectors(spec: ProjectorSetSpec, db: DatabaseState) -> tuple[str, ...
     """The projectors this ProjectorSet may have left replaying or activating: the release's and
     those of the latest replay (a spec edit may have dropped one)."""
     names = set(spec.projector_versions) | set(db.replay.projectors if db.replay is not None else ())
-    return tuple(sorted(names))
+    return tuple(sorted(names - set(spec.required_versions)))
 
 
 def owned_projectors(cluster: ClusterView) -> set[str] | None:
@@ -974,12 +990,13 @@ def _active_projectors(run: _Pass, db: DatabaseState) -> dict[str, int] | None:
     activating (other applications' projectors on a shared event store do not count)."""
     owned = owned_projectors(run.cluster)
     mine = None if owned is None else {*run.spec.projector_versions, *owned}
-    if db.empty or _in_flight(db, mine):
+    required = run.spec.required_versions
+    if db.empty or _in_flight(db, mine if mine is not None else set(db.projectors) - set(required)):
         return None
     active = {
         name: s.active_version
         for name, s in db.projectors.items()
-        if s.active_version is not None and (mine is None or name in mine)
+        if s.active_version is not None and (name in mine if mine is not None else name not in required)
     }
     return active or None
 
@@ -995,7 +1012,12 @@ def _deployed_active_release(run: _Pass, db: DatabaseState) -> str | None:
 
     def runs_active(version: str | None) -> bool:
         deployment = run.cluster.deployments.get(version) if version else None
-        return deployment is not None and deployment.projectors is not None and dict(deployment.projectors) == active
+        return (
+            deployment is not None
+            and deployment.projectors is not None
+            and dict(deployment.projectors) == active
+            and not required_missing(run.spec, db, deployment.required)
+        )
 
     if runs_active(run.cluster.service_version):
         return None
@@ -1046,6 +1068,63 @@ def _move_service(run: _Pass, version: str, why: str = "") -> None:
     history = [v for v in [serving, *run.memory.history] if v and v != version]
     run.remember(active_version=version, previous_version=serving, switched_at=run.timestamp(), history=history)
     run.event(Reason.SERVICE_SWITCHED, f"Service {run.spec.service.name} now selects version {version}{why}")
+
+
+def required_missing(
+    spec: ProjectorSetSpec, db: DatabaseState, required: Mapping[str, int] | None = None
+) -> list[tuple[str, int, ProjectorState]]:
+    """The ``requiredProjectors`` (of ``spec``, or ``required``: a deployed release's) the database
+    does not show active at their version, with what it shows: that release's code cannot write
+    until each is (Sequent's publisher refuses it)."""
+    missing = []
+    wanted = spec.required_versions if required is None else required
+    for name, version in sorted(wanted.items()):
+        state = db.projectors.get(name, ProjectorState(name))
+        if state.active_version != version or state.activating_version is not None:
+            missing.append((name, version, state))
+    return missing
+
+
+def _shows(state: ProjectorState) -> str:
+    """What projector_states shows of one projector, in words."""
+    parts = [
+        f"{what} {version}"
+        for what, version in (
+            ("active", state.active_version),
+            ("activating", state.activating_version),
+            ("replaying", state.replaying_version),
+        )
+        if version is not None
+    ]
+    return "the database shows " + (", ".join(parts) if parts else "it inactive")
+
+
+def _switch_when_required_active(run: _Pass, db: DatabaseState) -> Decision:
+    """This set's projectors are live: switch, once the database also shows every projector of
+    ``requiredProjectors`` (another set's) active at its version. Until then the old version
+    serves, and the new one waits: its code would be refused every write."""
+    missing = required_missing(run.spec, db)
+    if not missing:
+        return _switch(run)
+    owners = run.cluster.projector_owners
+    waits = "; ".join(
+        f"{name} version {version} ({_shows(state)}; "
+        + (
+            f"ProjectorSet {owners[name]} owns it)"
+            if name in owners
+            else "no ProjectorSet on this event store lists it)"
+        )
+        for name, version, state in missing
+    )
+    run.ensure_deployment()
+    run.poll(ROLLOUT_POLL_SECONDS)
+    serving = run.memory.active_version
+    return run.finish(
+        Phase.ACTIVATING,
+        Reason.WAITING_FOR_PROJECTORS,
+        f"version {run.spec.version} waits for required projectors: {waits}",
+        note=f"; version {serving} keeps serving" if serving else "",
+    )
 
 
 def _switch(run: _Pass) -> Decision:
