@@ -56,17 +56,20 @@ REQUEST_TIMEOUT = (5.0, 30.0)
 
 
 def _check_owned(metadata: Any, owner: Owner, version: str, what: str) -> None:
-    """Object names are ``<set>-<version>...`` lowered, with ``_`` and ``.`` as ``-``: versions
-    v1.2 and v1_2, or set shop at eu-v2 and set shop-eu at v2, map to the same name. Taking
-    another's object for ours would be silent and wrong: it is refused with a clear message."""
+    """Names are unique per (set, version) but for a 32-bit hash clash (``resources._version_stem``):
+    taking another's object for ours would be silent and wrong, so it is refused with a clear message."""
     labels = (metadata.labels if metadata is not None else None) or {}
     if labels.get(api.NAME_LABEL) != owner.name or labels.get(api.VERSION_LABEL) != version:
         raise ClusterError(
             f"{what} exists for ProjectorSet {labels.get(api.NAME_LABEL)!r} version "
             f"{labels.get(api.VERSION_LABEL)!r}: its name collides with version {version!r} of "
-            f"{owner.name!r}; choose a version (or set name) that differs in more than case, '_' and '.'",
+            f"{owner.name!r} (a clash of their 8-digit hashes); choose another version name",
             Reason.KUBERNETES_CONFLICT,
         )
+
+
+def _version_selector(owner: Owner, version: str) -> str:
+    return f"{api.NAME_LABEL}={owner.name},{api.VERSION_LABEL}={version}"
 
 
 def _unanswered(error: HTTPError, what: str) -> ClusterError:
@@ -102,6 +105,22 @@ class _ServiceSeen:
         metadata = service.metadata or client.V1ObjectMeta()
         selector = (service.spec.selector if service.spec else None) or {}
         return cls(metadata.name or "", metadata.resource_version or "", dict(metadata.annotations or {}), selector)
+
+
+@dataclass(frozen=True)
+class _DeploymentFound:
+    """What acting on a version's Deployment needs of it."""
+
+    name: str
+    uid: str
+    replicas: int | None
+    annotations: dict[str, str]
+
+    @classmethod
+    def of(cls, deployment: client.V1Deployment) -> _DeploymentFound:
+        metadata = deployment.metadata or client.V1ObjectMeta()
+        replicas = deployment.spec.replicas if deployment.spec else None
+        return cls(metadata.name or "", metadata.uid or "", replicas, dict(metadata.annotations or {}))
 
 
 class KubernetesCluster:
@@ -251,16 +270,12 @@ class KubernetesCluster:
     def _apply(self, owner: Owner, spec: api.ProjectorSetSpec, action: ClusterAction) -> None:
         match action:
             case EnsureDeployment(version=version, replicas=replicas):
-                name = deployment_name(owner, version)
-                try:
-                    current = self.apps.read_namespaced_deployment(
-                        name, owner.namespace, _request_timeout=REQUEST_TIMEOUT
-                    )
-                except ApiException as error:
-                    if error.status != 404:
-                        raise
+                current = self._deployment(owner, version)
+                if current is None:
                     if version != spec.version:
-                        raise ClusterError(f"Deployment {name} is gone", Reason.KUBERNETES_NOT_FOUND) from None
+                        raise ClusterError(
+                            f"Deployment {deployment_name(owner, version)} is gone", Reason.KUBERNETES_NOT_FOUND
+                        )
                     self._create(
                         lambda: self.apps.create_namespaced_deployment(
                             owner.namespace,
@@ -269,32 +284,36 @@ class KubernetesCluster:
                         )
                     )
                     return
-                _check_owned(current.metadata, owner, version, f"Deployment {name}")
-                if current.spec.replicas != replicas:
-                    self._scale(owner, version, replicas)
+                if current.replicas != replicas:
+                    self._scale(owner, current, replicas)
             case ScaleDeployment(version=version, replicas=replicas):
-                self._scale(owner, version, replicas)
-            case DeleteDeployment(version=version):
-                self._delete(
-                    lambda: self.apps.delete_namespaced_deployment(
-                        deployment_name(owner, version),
-                        owner.namespace,
-                        propagation_policy="Background",
-                        _request_timeout=REQUEST_TIMEOUT,
+                current = self._deployment(owner, version)
+                if current is None:
+                    raise ClusterError(
+                        f"Deployment {deployment_name(owner, version)} not found", Reason.KUBERNETES_NOT_FOUND
                     )
-                )
+                self._scale(owner, current, replicas)
+            case DeleteDeployment(version=version):
+                gone = self._deployment(owner, version)
+                if gone is not None:
+                    self._delete(
+                        lambda: self.apps.delete_namespaced_deployment(
+                            gone.name,
+                            owner.namespace,
+                            # Only the Deployment checked above, should its name be taken again meanwhile.
+                            body=client.V1DeleteOptions(
+                                propagation_policy="Background", preconditions=client.V1Preconditions(uid=gone.uid)
+                            ),
+                            _request_timeout=REQUEST_TIMEOUT,
+                        )
+                    )
             case RunStageJob(version=version, attempt=attempt, stage=stage, round=round_, projectors=projectors):
                 code = spec
                 if version != spec.version:
                     # A superseded rollout's Job runs that version's recorded code, not spec.version's.
-                    try:
-                        recorded = self.apps.read_namespaced_deployment(
-                            deployment_name(owner, version), owner.namespace, _request_timeout=REQUEST_TIMEOUT
-                        )
-                        code = recorded_spec(spec, (recorded.metadata.annotations if recorded.metadata else None) or {})
-                    except ApiException as error:
-                        if error.status != 404:
-                            raise
+                    recorded = self._deployment(owner, version)
+                    if recorded is not None:
+                        code = recorded_spec(spec, recorded.annotations)
                 job = build_stage_job(owner, code, version, attempt, stage, round_, list(projectors))
                 try:
                     self.batch.create_namespaced_job(
@@ -357,13 +376,29 @@ class KubernetesCluster:
         namespace, _, name = other.partition("/")
         return self.read_projectorset(namespace, name) is None
 
-    def _scale(self, owner: Owner, version: str, replicas: int) -> None:
+    def _scale(self, owner: Owner, deployment: _DeploymentFound, replicas: int) -> None:
         self.apps.patch_namespaced_deployment(
-            deployment_name(owner, version),
-            owner.namespace,
-            {"spec": {"replicas": replicas}},
-            _request_timeout=REQUEST_TIMEOUT,
+            deployment.name, owner.namespace, {"spec": {"replicas": replicas}}, _request_timeout=REQUEST_TIMEOUT
         )
+
+    def _deployment(self, owner: Owner, version: str) -> _DeploymentFound | None:
+        """The version's Deployment, None when it has none. By its name (refused if that name is
+        another's, see ``_check_owned``); else by its labels, which say set and version exactly:
+        operators before this naming rule named it ``<set>-<version>`` lowered, with ``_`` and
+        ``.`` as ``-``, and a set that ran then keeps that Deployment until the version is
+        retired (never a second one beside it: two Deployments would share one pod selector)."""
+        name = deployment_name(owner, version)
+        try:
+            found = self.apps.read_namespaced_deployment(name, owner.namespace, _request_timeout=REQUEST_TIMEOUT)
+        except ApiException as error:
+            if error.status != 404:
+                raise
+            listed = self.apps.list_namespaced_deployment(
+                owner.namespace, label_selector=_version_selector(owner, version), _request_timeout=REQUEST_TIMEOUT
+            )
+            return min((_DeploymentFound.of(item) for item in listed.items), key=lambda d: d.name, default=None)
+        _check_owned(found.metadata, owner, version, f"Deployment {name}")
+        return _DeploymentFound.of(found)
 
     @staticmethod
     def _create(call: Any) -> None:

@@ -2,7 +2,7 @@
 
 Pure functions over dicts: the adapter in ``kube.py`` sends them with the official client.
 Names are deterministic, so creating an object that already exists is how every step
-stays idempotent across restarts.
+stays idempotent across restarts; and no two (set, version) pairs share one (``_version_stem``).
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import re
 from datetime import datetime
 from typing import Any
 
@@ -29,21 +30,52 @@ MANAGED_BY = "projectorset-operator"
 PROGRESS_DEADLINE_SECONDS = 600
 
 
-def _bounded_name(*parts: str) -> str:
-    """Join parts into a DNS-1123 label of at most 63 characters, hashing long names."""
-    name = "-".join(part.lower().replace("_", "-").replace(".", "-") for part in parts if part)
-    if len(name) <= 63:
-        return name
-    digest = hashlib.sha256(name.encode()).hexdigest()[:8]
-    return f"{name[:54].rstrip('-')}-{digest}"
+# Object names are DNS-1123 labels: Job names become the pods' ``job-name`` label (63 at most).
+NAME_LIMIT = 63
+_PLAIN = re.compile(r"[a-z0-9]+")
+_DIGEST_LENGTH = 8
+
+
+def _sanitized(part: str) -> str:
+    """``part`` lowered, every run of other characters than [a-z0-9] one ``-``."""
+    return re.sub(r"[^a-z0-9]+", "-", part.lower()).strip("-")
+
+
+def _version_stem(set_name: str, version: str, limit: int) -> str:
+    """A DNS-1123 label of at most ``limit`` characters that only this (set, version) pair gets.
+
+    Plain ``<set>-<version>`` when both are lower-case letters and digits only: the name then has
+    exactly one ``-`` and splits back into the pair. Otherwise ``<set>-<version>-<digest>``, each
+    part sanitized and shortened (never empty: set names and versions begin with a letter or a
+    digit), ending in 8 hex digits of sha256 over ``<set>/<version>``: ``/`` is in neither a set
+    name (a DNS subdomain) nor a version (a label value), so that string tells the exact pair.
+    Such a name has at least two ``-``, so it is never a plain one; two of them are equal only
+    when sha256 of two different pairs agrees on 32 bits, which the adapter still refuses
+    (``kube._check_owned``) rather than take another's object for its own."""
+    if _PLAIN.fullmatch(set_name) and _PLAIN.fullmatch(version) and len(set_name) + 1 + len(version) <= limit:
+        return f"{set_name}-{version}"
+    digest = hashlib.sha256(f"{set_name}/{version}".encode()).hexdigest()[:_DIGEST_LENGTH]
+    room = limit - len(digest) - 2  # for the two parts, between their three hyphens
+    if room < 2:
+        raise ValueError(f"no room for a name of {set_name!r} version {version!r} in {limit} characters")
+    set_part, version_part = _sanitized(set_name), _sanitized(version)
+    set_part = set_part[: room - min(len(version_part), room // 2)].rstrip("-")
+    version_part = version_part[: room - len(set_part)].rstrip("-")
+    return f"{set_part}-{version_part}-{digest}"
 
 
 def deployment_name(owner: Owner, version: str) -> str:
-    return _bounded_name(owner.name, version)
+    """``blog-v2``, or ``blog-v2-1-1cb9feb5`` for version ``v2.1``: see ``_version_stem``."""
+    return _version_stem(owner.name, version, NAME_LIMIT)
 
 
 def job_name(owner: Owner, version: str, attempt: int, stage: str, round_: int = 0) -> str:
-    return _bounded_name(owner.name, version, f"a{attempt}", stage, str(round_) if round_ else "")
+    """``<stem>-a<attempt>-<stage>[-<round>]``, the stem as a Deployment's with room for the rest.
+
+    Read from the end, the name gives back attempt, stage and round (a stage is letters, a round
+    digits, round 0 is left out), hence the room the stem had; and the stem gives the pair back."""
+    suffix = f"-a{attempt}-{stage}" + (f"-{round_}" if round_ else "")
+    return _version_stem(owner.name, version, NAME_LIMIT - len(suffix)) + suffix
 
 
 def version_labels(owner: Owner, version: str) -> dict[str, str]:

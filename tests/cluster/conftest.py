@@ -61,6 +61,13 @@ def kubectl(local_cluster: LocalCluster) -> Kubectl:
 
 
 @pytest.fixture(scope="session")
+def projectorset_crd(kubectl: Kubectl) -> None:
+    """The ProjectorSet CRD installed and established, for tests without a ``scenario``."""
+    kubectl("apply", "-f", str(_HERE.parents[1] / "crds" / "projectorsets.yaml"), check=True)
+    kubectl("wait", "--for=condition=Established", "crd/projectorsets.projectorset.io", "--timeout=60s", check=True)
+
+
+@pytest.fixture(scope="session")
 def kube_api(local_cluster: LocalCluster) -> Iterator[client.ApiClient]:
     configuration = client.Configuration()
     config.load_kube_config(config_file=str(local_cluster.kubeconfig), client_configuration=configuration)

@@ -6,7 +6,6 @@ from __future__ import annotations
 import copy
 import json
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -16,14 +15,11 @@ from testbed.cluster import LocalCluster
 from testbed.manifests import sample_projectorset
 from testbed.workloads import wait_until
 
-CRD = Path(__file__).resolve().parents[2] / "crds" / "projectorsets.yaml"
 NAMESPACE = "crd-validation"
 
 
 @pytest.fixture(scope="module")
-def crd_installed(local_cluster: LocalCluster, kubectl: Callable[..., Any]) -> None:
-    kubectl("apply", "-f", str(CRD), check=True)
-    kubectl("wait", "--for=condition=Established", "crd/projectorsets.projectorset.io", "--timeout=60s", check=True)
+def crd_installed(local_cluster: LocalCluster, projectorset_crd: None) -> None:
     local_cluster.create_namespace(NAMESPACE)
 
 

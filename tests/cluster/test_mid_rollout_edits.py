@@ -3,7 +3,10 @@ the operator as a process, a real PostgreSQL and writes going through the Servic
 
 from __future__ import annotations
 
+import copy
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import pytest
 from kubernetes import client
@@ -13,7 +16,8 @@ from projectorset.api import ProjectorSetSpec
 from projectorset.cluster import ClusterError, Owner
 from projectorset.conditions import Reason
 from projectorset.kube import KubernetesCluster
-from projectorset.observation import EnsureDeployment, RunStageJob
+from projectorset.observation import DeleteDeployment, EnsureDeployment, RunStageJob, ScaleDeployment
+from projectorset.resources import build_deployment, build_stage_job, deployment_name, job_name
 from projectorset.sequent import Stage
 from sampleapp.releases import get_release
 from testbed.manifests import sample_projectorset
@@ -94,29 +98,118 @@ def test_v1_v2_v1_v2_each_rollout_runs_its_own_jobs_and_loses_no_write(scenario:
     assert projector_rows(scenario.database_url)["AccountProjector"] == (2, None, None)
 
 
-def test_versions_whose_object_names_collide_are_refused_not_confused(kube_api: client.ApiClient) -> None:
-    """v1.2 and v1_2 both map to Deployment and Job names ending in v1-2: the second version used
-    to take the first one's Deployment (and Jobs) for its own."""
-    namespace = f"collide-{int(time.time()) % 100000}"
+@contextmanager
+def namespace_with_sets(kube_api: client.ApiClient, *names: str) -> Iterator[tuple[str, dict[str, Owner]]]:
+    """A fresh namespace holding ProjectorSets ``names`` (real owners: the garbage collector
+    deletes objects whose owner does not exist); the operator is not running."""
+    namespace = f"names-{int(time.time() * 1000) % 10**8}"
     core = client.CoreV1Api(kube_api)
     core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=namespace)))
     try:
-        cluster = KubernetesCluster(kube_api)
-        # A real owner: the garbage collector deletes objects whose owner does not exist.
-        created = client.CustomObjectsApi(kube_api).create_namespaced_custom_object(
-            "projectorset.io", "v1alpha1", namespace, "projectorsets", sample_projectorset("v1", namespace=namespace)
-        )
-        owner = Owner("accounts", namespace, created["metadata"]["uid"])
-        first = ProjectorSetSpec.model_validate(sample_projectorset("v1")["spec"] | {"version": "v1_2"})
-        second = ProjectorSetSpec.model_validate(sample_projectorset("v1")["spec"] | {"version": "v1.2"})
-        cluster.apply(owner, first, EnsureDeployment("v1_2", 1))
-        cluster.apply(owner, first, RunStageJob("v1_2", 1, Stage.PREPARE, projectors=("AccountProjector",)))
-        with pytest.raises(ClusterError) as refused:
-            cluster.apply(owner, second, EnsureDeployment("v1.2", 1))
-        assert refused.value.reason is Reason.KUBERNETES_CONFLICT
-        assert "collides" in refused.value.message
-        with pytest.raises(ClusterError) as refused_job:
-            cluster.apply(owner, second, RunStageJob("v1.2", 1, Stage.PREPARE, projectors=("AccountProjector",)))
-        assert refused_job.value.reason is Reason.KUBERNETES_CONFLICT
+        owners = {}
+        for name in names:
+            created = client.CustomObjectsApi(kube_api).create_namespaced_custom_object(
+                "projectorset.io",
+                "v1alpha1",
+                namespace,
+                "projectorsets",
+                sample_projectorset("v1", name=name, namespace=namespace),
+            )
+            owners[name] = Owner(name, namespace, created["metadata"]["uid"])
+        yield namespace, owners
     finally:
         core.delete_namespace(namespace)
+
+
+def spec_at(version: str, name: str = "accounts") -> ProjectorSetSpec:
+    return ProjectorSetSpec.model_validate(sample_projectorset("v1", name=name)["spec"] | {"version": version})
+
+
+def version_objects(kube_api: client.ApiClient, namespace: str, selector: str) -> tuple[list[str], list[str]]:
+    """The (Deployment, Job) names ``kubectl get deployments,jobs -l selector`` shows."""
+    deployments = client.AppsV1Api(kube_api).list_namespaced_deployment(namespace, label_selector=selector)
+    jobs = client.BatchV1Api(kube_api).list_namespaced_job(namespace, label_selector=selector)
+    return sorted(d.metadata.name for d in deployments.items), sorted(j.metadata.name for j in jobs.items)
+
+
+def test_versions_and_sets_whose_names_once_collided_get_their_own_objects(
+    kube_api: client.ApiClient, projectorset_crd: None
+) -> None:
+    """v1.2 and v1_2 used to map to one Deployment (and Job) name, and so did set shop at
+    eu-v2 and set shop-eu at v2: the second was refused. Now each has its own, side by side."""
+    with namespace_with_sets(kube_api, "accounts", "shop", "shop-eu") as (namespace, owners):
+        cluster = KubernetesCluster(kube_api)
+        pairs = [(owners["accounts"], "v1_2"), (owners["accounts"], "v1.2"), (owners["shop"], "eu-v2")]
+        for owner, version in [*pairs, (owners["shop-eu"], "v2")]:
+            spec = spec_at(version, owner.name)
+            cluster.apply(owner, spec, EnsureDeployment(version, 1))
+            cluster.apply(owner, spec, RunStageJob(version, 1, Stage.PREPARE, projectors=("AccountProjector",)))
+
+        for version in ("v1_2", "v1.2"):
+            deployments, jobs = version_objects(
+                kube_api, namespace, f"projectorset.io/name=accounts,projectorset.io/version={version}"
+            )
+            assert len(deployments) == 1 and len(jobs) == 1, (version, deployments, jobs)
+            assert deployments[0].startswith("accounts-v1-2-") and jobs[0].endswith("-a1-prepare")
+        all_deployments, all_jobs = version_objects(kube_api, namespace, "projectorset.io/name")
+        assert len(all_deployments) == len(all_jobs) == 4, (all_deployments, all_jobs)
+        # Each set sees its own versions, each with its own Deployment and Job.
+        view, _ = cluster.observe(owners["accounts"], spec_at("v1.2"))
+        assert set(view.deployments) == {"v1_2", "v1.2"}
+        assert sorted(job.version for job in view.jobs) == ["v1.2", "v1_2"]
+        for owner, version in [(owners["shop"], "eu-v2"), (owners["shop-eu"], "v2")]:
+            view, _ = cluster.observe(owner, spec_at(version, owner.name))
+            assert set(view.deployments) == {version} and [job.version for job in view.jobs] == [version]
+
+        # Only a clash of two 8-digit hashes could still give two versions one name: the object of
+        # that name is then refused, never taken for the other version's.
+        clash = build_deployment(owners["accounts"], spec_at("v9_9"), "v9_9")
+        clash["metadata"]["name"] = deployment_name(owners["accounts"], "v9.9")
+        client.AppsV1Api(kube_api).create_namespaced_deployment(namespace, clash)
+        with pytest.raises(ClusterError) as refused:
+            cluster.apply(owners["accounts"], spec_at("v9.9"), EnsureDeployment("v9.9", 1))
+        assert refused.value.reason is Reason.KUBERNETES_CONFLICT and "collides" in refused.value.message
+
+
+def test_a_deployment_named_by_the_earlier_rule_is_used_never_duplicated(
+    kube_api: client.ApiClient, projectorset_crd: None
+) -> None:
+    """A set that ran under an operator before today's names keeps its Deployment (v1.2 was
+    named accounts-v1-2): the new operator scales it, reads its release and retires it, and never
+    creates a second Deployment, with the same pod selector, beside it."""
+    with namespace_with_sets(kube_api, "accounts") as (namespace, owners):
+        owner = owners["accounts"]
+        apps = client.AppsV1Api(kube_api)
+        earlier = build_deployment(owner, spec_at("v1.2"), "v1.2")
+        earlier["metadata"]["name"] = "accounts-v1-2"  # the earlier rule: lowered, '.' and '_' as '-'
+        earlier_code = earlier["spec"]["template"]["spec"]["containers"][0]["env"]
+        apps.create_namespaced_deployment(namespace, earlier)
+        earlier_job = build_stage_job(owner, spec_at("v1.2"), "v1.2", 1, Stage.PREPARE, 0, ["AccountProjector"])
+        earlier_job["metadata"]["name"] = "accounts-v1-2-a1-prepare"
+        client.BatchV1Api(kube_api).create_namespaced_job(namespace, earlier_job)
+        selector = "projectorset.io/name=accounts,projectorset.io/version=v1.2"
+        cluster = KubernetesCluster(kube_api)
+
+        view, _ = cluster.observe(owner, spec_at("v1.2"))
+        assert view.deployments["v1.2"].replicas == 1
+        assert [(job.name, job.stage) for job in view.jobs] == [("accounts-v1-2-a1-prepare", Stage.PREPARE)]
+
+        cluster.apply(owner, spec_at("v1.2"), EnsureDeployment("v1.2", 2))
+        assert version_objects(kube_api, namespace, selector)[0] == ["accounts-v1-2"]
+        assert apps.read_namespaced_deployment("accounts-v1-2", namespace).spec.replicas == 2
+
+        # v2 rolls out: an abort Job for v1.2 runs v1.2's recorded code, read from that Deployment.
+        template = copy.deepcopy(spec_at("v2").template)
+        template["spec"]["containers"][0]["env"] = [{"name": "RELEASE", "value": "v2-only"}]
+        v2 = spec_at("v2").model_copy(update={"template": template})
+        cluster.apply(owner, v2, RunStageJob("v1.2", 1, Stage.ABORT, round=1, projectors=("AccountProjector",)))
+        abort = client.BatchV1Api(kube_api).read_namespaced_job(job_name(owner, "v1.2", 1, Stage.ABORT, 1), namespace)
+        env = abort.spec.template.spec.containers[0].env
+        assert [(e.name, e.value) for e in env][: len(earlier_code)] == [
+            (e["name"], e.get("value")) for e in earlier_code
+        ]
+
+        cluster.apply(owner, v2, ScaleDeployment("v1.2", 0))
+        assert apps.read_namespaced_deployment("accounts-v1-2", namespace).spec.replicas == 0
+        cluster.apply(owner, v2, DeleteDeployment("v1.2"))
+        assert version_objects(kube_api, namespace, selector)[0] == []
