@@ -92,6 +92,11 @@ INVALID: list[tuple[str, dict[str, Any], str]] = [
         {"database": {"secretRef": {"name": "db"}, "viewSchema": "views", "replaySchema": "views"}},
         "viewSchema, replaySchema and archiveSchema must be three different schemas",
     ),
+    (
+        "owned-and-required",
+        {"requiredProjectors": [{"name": "AccountProjector", "version": 2}]},
+        "a projector is listed in both projectors and requiredProjectors",
+    ),
     ("negative-replicas", {"replicas": -1}, "spec.replicas"),
     ("unknown-promotion", {"strategy": {"promotion": "Sometimes"}}, "spec.strategy.promotion"),
     ("replay-container-missing", {"replay": {"container": "nope"}}, "spec.replay.container"),

@@ -10,11 +10,13 @@ from typing import Any
 
 import psycopg
 import pytest
+import yaml
 from kubernetes import client
 
 from projectorset.api import NAME_LABEL, VERSION_LABEL
 from projectorset.ownership import OWNER_ANNOTATION
 from projectorset.pools import APPLICATION_NAME, DEFAULT_MAX_CONNECTIONS
+from sampleapp.releases import get_release
 from testbed.cluster import LocalCluster
 from testbed.crowd import (
     GROUP,
@@ -29,8 +31,10 @@ from testbed.crowd import (
     schema_of,
     wait_all_active,
 )
+from testbed.manifests import sample_projectorset
 from testbed.postgres import PostgresServer
-from testbed.scenario import REPO, OperatorProcess
+from testbed.proxy import ServiceProxy
+from testbed.scenario import REPO, LoadGenerator, MomentWatcher, OperatorProcess, Scenario, UpgradeResult
 from testbed.sequent_schema import projector_rows
 from testbed.workloads import wait_until
 
@@ -151,3 +155,177 @@ def test_two_sets_naming_one_service_the_first_claims_it_the_other_never_switche
     finally:
         operator.stop()
         core.delete_namespace(namespace)
+
+
+# ---- two sets on one event store: web and worker of one application --------------------------------------
+
+
+class SharedStoreSet:
+    """One of the application's ProjectorSets on the shared event store: its Service, the writes
+    through it, and the moments its version went active in the database and its Service switched."""
+
+    def __init__(self, scenario: Scenario, name: str, owns: set[str]) -> None:
+        self.scenario, self.name, self.owns = scenario, name, owns
+        scenario.core.create_namespaced_service(
+            scenario.namespace,
+            {
+                "metadata": {"name": name},
+                "spec": {"selector": {"app": name}, "ports": [{"name": "http", "port": 80, "targetPort": 8080}]},
+            },
+        )
+        self.proxy: ServiceProxy | None = None
+        self.load: LoadGenerator | None = None
+        self.watcher = MomentWatcher(scenario.database_url, scenario.core, scenario.namespace, name)
+
+    def apply(self, version: str) -> None:
+        running = self.scenario
+        manifest = sample_projectorset(
+            version,
+            name=self.name,
+            namespace=running.namespace,
+            secret=f"{running.name}-db",  # one database, one event store, for both sets
+            service=self.name,
+            owns=self.owns,
+        )
+        running.kubectl("apply", "-f", "-", input=yaml.safe_dump(manifest))
+
+    def start_traffic(self) -> None:
+        running = self.scenario
+        self.proxy = ServiceProxy(running.api_client, running.namespace, self.name).start()
+        self.load = LoadGenerator(self.proxy.port, writers=2, prefix=self.name).start()
+        wait_until(
+            f"writes through {self.name}",
+            lambda: sum(1 for w in self.load.snapshot() if w.status == 201) >= 10 if self.load else False,
+            60,
+        )
+
+    def active(self, version: str) -> bool:
+        body = self.scenario.custom.get_namespaced_custom_object(
+            "projectorset.io", "v1alpha1", self.scenario.namespace, "projectorsets", self.name
+        )
+        status = body.get("status") or {}
+        return (
+            status.get("phase") == "Active"
+            and status.get("activeVersion") == version
+            and status.get("observedGeneration") == body["metadata"]["generation"]
+        )
+
+    def events(self) -> list[str]:
+        listed = self.scenario.core.list_namespaced_event(
+            self.scenario.namespace, field_selector=f"involvedObject.name={self.name},involvedObject.kind=ProjectorSet"
+        )
+        return [f"{e.reason}: {e.message}" for e in listed.items]
+
+    def stage_jobs(self, version: str) -> list[str]:
+        jobs = client.BatchV1Api(self.scenario.api_client).list_namespaced_job(
+            self.scenario.namespace, label_selector=f"{NAME_LABEL}={self.name},{VERSION_LABEL}={version}"
+        )
+        return [job.metadata.name for job in jobs.items]
+
+    def close(self) -> None:
+        self.watcher.stop()
+        if self.load is not None:
+            self.load.stop()
+        if self.proxy is not None:
+            self.proxy.stop()
+
+
+def replays_since(url: str, after_id: int) -> list[tuple[str, list[str]]]:
+    with psycopg.connect(url) as conn:
+        rows = conn.execute(
+            "SELECT state, projectors FROM sequent_schema.replay_states WHERE id > %s ORDER BY id", (after_id,)
+        ).fetchall()
+    return [(state, sorted(projectors)) for state, projectors in rows]
+
+
+def last_replay_id(url: str) -> int:
+    with psycopg.connect(url) as conn:
+        found = conn.execute("SELECT coalesce(max(id), 0) FROM sequent_schema.replay_states").fetchone()
+    return int(found[0]) if found else 0
+
+
+def row_written_at(url: str, name: str) -> Any:
+    with psycopg.connect(url) as conn:
+        found = conn.execute("SELECT updated_at FROM sequent_schema.projector_states WHERE name = %s", (name,))
+        row = found.fetchone()
+    return row[0] if row else None
+
+
+def upgrade_both(sets: list[SharedStoreSet], source: str, target: str) -> dict[str, UpgradeResult]:
+    """Apply ``target`` to every set at once, under writes through every Service; measure each."""
+    running = sets[0].scenario
+    for each in sets:
+        each.watcher.watch(target, get_release(target).versions)
+    began = time.monotonic()
+    for each in sets:
+        each.apply(target)
+    try:
+        wait_until(
+            f"{', '.join(s.name for s in sets)} Active at {target}", lambda: all(s.active(target) for s in sets), 420
+        )
+    except AssertionError as error:
+        raise AssertionError(f"{error}\n{running.tail_logs(60)}") from None
+    total = time.monotonic() - began
+    time.sleep(1.0)  # writes in flight at the switch finish on the new pods
+    results = {}
+    for each in sets:
+        each.watcher.stop()
+        assert each.load is not None
+        writes = [w for w in each.load.snapshot() if w.started >= began]
+        results[each.name] = running.measure(source, target, writes, each.watcher, total, load=each.load)
+        print(f"store set={each.name} {results[each.name].summary()} refused={results[each.name].refused}")
+    return results
+
+
+def test_web_and_worker_on_one_event_store_switch_once_the_owner_of_their_projectors_went_live(
+    scenario: Scenario,
+) -> None:
+    """One application split in two Deployments on one event store, each a ProjectorSet running the
+    same code: web owns AccountProjector, worker AuditProjector, each requires the other's. Both are
+    edited v1 -> v2 at once (AccountProjector 1 -> 2): web replays, worker waits for web's golive and
+    switches without a replay. Then v2 -> v4 (DailyTotalsProjector, given to worker): worker replays,
+    web waits."""
+    url = scenario.database_url
+    web = SharedStoreSet(scenario, "web", {"AccountProjector"})
+    worker = SharedStoreSet(scenario, "worker", {"AuditProjector", "DailyTotalsProjector"})
+    sets = [web, worker]
+    try:
+        for each in sets:
+            each.apply("v1")
+        wait_until("web and worker Active at v1", lambda: all(s.active("v1") for s in sets), 300)
+        for each in sets:
+            each.start_traffic()
+
+        # -- v1 -> v2: AccountProjector 1 -> 2, web's --
+        replay_before = last_replay_id(url)
+        audit_written = row_written_at(url, "AuditProjector")
+        results = upgrade_both(sets, "v1", "v2")
+        assert projector_rows(url) == {"AccountProjector": (2, None, None), "AuditProjector": (1, None, None)}
+        assert replays_since(url, replay_before) == [("live", ["AccountProjector"])]  # web's, and only it
+        assert web.stage_jobs("v2"), "web ran no replay"
+        assert worker.stage_jobs("v2") == []  # worker: no replay Job, nothing run against the store
+        assert row_written_at(url, "AuditProjector") == audit_written  # nobody rewrote worker's projector
+        assert any(e.startswith("WaitingForProjectors") and "ProjectorSet" in e for e in worker.events())
+        for name, result in results.items():
+            assert result.lost == 0, (name, result.summary())
+            assert result.acknowledged > 0, (name, result.summary())
+            assert result.refused_outside_window == 0, (name, result.summary())
+
+        # -- v2 -> v4: DailyTotalsProjector added, worker's --
+        replay_before = last_replay_id(url)
+        account_written = row_written_at(url, "AccountProjector")
+        results = upgrade_both(sets, "v2", "v4")
+        assert projector_rows(url) == {
+            "AccountProjector": (2, None, None),
+            "AuditProjector": (1, None, None),
+            "DailyTotalsProjector": (1, None, None),
+        }
+        assert replays_since(url, replay_before) == [("live", ["DailyTotalsProjector"])]
+        assert web.stage_jobs("v4") == []
+        assert row_written_at(url, "AccountProjector") == account_written
+        for name, result in results.items():
+            assert result.lost == 0, (name, result.summary())
+            assert result.refused_outside_window == 0, (name, result.summary())
+    finally:
+        for each in sets:
+            each.close()

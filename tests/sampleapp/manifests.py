@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +46,14 @@ def replay_commands(python: str = sys.executable, *, migrate: bool = False) -> d
 def projectors(release: str) -> list[dict[str, Any]]:
     """``spec.projectors`` of a release."""
     return [{"name": p.name, "version": p.version} for p in get_release(release).projectors]
+
+
+def split_projectors(release: str, owns: Collection[str]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """``spec.projectors`` and ``spec.requiredProjectors`` of a ProjectorSet that runs ``release``
+    (whose code registers all of its projectors, as a Sequent application's does) and owns only
+    ``owns`` (those the release has): the rest belong to another set on the same event store."""
+    listed = projectors(release)
+    return [p for p in listed if p["name"] in owns], [p for p in listed if p["name"] not in owns]
 
 
 def container(

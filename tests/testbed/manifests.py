@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Collection
 from typing import Any
 
-from sampleapp.manifests import pod_template, projectors, replay_commands
+from sampleapp.manifests import pod_template, projectors, replay_commands, split_projectors
 
 
 def sample_projectorset(
@@ -18,8 +19,11 @@ def sample_projectorset(
     replicas: int = 1,
     python: str = sys.executable,
     spec: dict[str, Any] | None = None,
+    owns: Collection[str] | None = None,
 ) -> dict[str, Any]:
-    """A ProjectorSet running release ``version`` (v1, v2 or v3) of the sample application."""
+    """A ProjectorSet running release ``version`` (v1, v2 or v3) of the sample application. With
+    ``owns``, it lists only those projectors as its own, the release's others as requiredProjectors
+    (another set on the same event store owns them)."""
     metadata: dict[str, Any] = {"name": name}
     if namespace:
         metadata["namespace"] = namespace
@@ -39,5 +43,7 @@ def sample_projectorset(
         },
         "strategy": {"scaleDownDelaySeconds": 5},
     }
+    if owns is not None:
+        body["projectors"], body["requiredProjectors"] = split_projectors(version, owns)
     body.update(spec or {})
     return {"apiVersion": "projectorset.io/v1alpha1", "kind": "ProjectorSet", "metadata": metadata, "spec": body}

@@ -113,9 +113,12 @@ class Write:
 class LoadGenerator:
     """Writers depositing continuously through the service proxy; every answer is recorded."""
 
-    def __init__(self, port: int, writers: int = 4, accounts: int = 8, host: str = "127.0.0.1") -> None:
+    def __init__(
+        self, port: int, writers: int = 4, accounts: int = 8, host: str = "127.0.0.1", prefix: str = "acct"
+    ) -> None:
         self.host, self.port = host, port
         self.writers, self.accounts = writers, accounts
+        self.prefix = prefix  # account names: each generator its own, so its writes can be counted apart
         self.writes: list[Write] = []
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -137,7 +140,7 @@ class LoadGenerator:
         sequence = 0
         while not self._stop.is_set():
             sequence += 1
-            account = f"acct-{(number * 7919 + sequence) % self.accounts}"
+            account = f"{self.prefix}-{(number * 7919 + sequence) % self.accounts}"
             amount = 1 + (sequence % 9)
             started = time.monotonic()
             status, error = self._post(account, amount)
@@ -467,8 +470,15 @@ class Scenario:
         return self.measure(source, target, writes, watcher, total)
 
     def measure(
-        self, source: str, target: str, writes: list[Write], watcher: MomentWatcher, total: float
+        self,
+        source: str,
+        target: str,
+        writes: list[Write],
+        watcher: MomentWatcher,
+        total: float,
+        load: LoadGenerator | None = None,
     ) -> UpgradeResult:
+        """``writes`` of ``load`` (the scenario's own by default) measured against ``watcher``'s moments."""
         refused = [w for w in writes if w.status != 201]
         window = (max(w.finished for w in refused) - min(w.started for w in refused)) * 1000 if refused else 0.0
         active_to_switch = None
@@ -483,8 +493,9 @@ class Scenario:
         if watcher.active_at is not None:
             # 0.1 s: the watcher sees the commit a few milliseconds after it happens.
             outside += sum(1 for w in refused if w.finished < watcher.active_at - 0.1)
-        assert self.load is not None
-        lost = len(self.lost_writes(self.load.snapshot()))
+        load = load or self.load
+        assert load is not None
+        lost = len(self.lost_writes(load.snapshot()))
         return UpgradeResult(
             source=source,
             target=target,
