@@ -437,13 +437,10 @@ class Scenario:
         return [{"type": e.type, "reason": e.reason, "message": e.message} for e in ordered]
 
     def deployment_replicas(self, version: str) -> int | None:
-        apps = client.AppsV1Api(self.api_client)
-        try:
-            return int(apps.read_namespaced_deployment(f"{self.name}-{version}", self.namespace).spec.replicas)
-        except client.exceptions.ApiException as error:
-            if error.status == 404:
-                return None
-            raise
+        """The replicas of the version's Deployment, found by its labels (its name may carry a hash)."""
+        selector = f"projectorset.io/name={self.name},projectorset.io/version={version}"
+        found = client.AppsV1Api(self.api_client).list_namespaced_deployment(self.namespace, label_selector=selector)
+        return int(found.items[0].spec.replicas) if found.items else None
 
     def tail_logs(self, lines: int = 40) -> str:
         if self.operator is None or not self.operator.log.exists():
