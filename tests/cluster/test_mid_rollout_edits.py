@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 import pytest
+import yaml
 from kubernetes import client
 from test_upgrade import install_v1_with_traffic
 
@@ -213,3 +214,53 @@ def test_a_deployment_named_by_the_earlier_rule_is_used_never_duplicated(
         assert apps.read_namespaced_deployment("accounts-v1-2", namespace).spec.replicas == 0
         cluster.apply(owner, v2, DeleteDeployment("v1.2"))
         assert version_objects(kube_api, namespace, selector)[0] == []
+
+
+def test_an_operator_upgrade_keeps_the_deployment_its_predecessor_named(scenario: Scenario) -> None:
+    """Version v1.0 installed by an operator before today's names has its Deployment named
+    accounts-v1-0 (today's rule adds a hash). The new operator serves from that Deployment and,
+    at the next rollout, retires it: a second v1.0 Deployment never appears."""
+    assert scenario.operator is not None
+    scenario.operator.stop()
+    manifest = sample_projectorset(
+        "v1",
+        name=scenario.name,
+        namespace=scenario.namespace,
+        secret=f"{scenario.name}-db",
+        service=scenario.name,
+        spec={"version": "v1.0"},  # release v1's code
+    )
+    scenario.kubectl("apply", "-f", "-", input=yaml.safe_dump(manifest))
+    body = scenario.projectorset()
+    owner = Owner(scenario.name, scenario.namespace, body["metadata"]["uid"])
+    earlier = build_deployment(owner, ProjectorSetSpec.model_validate(body["spec"]), "v1.0")
+    earlier["metadata"]["name"] = "accounts-v1-0"  # the earlier rule: lowered, '.' and '_' as '-'
+    apps = client.AppsV1Api(scenario.api_client)
+    apps.create_namespaced_deployment(scenario.namespace, earlier)
+    selector = "projectorset.io/name=accounts,projectorset.io/version=v1.0"
+    seen: set[str] = set()
+
+    def record() -> None:
+        seen.update(
+            d.metadata.name for d in apps.list_namespaced_deployment(scenario.namespace, label_selector=selector).items
+        )
+
+    scenario.start_operator()
+    scenario.wait_active("v1.0", on_poll=record)
+    service = scenario.core.read_namespaced_service(scenario.name, scenario.namespace)
+    assert service.spec.selector == {"projectorset.io/name": "accounts", "projectorset.io/version": "v1.0"}
+    load = scenario.start_traffic()
+    deadline = time.monotonic() + 60
+    while sum(1 for w in load.snapshot() if w.status == 201) < 10:
+        assert time.monotonic() < deadline, f"no writes succeed through the Service: {load.snapshot()[-3:]}"
+        time.sleep(0.1)
+
+    result = scenario.upgrade("v1.0", "v2", on_poll=record)
+    assert result.lost == 0, result.summary()
+    deadline = time.monotonic() + 60
+    while scenario.deployment_replicas("v1.0") != 0:
+        assert time.monotonic() < deadline, f"v1.0 was not scaled down\n{scenario.tail_logs()}"
+        record()
+        time.sleep(0.5)
+    record()
+    assert seen == {"accounts-v1-0"}, seen
