@@ -28,6 +28,7 @@ tests/test_rollout_regressions.py.
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 from datetime import timedelta
 from typing import Any
 
@@ -49,6 +50,10 @@ RELEASES: dict[str, dict[str, int]] = {
     "v3": {"PostProjector": 2, "TagProjector": 1},
     "v4": {"PostProjector": 1},
 }
+
+# The shared-store model's projector owned by another set; each release's code registers this version.
+FOREIGN = "AccountProjector"
+REQUIRED_VERSION: dict[str, int] = {"v1": 1, "v2": 2, "v3": 2, "v4": 1}
 
 # Reasons a finished rollout may give: the fixed words of kind "failure".
 FINISHED_REASONS = frozenset(reason.value for reason in Reason if reason.kind is Kind.FAILURE)
@@ -80,6 +85,8 @@ def spec_for(version: str, base: Any = None, **changes: Any) -> Any:
         projectors=[{"name": n, "version": v} for n, v in RELEASES[version].items()],
         template={"spec": {"containers": [{"name": "app", "image": "blog:" + version}]}},
     )
+    if fields.get("requiredProjectors"):
+        fields["requiredProjectors"] = [{"name": FOREIGN, "version": REQUIRED_VERSION[version]}]
     fields.update(changes)
     return type(base).model_validate(fields)
 
@@ -107,6 +114,9 @@ def pods_ready(world: World, version: str) -> bool:
 
 
 class Rollouts(RuleBasedStateMachine):
+    # Projectors another set owns (its replays are none of this set's clean-up).
+    foreign: frozenset[str] = frozenset()
+
     def __init__(self) -> None:
         super().__init__()
         self.world = World(manifest("v1", RELEASES["v1"], strategy={"scaleDownDelaySeconds": 30}))
@@ -317,7 +327,11 @@ class Rollouts(RuleBasedStateMachine):
         assert replay is None or replay.state in ("live", "aborted"), (
             f"{status.phase} says the replay is cleared but replay_states shows {replay.state} ({replay.id})"
         )
-        busy = {n: s for n, s in world.projectors.items() if s.replaying_version or s.activating_version}
+        busy = {
+            n: s
+            for n, s in world.projectors.items()
+            if (s.replaying_version or s.activating_version) and n not in self.foreign
+        }
         assert not busy, f"{status.phase} says the replay is cleared but projector_states shows {busy}"
 
     # ---- when failures stop ----------------------------------------------------------------------
@@ -378,6 +392,73 @@ class Rollouts(RuleBasedStateMachine):
 
 
 TestRollouts = Rollouts.TestCase
+
+
+class RolloutsOnASharedStore(Rollouts):
+    """The same rollouts by a set whose code also registers ``FOREIGN``, which another set owns
+    (``requiredProjectors``) and flips at any moment: replaying, activating, active at either
+    version. Invariant: the Service never switches to a version while the database, as the pass
+    read it, does not show that version's required projector active at its version (its code would
+    be refused); and this set never writes the foreign projector."""
+
+    foreign = frozenset({FOREIGN})
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.world = World(
+            manifest(
+                "v1",
+                RELEASES["v1"],
+                strategy={"scaleDownDelaySeconds": 30},
+                requiredProjectors=[{"name": FOREIGN, "version": REQUIRED_VERSION["v1"]}],
+            )
+        )
+
+    @initialize()
+    def serving_v1(self) -> None:
+        super().serving_v1()
+        world = self.world
+        world.deployments["v1"] = replace(world.deployments["v1"], required={FOREIGN: REQUIRED_VERSION["v1"]})
+        world.projectors[FOREIGN] = ProjectorState(FOREIGN, REQUIRED_VERSION["v1"])
+
+    @rule(
+        state=st.sampled_from(
+            [
+                ProjectorState(FOREIGN, 1),
+                ProjectorState(FOREIGN, 2),
+                ProjectorState(FOREIGN, 1, None, 2),  # the owner replays version 2
+                ProjectorState(FOREIGN, 1, 2, None),  # its golive holds version 2 activating
+                ProjectorState(FOREIGN, 2, None, 1),  # it rolls back
+            ]
+        )
+    )
+    def owner_moves(self, state: ProjectorState) -> None:
+        self.world.projectors[FOREIGN] = state
+
+    def one_pass(self, faults: Faults, *, step: bool = True) -> PassRecord:
+        foreign_before = self.world.projectors.get(FOREIGN)
+        record = super().one_pass(faults, step=step)
+        assert self.world.projectors.get(FOREIGN) == foreign_before, (
+            f"the set wrote another set's projector: {foreign_before} -> {self.world.projectors.get(FOREIGN)}"
+        )
+        switched_to = record.service_after
+        if switched_to is not None and switched_to != record.service_before:
+            deployment = self.world.deployments.get(switched_to)
+            needed = dict(deployment.required) if deployment is not None else {}
+            seen = record.projectors_before.get(FOREIGN)
+            assert FOREIGN in needed, f"switched to {switched_to}, whose release does not say what it requires"
+            assert seen is not None and seen.active_version == needed[FOREIGN] and seen.activating_version is None, (
+                f"switched to {switched_to} (needs {FOREIGN} {needed[FOREIGN]} active) while the database showed {seen}"
+            )
+        return record
+
+    def quiet_passes(self, passes: int = 16) -> None:
+        # The owner's rollout ends too: its projector lands at the version this set's code needs.
+        self.world.projectors[FOREIGN] = ProjectorState(FOREIGN, REQUIRED_VERSION[self.world.spec.version])
+        super().quiet_passes(passes)
+
+
+TestRolloutsOnASharedStore = RolloutsOnASharedStore.TestCase
 
 
 def teardown_module() -> None:
