@@ -428,6 +428,20 @@ def test_undo_reapplies_the_previous_release_as_one_merge_patch() -> None:
     assert change.message == "projectorset blog: rolling back from version v2 to v1 (serving now: v2)"
 
 
+def test_undo_sets_the_required_projectors_the_release_recorded_back_too() -> None:
+    """A set on a shared event store: v1 required Ledger 1, v2 requires Ledger 2; undo gives v1's back,
+    and a release that recorded none clears the list."""
+    v1 = json.loads(release("v1", {"Accounts": 1, "Audit": 1}, TEMPLATE_V1)) | {"requiredProjectors": {"Ledger": 1}}
+    v1_deployment = {**deployment("v1", 0, 0, json.dumps(v1), "2026-11-29T10:00:00Z")}
+    body = after_v2()
+    body["spec"]["requiredProjectors"] = [{"name": "Ledger", "version": 2}]
+    change = actions.undo(body, [v1_deployment, V2_DEPLOYMENT], None)
+    assert change.patch["spec"]["requiredProjectors"] == [{"name": "Ledger", "version": 1}]
+    change = actions.undo(body, [V1_SCALED_DOWN, V2_DEPLOYMENT], None)
+    assert change.patch["spec"]["requiredProjectors"] == []
+    assert "requiredProjectors" not in actions.undo(after_v2(), [V1_SCALED_DOWN, V2_DEPLOYMENT], None).patch["spec"]
+
+
 def merge(target: Any, patch: Any) -> Any:
     """RFC 7386, as the API server applies a merge patch."""
     if not isinstance(patch, dict):

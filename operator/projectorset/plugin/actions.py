@@ -207,7 +207,7 @@ def _merge_patch(current: Any, wanted: Any) -> Any:
 
 
 def undo(body: Object, deployments: list[Object], to_version: str | None) -> Change:
-    """Re-apply a kept release (version, projectors, replicas, template) from its Deployment."""
+    """Re-apply a kept release (version, projectors, requiredProjectors, replicas, template) from its Deployment."""
     name, spec, status = _parts(body)
     by_version = {(d["metadata"].get("labels") or {}).get(api.VERSION_LABEL, ""): d for d in deployments}
     releases = history(body, deployments, [])
@@ -232,6 +232,10 @@ def undo(body: Object, deployments: list[Object], to_version: str | None) -> Cha
         "template": _merge_patch(spec.get("template") or {}, release["template"]),
         "abort": False,
     }
+    required = release.get("requiredProjectors") or {}
+    if required or spec.get("requiredProjectors"):
+        # Recorded only when the release had some: none recorded means the release required none.
+        patch_spec["requiredProjectors"] = [{"name": n, "version": int(v)} for n, v in sorted(required.items())]
     patch = {"metadata": {"resourceVersion": body["metadata"].get("resourceVersion")}, "spec": patch_spec}
     return Change(
         patch,
@@ -290,7 +294,7 @@ def plan(body: Object, release: api.ProjectorSetSpec) -> dict[str, Any]:
             for p in reported
         }
     )
-    result = plan_upgrade(release.projector_versions, database)
+    result = plan_upgrade(release.projector_versions, database, required=release.required_versions)
     projectors = []
     for projector in result.projectors:
         action = ACTIONS[projector.change]
