@@ -164,10 +164,11 @@ class SharedStoreSet:
     """One of the application's ProjectorSets on the shared event store: its Service, the writes
     through it, and the moments its version went active in the database and its Service switched."""
 
-    def __init__(self, scenario: Scenario, name: str, owns: set[str]) -> None:
+    def __init__(self, scenario: Scenario, name: str, owns: set[str], namespace: str | None = None) -> None:
         self.scenario, self.name, self.owns = scenario, name, owns
+        self.namespace = namespace or scenario.namespace
         scenario.core.create_namespaced_service(
-            scenario.namespace,
+            self.namespace,
             {
                 "metadata": {"name": name},
                 "spec": {"selector": {"app": name}, "ports": [{"name": "http", "port": 80, "targetPort": 8080}]},
@@ -175,14 +176,14 @@ class SharedStoreSet:
         )
         self.proxy: ServiceProxy | None = None
         self.load: LoadGenerator | None = None
-        self.watcher = MomentWatcher(scenario.database_url, scenario.core, scenario.namespace, name)
+        self.watcher = MomentWatcher(scenario.database_url, scenario.core, self.namespace, name)
 
     def apply(self, version: str) -> None:
         running = self.scenario
         manifest = sample_projectorset(
             version,
             name=self.name,
-            namespace=running.namespace,
+            namespace=self.namespace,
             secret=f"{running.name}-db",  # one database, one event store, for both sets
             service=self.name,
             owns=self.owns,
@@ -191,7 +192,7 @@ class SharedStoreSet:
 
     def start_traffic(self) -> None:
         running = self.scenario
-        self.proxy = ServiceProxy(running.api_client, running.namespace, self.name).start()
+        self.proxy = ServiceProxy(running.api_client, self.namespace, self.name).start()
         self.load = LoadGenerator(self.proxy.port, writers=2, prefix=self.name).start()
         wait_until(
             f"writes through {self.name}",
@@ -201,7 +202,7 @@ class SharedStoreSet:
 
     def active(self, version: str) -> bool:
         body = self.scenario.custom.get_namespaced_custom_object(
-            "projectorset.io", "v1alpha1", self.scenario.namespace, "projectorsets", self.name
+            "projectorset.io", "v1alpha1", self.namespace, "projectorsets", self.name
         )
         status = body.get("status") or {}
         return (
@@ -212,13 +213,13 @@ class SharedStoreSet:
 
     def events(self) -> list[str]:
         listed = self.scenario.core.list_namespaced_event(
-            self.scenario.namespace, field_selector=f"involvedObject.name={self.name},involvedObject.kind=ProjectorSet"
+            self.namespace, field_selector=f"involvedObject.name={self.name},involvedObject.kind=ProjectorSet"
         )
         return [f"{e.reason}: {e.message}" for e in listed.items]
 
     def stage_jobs(self, version: str) -> list[str]:
         jobs = client.BatchV1Api(self.scenario.api_client).list_namespaced_job(
-            self.scenario.namespace, label_selector=f"{NAME_LABEL}={self.name},{VERSION_LABEL}={version}"
+            self.namespace, label_selector=f"{NAME_LABEL}={self.name},{VERSION_LABEL}={version}"
         )
         return [job.metadata.name for job in jobs.items]
 
@@ -277,6 +278,22 @@ def upgrade_both(sets: list[SharedStoreSet], source: str, target: str) -> dict[s
     return results
 
 
+def install_v1_with_traffic(sets: list[SharedStoreSet]) -> None:
+    for each in sets:
+        each.apply("v1")
+    wait_until(f"{', '.join(s.name for s in sets)} Active at v1", lambda: all(s.active("v1") for s in sets), 300)
+    for each in sets:
+        each.start_traffic()
+
+
+def assert_nothing_lost(results: dict[str, UpgradeResult]) -> None:
+    """No acknowledged write lost, some went through, none refused outside golive-to-switch."""
+    for name, result in results.items():
+        assert result.lost == 0, (name, result.summary())
+        assert result.acknowledged > 0, (name, result.summary())
+        assert result.refused_outside_window == 0, (name, result.summary())
+
+
 def test_web_and_worker_on_one_event_store_switch_once_the_owner_of_their_projectors_went_live(
     scenario: Scenario,
 ) -> None:
@@ -290,11 +307,7 @@ def test_web_and_worker_on_one_event_store_switch_once_the_owner_of_their_projec
     worker = SharedStoreSet(scenario, "worker", {"AuditProjector", "DailyTotalsProjector"})
     sets = [web, worker]
     try:
-        for each in sets:
-            each.apply("v1")
-        wait_until("web and worker Active at v1", lambda: all(s.active("v1") for s in sets), 300)
-        for each in sets:
-            each.start_traffic()
+        install_v1_with_traffic(sets)
 
         # -- v1 -> v2: AccountProjector 1 -> 2, web's --
         replay_before = last_replay_id(url)
@@ -306,10 +319,7 @@ def test_web_and_worker_on_one_event_store_switch_once_the_owner_of_their_projec
         assert worker.stage_jobs("v2") == []  # worker: no replay Job, nothing run against the store
         assert row_written_at(url, "AuditProjector") == audit_written  # nobody rewrote worker's projector
         assert any(e.startswith("WaitingForProjectors") and "ProjectorSet" in e for e in worker.events())
-        for name, result in results.items():
-            assert result.lost == 0, (name, result.summary())
-            assert result.acknowledged > 0, (name, result.summary())
-            assert result.refused_outside_window == 0, (name, result.summary())
+        assert_nothing_lost(results)
 
         # -- v2 -> v4: DailyTotalsProjector added, worker's --
         replay_before = last_replay_id(url)
@@ -323,9 +333,39 @@ def test_web_and_worker_on_one_event_store_switch_once_the_owner_of_their_projec
         assert replays_since(url, replay_before) == [("live", ["DailyTotalsProjector"])]
         assert web.stage_jobs("v4") == []
         assert row_written_at(url, "AccountProjector") == account_written
-        for name, result in results.items():
-            assert result.lost == 0, (name, result.summary())
-            assert result.refused_outside_window == 0, (name, result.summary())
+        assert_nothing_lost(results)
     finally:
         for each in sets:
             each.close()
+
+
+def test_a_set_whose_owner_another_operator_runs_switches_by_its_own_poll(scenario: Scenario) -> None:
+    """web in the scenario's namespace, worker in another one with an operator of its own, both on one
+    event store: worker's operator knows nothing of web, so no wake-up reaches it; its 2 s poll of
+    projector_states must find web's golive. Prints the active-to-switch this fallback gives."""
+    url = scenario.database_url
+    other = f"{scenario.namespace}-b"
+    scenario.cluster.create_namespace(other)
+    scenario.core.create_namespaced_secret(
+        other, {"metadata": {"name": f"{scenario.name}-db"}, "stringData": {"uri": url}}
+    )
+    second = OperatorProcess(scenario.cluster.kubeconfig, other, scenario.workdir / "operator-b.log").start()
+    web = SharedStoreSet(scenario, "web", {"AccountProjector"})
+    worker = SharedStoreSet(scenario, "worker", {"AuditProjector"}, namespace=other)
+    sets = [web, worker]
+    try:
+        install_v1_with_traffic(sets)
+        results = upgrade_both(sets, "v1", "v2")
+        assert projector_rows(url) == {"AccountProjector": (2, None, None), "AuditProjector": (1, None, None)}
+        assert worker.stage_jobs("v2") == []
+        # Its own operator knows no set owning AccountProjector: it waited by reading the database.
+        assert any(
+            e.startswith("WaitingForProjectors") and "no ProjectorSet on this event store lists it" in e
+            for e in worker.events()
+        ), worker.events()
+        assert_nothing_lost(results)
+    finally:
+        for each in sets:
+            each.close()
+        second.stop()
+        scenario.core.delete_namespace(other)
