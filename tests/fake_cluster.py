@@ -66,6 +66,9 @@ class FakeCluster:
 
     # -- the Cluster protocol --
 
+    def forget_database_uri(self, owner: Owner, spec: api.ProjectorSetSpec) -> None:
+        pass  # observe() reads the Secret every time
+
     def observe(self, owner: Owner, spec: api.ProjectorSetSpec) -> tuple[ClusterView, str | None]:
         if self.api_down:
             raise ClusterError("listing Deployments and Jobs: 503 unavailable", Reason.KUBERNETES_API_ERROR)

@@ -649,6 +649,9 @@ class _WorldCluster:
         self.world.pods_become_ready()
         return self.world.cluster(), DATABASE_URI
 
+    def forget_database_uri(self, owner: Owner, spec: ProjectorSetSpec) -> None:
+        pass  # one URI that never changes
+
     def apply(self, owner: Owner, spec: ProjectorSetSpec, action: Action) -> None:
         self._count(action)
         self.world.execute(action)

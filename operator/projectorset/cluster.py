@@ -44,6 +44,9 @@ class Cluster(Protocol):
     def apply(self, owner: Owner, spec: ProjectorSetSpec, action: ClusterAction) -> None:
         """Carry out one Kubernetes action; raises ClusterError."""
 
+    def forget_database_uri(self, owner: Owner, spec: ProjectorSetSpec) -> None:
+        """The database refused the URI observe() gave, or did not answer: read the Secret again."""
+
     def patch_status(self, owner: Owner, status: dict[str, Any]) -> None: ...
 
     def emit(self, owner: Owner, event: Event) -> None: ...

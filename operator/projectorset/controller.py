@@ -304,6 +304,8 @@ class Reconciler:
                 self._gates[(owner.namespace, owner.name)] = (database, spec, owned_projectors(view))
             return DatabaseView(state=database.read_state())
         except DatabaseError as error:
+            # Perhaps the Secret changed (new credentials, another host): read it again next pass.
+            self.cluster.forget_database_uri(owner, spec)
             return DatabaseView(error_reason=error.reason, error_message=error.message)
 
     def activation_seen(self, namespace: str, name: str) -> bool:

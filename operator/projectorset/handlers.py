@@ -24,8 +24,8 @@ from projectorset.cluster import ClusterError, Owner
 from projectorset.controller import DatabaseRegistry, PassRunner, Reconciler
 from projectorset.kube import KubernetesCluster
 from projectorset.metrics import metrics
-from projectorset.observation import DeploymentView
-from projectorset.resources import MANAGED_BY, deployment_view
+from projectorset.observation import DeploymentView, JobView
+from projectorset.resources import MANAGED_BY, deployment_view, job_view
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +38,9 @@ RESYNC_WINDOW_SECONDS = 300.0
 # While golive runs, projector_states is read this often so traffic moves right after its commit.
 ACTIVATION_POLL_SECONDS = 0.02
 MAX_ERROR_BACKOFF_SECONDS = 60.0
+# How long a pass woken by a watch event waits for the rest of the burst (not the activation watch:
+# the switch after golive never waits for it).
+WAKEUP_SETTLE_SECONDS = 0.2
 TRIM_CHECK_SECONDS = 30.0
 # The label every Deployment and Job the operator creates carries (resources.version_labels).
 MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
@@ -53,7 +56,9 @@ class _Runtime:
         self.pass_runner = PassRunner()
         self.wakeups: dict[tuple[str, str], asyncio.Event] = {}
         self.generations: dict[tuple[str, str], int] = {}
-        self.deployment_views: dict[str, DeploymentView] = {}  # by uid: the last one that woke a pass
+        # By uid: the last view of each Deployment and Job that woke a pass.
+        self.deployment_views: dict[str, DeploymentView] = {}
+        self.job_views: dict[str, JobView] = {}
         self.passes = 0  # passes finished, and running now: when they stop, memory is trimmed
         self.running = 0
         self.loop: asyncio.AbstractEventLoop | None = None
@@ -159,6 +164,10 @@ async def run_rollouts(name: str, namespace: str | None, stopped: kopf.DaemonSto
                 log.exception("%s/%s: reconcile failed; retrying in %.0f s", namespace, name, delay)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(wakeup.wait(), timeout=delay)
+            if wakeup.is_set():
+                # Watch events come in bursts (a Deployment's, its Job's and our own writes, a few
+                # milliseconds apart): one pass after the burst sees them all.
+                await asyncio.sleep(WAKEUP_SETTLE_SECONDS)
     finally:
         runtime.wakeups.pop(key, None)
         runtime.generations.pop(key, None)
@@ -221,7 +230,18 @@ async def deployment_changed(
 
 
 @kopf.on.event("batch", "v1", "jobs", labels={api.NAME_LABEL: kopf.PRESENT})
-async def job_changed(namespace: str | None, labels: kopf.Labels, **_: Any) -> None:
+async def job_changed(
+    namespace: str | None, labels: kopf.Labels, body: kopf.Body, uid: str | None, type: str | None, **_: Any
+) -> None:
+    # The Job controller writes a Job's status several times per pod (started, ready, finished);
+    # as with Deployments, only a change the rollout sees (resources.job_view) needs a pass.
+    if uid and type != "DELETED":
+        view = job_view(dict(body))
+        if runtime.job_views.get(uid) == view:
+            return
+        runtime.job_views[uid] = view
+    elif uid:
+        runtime.job_views.pop(uid, None)
     runtime.wake(namespace, labels.get(api.NAME_LABEL))
 
 

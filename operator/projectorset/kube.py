@@ -11,6 +11,8 @@ import json
 import logging
 import os
 import socket
+import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -53,6 +55,12 @@ COMPONENT = "projectorset-operator"
 # Every API call gives up after this (connect, read) in seconds: a pass never hangs on a silent API
 # server, it fails with a condition and the next one retries.
 REQUEST_TIMEOUT = (5.0, 30.0)
+# Four reads per pass, for as many passes as run at once.
+OBSERVE_THREADS = 32
+# A database URI read from its Secret is used again for this long, unless the database refused
+# it or could not be reached meanwhile (forget_database_uri): a starting set's passes follow each
+# other within seconds, and one read of the Secret serves them all.
+SECRET_CACHE_SECONDS = 60.0
 
 
 def _check_owned(metadata: Any, owner: Owner, version: str, what: str) -> None:
@@ -131,7 +139,12 @@ class KubernetesCluster:
         self.batch = client.BatchV1Api(self.api_client)
         self.custom = client.CustomObjectsApi(self.api_client)
         self.instance = os.environ.get("POD_NAME") or socket.gethostname()
-        self._reads = ThreadPoolExecutor(max_workers=8, thread_name_prefix="observe")
+        # Every pass thread may observe at once (controller.PassRunner): a smaller pool would queue
+        # passes behind each other's reads while the API server has room for them.
+        self._reads = ThreadPoolExecutor(max_workers=OBSERVE_THREADS, thread_name_prefix="observe")
+        # (namespace, Secret, key) -> (database URI, when it was read): see _database_uri.
+        self._uris: dict[tuple[str, str, str], tuple[str, float]] = {}
+        self._uris_lock = threading.Lock()
         # Failed stage Job uid -> the end of its output (a few hundred bytes each).
         self._failure_output: dict[str, str] = {}
         self._services_seen: dict[tuple[str, str], _ServiceSeen] = {}
@@ -240,6 +253,26 @@ class KubernetesCluster:
         return True, selector.get(api.VERSION_LABEL)
 
     def _database_uri(self, owner: Owner, spec: api.ProjectorSetSpec) -> tuple[str | None, str | None]:
+        ref = spec.database.secret_ref
+        key = (owner.namespace, ref.name, ref.key)
+        with self._uris_lock:
+            cached = self._uris.get(key)
+        if cached is not None and time.monotonic() - cached[1] < SECRET_CACHE_SECONDS:
+            return cached[0], None
+        uri, problem = self._read_database_uri(owner, spec)
+        with self._uris_lock:
+            if uri is None:
+                self._uris.pop(key, None)
+            else:
+                self._uris[key] = (uri, time.monotonic())
+        return uri, problem
+
+    def forget_database_uri(self, owner: Owner, spec: api.ProjectorSetSpec) -> None:
+        ref = spec.database.secret_ref
+        with self._uris_lock:
+            self._uris.pop((owner.namespace, ref.name, ref.key), None)
+
+    def _read_database_uri(self, owner: Owner, spec: api.ProjectorSetSpec) -> tuple[str | None, str | None]:
         ref = spec.database.secret_ref
         try:
             secret = self.core.read_namespaced_secret(ref.name, owner.namespace, _request_timeout=REQUEST_TIMEOUT)

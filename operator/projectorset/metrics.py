@@ -227,6 +227,9 @@ class TimedCluster:
         if isinstance(action, SwitchService):
             self.metrics.service_switched(owner)
 
+    def forget_database_uri(self, owner: Owner, spec: ProjectorSetSpec) -> None:
+        self.cluster.forget_database_uri(owner, spec)
+
     def patch_status(self, owner: Owner, status: dict[str, Any]) -> None:
         self.cluster.patch_status(owner, status)
 

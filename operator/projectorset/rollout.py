@@ -78,6 +78,10 @@ from projectorset.sequent import (
 # How often the database is read while a rollout runs, and while it waits for a human or an outage.
 ROLLOUT_POLL_SECONDS = 2.0
 BLOCKED_POLL_SECONDS = 10.0
+# While only Kubernetes objects are awaited (pods becoming ready, a migrate Job), their watch
+# events wake the set; this poll is the safety net. A 2 s poll would make a thousand sets starting
+# at once read the cluster hundreds of times a second for nothing.
+WATCHED_POLL_SECONDS = 30.0
 # No pass asks to sleep longer than this (a scaleDownDelaySeconds of years must not overflow a timer).
 LONGEST_POLL_SECONDS = 300.0
 
@@ -540,7 +544,7 @@ def _rollout(run: _Pass, plan: Plan, db: DatabaseState) -> Decision:
         return _fail(run, db, Reason.DEPLOYMENT_FAILED, f"Deployment of {target}: {deployment.failure}")
     if not _pods_ready(deployment, spec.replicas):
         ready = f"{deployment.ready_replicas}/{deployment.replicas}" if deployment else "0"
-        run.poll(ROLLOUT_POLL_SECONDS)
+        run.poll(WATCHED_POLL_SECONDS)
         return run.finish(
             Phase.DEPLOYING, Reason.DEPLOYING, f"waiting for version {target} to be available ({ready} ready)"
         )
@@ -591,10 +595,10 @@ def _migrate(run: _Pass, db: DatabaseState, attempt: int) -> Decision | None:
         if spec.paused:
             return _paused(run)
         run.act(RunStageJob(spec.version, attempt, Stage.MIGRATE))
-        run.poll(ROLLOUT_POLL_SECONDS)
+        run.poll(WATCHED_POLL_SECONDS)
         return run.finish(Phase.DEPLOYING, Reason.MIGRATING, f"migrating the database for version {spec.version}")
     if job.state is JobState.RUNNING:
-        run.poll(ROLLOUT_POLL_SECONDS)
+        run.poll(WATCHED_POLL_SECONDS)
         return run.finish(Phase.DEPLOYING, Reason.MIGRATING, f"migrate is running in Job {job.name}")
     if job.state is JobState.FAILED:
         return _fail(run, db, Reason.STAGE_FAILED, f"migrate Job {job.name} failed: {job.message}")
