@@ -82,5 +82,6 @@ bench-lag: $(STAMP) ## One replay-lag read on a store of LAG_EVENTS events (no x
 	@$(TESTBED) -m testbed.bench_lag --events $(LAG_EVENTS)
 
 N ?= 1000
-bench-scale: $(STAMP) ## N ProjectorSets (default 1000) on one operator and PostgreSQL: all Active, at rest, one rollout
-	@$(TESTBED) -m testbed.bench_scale --sets $(N)
+QPS ?= 100
+bench-scale: $(STAMP) ## N ProjectorSets (default 1000) on one operator and PostgreSQL: all Active, at rest, one rollout (QPS=0: controllers at Kubernetes' default rate)
+	@$(TESTBED) -m testbed.bench_scale --sets $(N) --controller-qps $(QPS)

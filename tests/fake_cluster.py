@@ -63,11 +63,13 @@ class FakeCluster:
     events: list[Event] = field(default_factory=list)
     api_down: bool = False
     created_jobs: list[str] = field(default_factory=list)
+    uris_forgotten: int = 0
 
     # -- the Cluster protocol --
 
     def forget_database_uri(self, owner: Owner, spec: api.ProjectorSetSpec) -> None:
-        pass  # observe() reads the Secret every time
+        # observe() reads the Secret every time; counted to show the reconciler asks for it.
+        self.uris_forgotten += 1
 
     def observe(self, owner: Owner, spec: api.ProjectorSetSpec) -> tuple[ClusterView, str | None]:
         if self.api_down:

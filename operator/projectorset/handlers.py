@@ -13,6 +13,7 @@ import hashlib
 import logging
 import math
 import time
+from collections.abc import Callable
 from typing import Any
 
 import kopf
@@ -217,32 +218,33 @@ async def projectorset_changed(name: str, namespace: str | None, body: kopf.Body
 async def deployment_changed(
     namespace: str | None, labels: kopf.Labels, body: kopf.Body, uid: str | None, type: str | None, **_: Any
 ) -> None:
-    # A Deployment changes a few times while its pods start; a pass is needed only when what the
-    # rollout sees of it (resources.deployment_view) changed.
-    if uid and type != "DELETED":
-        view = deployment_view(dict(body))
-        if runtime.deployment_views.get(uid) == view:
-            return
-        runtime.deployment_views[uid] = view
-    elif uid:
-        runtime.deployment_views.pop(uid, None)
-    runtime.wake(namespace, labels.get(api.NAME_LABEL))
+    # A Deployment changes a few times while its pods start.
+    if _seen_differently(runtime.deployment_views, uid, type, lambda: deployment_view(dict(body))):
+        runtime.wake(namespace, labels.get(api.NAME_LABEL))
 
 
 @kopf.on.event("batch", "v1", "jobs", labels={api.NAME_LABEL: kopf.PRESENT})
 async def job_changed(
     namespace: str | None, labels: kopf.Labels, body: kopf.Body, uid: str | None, type: str | None, **_: Any
 ) -> None:
-    # The Job controller writes a Job's status several times per pod (started, ready, finished);
-    # as with Deployments, only a change the rollout sees (resources.job_view) needs a pass.
-    if uid and type != "DELETED":
-        view = job_view(dict(body))
-        if runtime.job_views.get(uid) == view:
-            return
-        runtime.job_views[uid] = view
-    elif uid:
-        runtime.job_views.pop(uid, None)
-    runtime.wake(namespace, labels.get(api.NAME_LABEL))
+    # The Job controller writes a Job's status several times per pod (started, ready, finished).
+    if _seen_differently(runtime.job_views, uid, type, lambda: job_view(dict(body))):
+        runtime.wake(namespace, labels.get(api.NAME_LABEL))
+
+
+def _seen_differently(views: dict[str, Any], uid: str | None, type: str | None, view_of: Callable[[], Any]) -> bool:
+    """Whether what the rollout sees of an object (its view) changed with this watch event:
+    only then does its set need a pass. Remembers the view by uid until the object is deleted."""
+    if not uid:
+        return True
+    if type == "DELETED":
+        views.pop(uid, None)
+        return True
+    view = view_of()
+    if views.get(uid) == view:
+        return False
+    views[uid] = view
+    return True
 
 
 @kopf.on.probe(id="projectorsets")

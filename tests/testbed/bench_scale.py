@@ -162,6 +162,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sets", type=int, default=1000, help="ProjectorSets in all (crowd and probes)")
     parser.add_argument("--probes", type=int, default=2, help="timed rollouts alone and among the others")
     parser.add_argument("--max-connections", type=int, default=100, help="PostgreSQL's max_connections")
+    parser.add_argument(
+        "--controller-qps",
+        type=int,
+        default=100,
+        help="requests/s each controller and the scheduler may make (0: Kubernetes' defaults, 20 and 50)",
+    )
     arguments = parser.parse_args(argv)
     crowd = arguments.sets - 2 * arguments.probes
     if crowd < 0:
@@ -169,7 +175,9 @@ def main(argv: list[str] | None = None) -> int:
 
     toolchain.ensure_binaries()
     workdir = Path(tempfile.mkdtemp(prefix="projectorset-bench-scale-"))
-    cluster = LocalCluster.start(workdir / "cluster", audit_log=True)
+    cluster = LocalCluster.start(workdir / "cluster", audit_log=True, controller_qps=arguments.controller_qps or None)
+    rate = arguments.controller_qps or "Kubernetes' default"
+    print(f"[bench-scale] controllers' and scheduler's API rate limit: {rate} qps", flush=True)
     postgres = PostgresServer.start(max_connections=arguments.max_connections)
     api = load_api_client(str(cluster.kubeconfig))
     virtual_node = VirtualNode(RawKube(api)).start()

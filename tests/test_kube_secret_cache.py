@@ -1,0 +1,85 @@
+"""The database URI read from a ProjectorSet's Secret is reused for a while, never past a refusal.
+
+A thousand sets starting at once each make several passes within seconds; one Secret read serves
+them. The cluster test of wrong credentials (tests/cluster/test_upgrade.py) shows the same on a
+real API server: a fixed Secret is used as soon as the database refused the old URI."""
+
+from __future__ import annotations
+
+import base64
+from typing import Any
+
+import pytest
+from kubernetes import client
+from kubernetes.client.exceptions import ApiException
+
+from projectorset import kube
+from projectorset.api import ProjectorSetSpec
+from projectorset.cluster import Owner
+from projectorset.kube import KubernetesCluster
+from testbed.manifests import sample_projectorset
+
+URI = "postgresql://app:pw@db.example:5432/app"
+
+
+class SecretReads:
+    """Stands in for CoreV1Api.read_namespaced_secret, counting the reads."""
+
+    def __init__(self) -> None:
+        self.reads = 0
+        self.uri: str | None = URI
+
+    def read_namespaced_secret(self, name: str, namespace: str, **_: Any) -> client.V1Secret:
+        self.reads += 1
+        if self.uri is None:
+            raise ApiException(status=404, reason="Not Found")
+        return client.V1Secret(data={"uri": base64.b64encode(self.uri.encode()).decode()})
+
+
+@pytest.fixture
+def cluster() -> tuple[KubernetesCluster, SecretReads]:
+    adapter = KubernetesCluster(client.ApiClient(client.Configuration(host="https://127.0.0.1:1")))
+    reads = SecretReads()
+    adapter.core = reads  # type: ignore[assignment]
+    return adapter, reads
+
+
+OWNER = Owner("accounts", "shop", "uid-1")
+SPEC = ProjectorSetSpec.model_validate(sample_projectorset("v1")["spec"])
+
+
+def test_one_read_serves_the_passes_of_a_minute(
+    cluster: tuple[KubernetesCluster, SecretReads], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    adapter, secret = cluster
+    now = [1000.0]
+    monkeypatch.setattr(kube.time, "monotonic", lambda: now[0])
+    assert adapter._database_uri(OWNER, SPEC) == (URI, None)
+    now[0] += kube.SECRET_CACHE_SECONDS - 1
+    assert adapter._database_uri(OWNER, SPEC) == (URI, None)
+    assert secret.reads == 1
+    now[0] += 2
+    secret.uri = URI.replace(":pw@", ":rotated@")
+    assert adapter._database_uri(OWNER, SPEC) == (secret.uri, None)
+    assert secret.reads == 2
+
+
+def test_after_the_database_refused_the_uri_the_secret_is_read_again(
+    cluster: tuple[KubernetesCluster, SecretReads],
+) -> None:
+    adapter, secret = cluster
+    adapter._database_uri(OWNER, SPEC)
+    secret.uri = URI.replace(":pw@", ":fixed@")
+    adapter.forget_database_uri(OWNER, SPEC)
+    assert adapter._database_uri(OWNER, SPEC) == (secret.uri, None)
+    assert secret.reads == 2
+
+
+def test_a_missing_secret_is_not_remembered(cluster: tuple[KubernetesCluster, SecretReads]) -> None:
+    adapter, secret = cluster
+    secret.uri = None
+    uri, problem = adapter._database_uri(OWNER, SPEC)
+    assert uri is None and problem is not None and "not found" in problem
+    secret.uri = URI
+    assert adapter._database_uri(OWNER, SPEC) == (URI, None)
+    assert secret.reads == 2
