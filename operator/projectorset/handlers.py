@@ -39,9 +39,6 @@ RESYNC_WINDOW_SECONDS = 300.0
 # While golive runs, projector_states is read this often so traffic moves right after its commit.
 ACTIVATION_POLL_SECONDS = 0.02
 MAX_ERROR_BACKOFF_SECONDS = 60.0
-# How long a pass woken by a watch event waits for the rest of the burst (not the activation watch:
-# the switch after golive never waits for it).
-WAKEUP_SETTLE_SECONDS = 0.2
 TRIM_CHECK_SECONDS = 30.0
 # The label every Deployment and Job the operator creates carries (resources.version_labels).
 MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
@@ -165,10 +162,6 @@ async def run_rollouts(name: str, namespace: str | None, stopped: kopf.DaemonSto
                 log.exception("%s/%s: reconcile failed; retrying in %.0f s", namespace, name, delay)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(wakeup.wait(), timeout=delay)
-            if wakeup.is_set():
-                # Watch events come in bursts (a Deployment's, its Job's and our own writes, a few
-                # milliseconds apart): one pass after the burst sees them all.
-                await asyncio.sleep(WAKEUP_SETTLE_SECONDS)
     finally:
         runtime.wakeups.pop(key, None)
         runtime.generations.pop(key, None)
