@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: help venv lint typecheck crds check-crds test unit run install uninstall demo bench bench-lag bench-scale cluster-up cluster-down clean
+.PHONY: help venv lint typecheck crds check-crds test unit run install uninstall demo bench bench-lag bench-scale profile-scale cluster-up cluster-down clean
 
 help:
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -83,5 +83,9 @@ bench-lag: $(STAMP) ## One replay-lag read on a store of LAG_EVENTS events (no x
 
 N ?= 1000
 QPS ?= 100
+SETS ?= 300
+profile-scale: $(STAMP) ## Where SETS starting ProjectorSets' time and memory go (SETS=300): CPU per component, API requests, memory by mapping
+	@$(TESTBED) -m testbed.profile_scale --sets $(SETS) --controller-qps $(QPS)
+
 bench-scale: $(STAMP) ## N ProjectorSets (default 1000) on one operator and PostgreSQL: all Active, at rest, one rollout (QPS=0: controllers at Kubernetes' default rate)
 	@$(TESTBED) -m testbed.bench_scale --sets $(N) --controller-qps $(QPS)

@@ -31,9 +31,12 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import psycopg
 from kubernetes import client
@@ -79,17 +82,24 @@ def operator_connections(url: str) -> dict[str, int]:
     return {state: int(count) for state, count in rows}
 
 
-def audited_requests(cluster: LocalCluster, since: float, until: float) -> dict[str, int]:
-    """The operator identity's requests between two moments (epoch seconds), by verb."""
-    verbs: dict[str, int] = {}
+def audit_events(cluster: LocalCluster, since: float, until: float) -> Iterator[dict[str, Any]]:
+    """The API server's completed requests received between two moments (epoch seconds)."""
     with cluster.audit_log.open() as log:
         for line in log:
             event = json.loads(line)
-            if event.get("stage") != "ResponseComplete" or event.get("user", {}).get("username") != OPERATOR_USER:
+            if event.get("stage") != "ResponseComplete":
                 continue
             received = datetime.fromisoformat(event["requestReceivedTimestamp"].replace("Z", "+00:00")).timestamp()
             if since <= received < until:
-                verbs[event.get("verb", "?")] = verbs.get(event.get("verb", "?"), 0) + 1
+                yield event
+
+
+def audited_requests(cluster: LocalCluster, since: float, until: float) -> dict[str, int]:
+    """The operator identity's requests between two moments (epoch seconds), by verb."""
+    verbs: dict[str, int] = {}
+    for event in audit_events(cluster, since, until):
+        if event.get("user", {}).get("username") == OPERATOR_USER:
+            verbs[event.get("verb", "?")] = verbs.get(event.get("verb", "?"), 0) + 1
     return verbs
 
 
@@ -127,6 +137,36 @@ def measure_at_rest(operator: OperatorProcess, cluster: LocalCluster, postgres_u
         requests=audited_requests(cluster, since, until),
         seconds=elapsed,
     )
+
+
+# ---- the environment ----------------------------------------------------------------------------------
+
+
+@dataclass
+class ScaleEnvironment:
+    workdir: Path
+    cluster: LocalCluster
+    postgres: PostgresServer
+    api: client.ApiClient
+
+
+@contextmanager
+def scale_environment(prefix: str, controller_qps: int, max_connections: int = 100) -> Iterator[ScaleEnvironment]:
+    """The local cluster (audit log on, controllers at ``controller_qps``, 0: Kubernetes' default),
+    the virtual node for cheap pods, and one PostgreSQL; all stopped and removed afterwards."""
+    toolchain.ensure_binaries()
+    workdir = Path(tempfile.mkdtemp(prefix=prefix))
+    cluster = LocalCluster.start(workdir / "cluster", audit_log=True, controller_qps=controller_qps or None)
+    postgres = PostgresServer.start(max_connections=max_connections)
+    api = load_api_client(str(cluster.kubeconfig))
+    virtual_node = VirtualNode(RawKube(api)).start()
+    try:
+        yield ScaleEnvironment(workdir, cluster, postgres, api)
+    finally:
+        virtual_node.stop()
+        cluster.stop()
+        postgres.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
 
 
 # ---- rollouts ------------------------------------------------------------------------------------------
@@ -173,14 +213,14 @@ def main(argv: list[str] | None = None) -> int:
     if crowd < 0:
         parser.error("--sets must be at least twice --probes")
 
-    toolchain.ensure_binaries()
-    workdir = Path(tempfile.mkdtemp(prefix="projectorset-bench-scale-"))
-    cluster = LocalCluster.start(workdir / "cluster", audit_log=True, controller_qps=arguments.controller_qps or None)
     rate = arguments.controller_qps or "Kubernetes' default"
     print(f"[bench-scale] controllers' and scheduler's API rate limit: {rate} qps", flush=True)
-    postgres = PostgresServer.start(max_connections=arguments.max_connections)
-    api = load_api_client(str(cluster.kubeconfig))
-    virtual_node = VirtualNode(RawKube(api)).start()
+    with scale_environment("projectorset-bench-scale-", arguments.controller_qps, arguments.max_connections) as env:
+        return _measure(arguments, crowd, env)
+
+
+def _measure(arguments: argparse.Namespace, crowd: int, env: ScaleEnvironment) -> int:
+    cluster, postgres, api, workdir = env.cluster, env.postgres, env.api, env.workdir
     operator: OperatorProcess | None = None
     scenarios: list[Scenario] = []
     try:
@@ -244,10 +284,6 @@ def main(argv: list[str] | None = None) -> int:
             scenario.close()
         if operator is not None:
             operator.stop()
-        virtual_node.stop()
-        cluster.stop()
-        postgres.stop()
-        shutil.rmtree(workdir, ignore_errors=True)
 
 
 if __name__ == "__main__":

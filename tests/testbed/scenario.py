@@ -259,6 +259,15 @@ class UpgradeResult:
         )
 
 
+def install_crd(cluster: LocalCluster) -> None:
+    """The ProjectorSet CRD applied with kubectl, and established."""
+    kubectl = [str(toolchain.binary("kubectl")), f"--kubeconfig={cluster.kubeconfig}"]
+    crd = REPO / "crds" / "projectorsets.yaml"
+    subprocess.run([*kubectl, "apply", "-f", str(crd)], check=True, capture_output=True, timeout=120)
+    established = ["wait", "--for=condition=Established", "crd/projectorsets.projectorset.io", "--timeout=60s"]
+    subprocess.run([*kubectl, *established], check=True, capture_output=True, timeout=120)
+
+
 class Scenario:
     """One namespace holding the sample application, its database, Service, and the operator."""
 
@@ -302,8 +311,7 @@ class Scenario:
     def prepare(self) -> Scenario:
         """Namespace, CRD, and the application's database (migrated for v1, not yet activated),
         Secret and Service."""
-        self.kubectl("apply", "-f", str(REPO / "crds" / "projectorsets.yaml"))
-        self.kubectl("wait", "--for=condition=Established", "crd/projectorsets.projectorset.io", "--timeout=60s")
+        install_crd(self.cluster)
         self.cluster.create_namespace(self.namespace)
         self.database_url = self.add_database(self.name)
         return self
