@@ -161,32 +161,32 @@ class ProjectorIndex:
         with self._lock:
             self._claims.pop(owner, None)
 
+    def _others_on_store(self, claim: SetClaim) -> list[SetClaim]:
+        """The other sets on ``claim``'s event store, the earliest created first."""
+        with self._lock:
+            others = [c for c in self._claims.values() if c.owner != claim.owner and c.shares_store_with(claim)]
+        return sorted(others, key=lambda c: (c.created, c.owner))
+
     def earlier_overlap(self, claim: SetClaim) -> tuple[SetClaim, frozenset[str]] | None:
         """The earliest set created before ``claim`` on the same store listing one of its projectors."""
-        with self._lock:
-            others = [c for c in self._claims.values() if c.owner != claim.owner]
-        clashes = [
-            (other, other.projectors & claim.projectors)
-            for other in others
-            if other.earlier_than(claim) and other.shares_store_with(claim) and other.projectors & claim.projectors
-        ]
-        return min(clashes, key=lambda clash: (clash[0].created, clash[0].owner), default=None)
+        return next(
+            (
+                (other, other.projectors & claim.projectors)
+                for other in self._others_on_store(claim)
+                if other.earlier_than(claim) and other.projectors & claim.projectors
+            ),
+            None,
+        )
 
     def listing(self, claim: SetClaim, projectors: Iterable[str]) -> list[str]:
         """The other sets on ``claim``'s store that list one of ``projectors``."""
         wanted = set(projectors)
-        with self._lock:
-            others = [c for c in self._claims.values() if c.owner != claim.owner]
-        return sorted(other.owner for other in others if other.shares_store_with(claim) and other.projectors & wanted)
+        return sorted(other.owner for other in self._others_on_store(claim) if other.projectors & wanted)
 
     def owners(self, claim: SetClaim, projectors: Iterable[str]) -> dict[str, str]:
         """For each of ``projectors``, the set on ``claim``'s store that owns it (the earliest other
         set listing it in ``projectors``); a projector no other set lists is left out."""
-        with self._lock:
-            others = sorted(
-                (c for c in self._claims.values() if c.owner != claim.owner and c.shares_store_with(claim)),
-                key=lambda c: (c.created, c.owner),
-            )
+        others = self._others_on_store(claim)
         found: dict[str, str] = {}
         for name in projectors:
             owner = next((other.owner for other in others if name in other.projectors), None)
@@ -197,8 +197,4 @@ class ProjectorIndex:
     def requiring(self, claim: SetClaim) -> list[str]:
         """The other sets on ``claim``'s store whose ``requiredProjectors`` name one of its projectors:
         the sets that may be waiting for this one's golive."""
-        with self._lock:
-            others = [c for c in self._claims.values() if c.owner != claim.owner]
-        return sorted(
-            other.owner for other in others if other.shares_store_with(claim) and other.required & claim.projectors
-        )
+        return sorted(other.owner for other in self._others_on_store(claim) if other.required & claim.projectors)
