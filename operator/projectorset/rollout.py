@@ -835,8 +835,7 @@ def release_is_live(spec: ProjectorSetSpec, db: DatabaseState, owned: Collection
     golive (or the activation) committed. Projectors the release removed may still be active.
     ``owned`` (``owned_projectors``): only those and the release's count; other applications'
     projectors on a shared event store may be replaying meanwhile."""
-    mine = set(db.projectors) - set(spec.required_versions) if owned is None else {*spec.projector_versions, *owned}
-    if db.empty or _in_flight(db, mine):
+    if db.empty or _in_flight(db, _counted_projectors(spec, db, owned)):
         return False
     return all(
         (state := db.projectors.get(name)) is not None and state.active_version == version
@@ -854,6 +853,15 @@ def release_is_active(spec: ProjectorSetSpec, db: DatabaseState, owned: Collecti
         or (owned is not None and name not in owned)
         for name, s in db.projectors.items()
     )
+
+
+def _counted_projectors(spec: ProjectorSetSpec, db: DatabaseState, owned: Collection[str] | None) -> set[str]:
+    """The projectors whose state is this set's business: the release's and those of the releases
+    it deployed before (``owned``); with ``owned`` unknown, every projector in the table but the
+    other sets' ones this release requires."""
+    if owned is None:
+        return set(db.projectors) - set(spec.required_versions)
+    return {*spec.projector_versions, *owned}
 
 
 def _in_flight(db: DatabaseState, names: Iterable[str] | None = None) -> bool:
@@ -992,15 +1000,11 @@ def _replay_owner(run: _Pass, replay: ReplayState, db: DatabaseState) -> tuple[s
 def _active_projectors(run: _Pass, db: DatabaseState) -> dict[str, int] | None:
     """This set's projector versions the database shows active, when none of them is replaying or
     activating (other applications' projectors on a shared event store do not count)."""
-    owned = owned_projectors(run.cluster)
-    mine = None if owned is None else {*run.spec.projector_versions, *owned}
-    required = run.spec.required_versions
-    if db.empty or _in_flight(db, mine if mine is not None else set(db.projectors) - set(required)):
+    mine = _counted_projectors(run.spec, db, owned_projectors(run.cluster))
+    if db.empty or _in_flight(db, mine):
         return None
     active = {
-        name: s.active_version
-        for name, s in db.projectors.items()
-        if s.active_version is not None and (name in mine if mine is not None else name not in required)
+        name: s.active_version for name, s in db.projectors.items() if s.active_version is not None and name in mine
     }
     return active or None
 
