@@ -60,16 +60,16 @@ def ready(world: World) -> str | None:
     return next((c.status for c in world.status.conditions if c.type == "Ready"), None)
 
 
-def run_until_golive(world: World) -> str:
-    """Finish every stage Job until golive runs; the golive Job's name."""
+def run_until_stage(world: World, stage: str) -> str:
+    """Finish every stage Job until ``stage`` runs; that stage's Job name."""
     for _ in range(12):
         world.reconcile()
         running = [n for n, j in world.jobs.items() if j.state is JobState.RUNNING]
-        if any(world.jobs[n].stage == "golive" for n in running):
+        if any(world.jobs[n].stage == stage for n in running):
             break
         for name in running:
             world.finish_job(name)
-    return next(n for n, j in world.jobs.items() if j.stage == "golive")
+    return next(n for n, j in world.jobs.items() if j.stage == stage)
 
 
 def test_replicas_zero_rolls_out_and_serves_with_no_pods() -> None:
@@ -173,7 +173,7 @@ def test_version_edited_while_golive_runs_moves_the_service_to_what_the_database
     v3 rolls out from there."""
     world = serving_v1()
     edit(world, "v2")
-    golive = run_until_golive(world)
+    golive = run_until_stage(world, "golive")
     edit(world, "v3")
     world.reconcile()
     assert world.service_version == "v1"
@@ -275,14 +275,7 @@ def test_a_lost_status_mid_rollout_carries_on_with_the_running_jobs() -> None:
     Job ran: the rollout restarted at attempt 1, failed at once and deleted the healthy Job."""
     world = serving_v1()
     edit(world, "v2")
-    for _ in range(8):
-        world.reconcile()
-        running = [n for n, j in world.jobs.items() if j.state is JobState.RUNNING]
-        if any(world.jobs[n].stage == "replay" for n in running):
-            break
-        for name in running:
-            world.finish_job(name)
-    replay_job = next(n for n, j in world.jobs.items() if j.stage == "replay")
+    replay_job = run_until_stage(world, "replay")
     world.restart_operator()
     world.stored_status = None
     world.reconcile()
@@ -298,7 +291,7 @@ def test_edited_during_golive_to_a_build_of_the_same_release_follows_the_ready_p
     ready. It now moves to v2's ready pods at once, then to v2b."""
     world = serving_v1()
     edit(world, "v2")
-    golive = run_until_golive(world)
+    golive = run_until_stage(world, "golive")
     edit(world, "v2b")
     world.auto_available = False  # v2b's pods take their time
     world.reconcile()
