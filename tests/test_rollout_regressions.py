@@ -369,3 +369,27 @@ def test_a_stale_status_after_v2_v1_v2_never_takes_the_first_v2_rollouts_jobs() 
     assert world.status.phase is Phase.ACTIVE and world.service_version == "v2", world.status.message
     second_prepare = [n for n in set(world.jobs) - first_jobs if world.jobs[n].stage == "prepare"]
     assert second_prepare, "the second rollout ran its own prepare Job"
+
+
+def test_edits_held_by_a_database_outage_leave_the_running_rollout_to_carry_on() -> None:
+    """Found by ``make fuzz`` (its model counts v2 -> v1 -> v2 as a new rollout whatever the
+    operator saw): v2's prepare runs, the database goes down, the version goes to v1 and back to
+    v2 while every pass holds on the outage. No pass acted on v1, so nothing of the v2 rollout was
+    torn down: when the database is back, the same prepare carries on (no second replay of v2 is
+    started beside it) and v2 goes live."""
+    world = serving_v1()
+    edit(world, "v2")
+    prepare = run_until_stage(world, "prepare")
+    world.database_error = ("DatabaseUnreachable", "cannot connect to the database")
+    world.reconcile()
+    edit(world, "v1")
+    world.reconcile()
+    edit(world, "v2")
+    world.reconcile()
+    assert reason(world) == "DatabaseUnreachable" and world.jobs[prepare].state is JobState.RUNNING
+    world.database_error = None
+    world.reconcile()
+    assert world.status.attempt == 1 and world.jobs[prepare].state is JobState.RUNNING
+    settle(world)
+    assert world.service_version == "v2" and world.status.phase.value == "Active"
+    assert [n for n, j in world.jobs.items() if j.stage == "prepare"] == [prepare]
