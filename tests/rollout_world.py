@@ -155,6 +155,8 @@ class World:
     check_outcomes: dict[str, tuple[bool, str]] = field(default_factory=dict)
     checks_run: list[str] = field(default_factory=list)
     epoch: int = 0
+    # The spec.version of the last pass that acted (see execute).
+    acted_version: str | None = None
     # Sequent's lag after a catch-up round.
     lag_after_catchup: int = 0
     # The controller's side: the stored object's status as a dict (what the API server holds).
@@ -309,6 +311,11 @@ class World:
     # -- carrying out actions --
 
     def execute(self, action: object) -> None:
+        if self.spec.version != self.acted_version:
+            # A new rollout begins with the first action taken for another version: edits that no
+            # pass acted on (all held by an outage, say) leave the rollout in flight as it was.
+            self.epoch += 1
+            self.acted_version = self.spec.version
         match action:
             case EnsureDeployment(version=version, replicas=replicas):
                 current = self.deployments.get(version)
@@ -601,12 +608,11 @@ class World:
         for name, version in release.items():
             self.projectors[name] = ProjectorState(name, version)
         self.status = ProjectorSetStatus(phase="Active", active_version="v1", target_version="v1")
+        self.acted_version = "v1"
         self.stored_status = self.status.model_dump(by_alias=True, mode="json")
         return self
 
     def upgrade(self, spec: ProjectorSetSpec) -> None:
-        if spec.version != self.spec.version:
-            self.epoch += 1
         self.spec = spec
         self.generation += 1
 
