@@ -7,41 +7,39 @@ real API server: a fixed Secret is used as soon as the database refused the old 
 from __future__ import annotations
 
 import base64
-from typing import Any
+from typing import Any, cast
 
 import pytest
-from kubernetes import client
-from kubernetes.client.exceptions import ApiException
 
 from projectorset import kube
 from projectorset.api import ProjectorSetSpec
 from projectorset.cluster import Owner
 from projectorset.kube import KubernetesCluster
+from projectorset.kubeapi import ApiError, KubeApi
 from testbed.manifests import sample_projectorset
 
 URI = "postgresql://app:pw@db.example:5432/app"
 
 
 class SecretReads:
-    """Stands in for CoreV1Api.read_namespaced_secret, counting the reads."""
+    """Stands in for ``KubeApi.get`` of the Secret, counting the reads."""
 
     def __init__(self) -> None:
         self.reads = 0
         self.uri: str | None = URI
 
-    def read_namespaced_secret(self, name: str, namespace: str, **_: Any) -> client.V1Secret:
+    def get(self, path: str, **_: Any) -> dict[str, Any]:
+        assert path == "/api/v1/namespaces/shop/secrets/accounts-db", path
         self.reads += 1
         if self.uri is None:
-            raise ApiException(status=404, reason="Not Found")
-        return client.V1Secret(data={"uri": base64.b64encode(self.uri.encode()).decode()})
+            raise ApiError(404, "NotFound", 'secrets "accounts-db" not found')
+        return {"kind": "Secret", "data": {"uri": base64.b64encode(self.uri.encode()).decode()}}
 
 
 @pytest.fixture
 def cluster() -> tuple[KubernetesCluster, SecretReads]:
-    adapter = KubernetesCluster(client.ApiClient(client.Configuration(host="https://127.0.0.1:1")))
     reads = SecretReads()
-    adapter.core = reads  # type: ignore[assignment]
-    return adapter, reads
+    return KubernetesCluster(cast(KubeApi, reads)), reads
 
 
 OWNER = Owner("accounts", "shop", "uid-1")

@@ -17,13 +17,13 @@ from collections.abc import Callable
 from typing import Any
 
 import kopf
-from kubernetes import client as kube_client
-from kubernetes import config as kube_config
 
 from projectorset import api, memory
 from projectorset.cluster import ClusterError, Owner
 from projectorset.controller import DatabaseRegistry, PassRunner, Reconciler
 from projectorset.kube import KubernetesCluster
+from projectorset.kubeapi import KubeApi
+from projectorset.kubelogin import Credentials
 from projectorset.metrics import metrics
 from projectorset.observation import DeploymentView, JobView
 from projectorset.resources import MANAGED_BY, deployment_view, job_view
@@ -49,6 +49,8 @@ class _Runtime:
 
     def __init__(self) -> None:
         self.reconciler: Reconciler | None = None
+        # One login for Kopf's watches and the passes' requests (read on first use).
+        self.credentials = Credentials()
         self.cluster: KubernetesCluster | None = None
         self.databases = DatabaseRegistry()
         self.pass_runner = PassRunner()
@@ -76,6 +78,13 @@ class _Runtime:
 runtime = _Runtime()
 
 
+@kopf.on.login()
+def login(**_: Any) -> kopf.ConnectionInfo:
+    # Kopf asks at start and after the API server refused its credentials: log in anew, and
+    # the passes use the same credentials from then on.
+    return runtime.credentials.renew()
+
+
 @kopf.on.startup()
 def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     # Our own Events describe the rollout; Kopf's per-handler log Events would only add noise.
@@ -92,16 +101,7 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     for resource in (("apps", "deployments"), ("batch", "jobs")):
         settings.watching.label_selectors[resource] = f"{MANAGED_BY_LABEL}={MANAGED_BY},{api.NAME_LABEL}"
     settings.watching.client_timeout = 330
-    try:
-        kube_config.load_incluster_config()
-    except kube_config.ConfigException:
-        kube_config.load_kube_config()
-    # Passes run on several threads and each observes with four reads in parallel: a pool smaller
-    # than that drops connections, and every request after opens a new TLS connection.
-    configuration = kube_client.Configuration.get_default_copy()
-    configuration.connection_pool_maxsize = 32
-    kube_client.Configuration.set_default(configuration)
-    runtime.cluster = KubernetesCluster()
+    runtime.cluster = KubernetesCluster(KubeApi(runtime.credentials))
     runtime.reconciler = Reconciler(
         metrics.timed(runtime.cluster), runtime.databases, observer=metrics.observe, wake=runtime.wake_from_thread
     )

@@ -1,13 +1,12 @@
-"""The ``Cluster`` the controller uses, over the official Kubernetes client.
+"""The ``Cluster`` the controller uses, over ``kubeapi.KubeApi``.
 
-Manifests are built as plain dicts (``resources.py``); the client sends dicts as they
-are, and ``cast()`` only tells mypy so.
+Manifests are built as plain dicts (``resources.py``) and objects are read back as the API
+server's JSON: the client sends and returns dicts as they are.
 """
 
 from __future__ import annotations
 
 import base64
-import json
 import logging
 import os
 import socket
@@ -16,15 +15,14 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, assert_never, cast
+from typing import Any, assert_never
 
-from kubernetes import client
-from kubernetes.client.exceptions import ApiException
 from urllib3.exceptions import HTTPError
 
 from projectorset import api
 from projectorset.cluster import ClusterError, Owner, ServiceRefused
 from projectorset.conditions import Reason
+from projectorset.kubeapi import JSON_PATCH, STRATEGIC_MERGE_PATCH, ApiError, KubeApi, resource_path
 from projectorset.observation import (
     ClusterAction,
     ClusterView,
@@ -52,9 +50,6 @@ from projectorset.resources import (
 
 log = logging.getLogger(__name__)
 COMPONENT = "projectorset-operator"
-# Every API call gives up after this (connect, read) in seconds: a pass never hangs on a silent API
-# server, it fails with a condition and the next one retries.
-REQUEST_TIMEOUT = (5.0, 30.0)
 # Three or four reads per pass: passes wait for the API server, not for these threads (32 were
 # measured no faster with 200 sets starting at once, and each idle thread costs memory).
 OBSERVE_THREADS = 8
@@ -64,10 +59,10 @@ OBSERVE_THREADS = 8
 SECRET_CACHE_SECONDS = 60.0
 
 
-def _check_owned(metadata: Any, owner: Owner, version: str, what: str) -> None:
+def _check_owned(found: dict[str, Any], owner: Owner, version: str, what: str) -> None:
     """Names are unique per (set, version) but for a 32-bit hash clash (``resources._version_stem``):
     taking another's object for ours would be silent and wrong, so it is refused with a clear message."""
-    labels = (metadata.labels if metadata is not None else None) or {}
+    labels = (found.get("metadata") or {}).get("labels") or {}
     if labels.get(api.NAME_LABEL) != owner.name or labels.get(api.VERSION_LABEL) != version:
         raise ClusterError(
             f"{what} exists for ProjectorSet {labels.get(api.NAME_LABEL)!r} version "
@@ -81,36 +76,31 @@ def _version_selector(owner: Owner, version: str) -> str:
     return f"{api.NAME_LABEL}={owner.name},{api.VERSION_LABEL}={version}"
 
 
-def _items(list_call: Any, namespace: str, label_selector: str) -> list[dict[str, Any]]:
-    """The objects a list call returns, as the API server's JSON: the views read that shape, and
-    skipping the client's typed models (built, then turned back into dicts) saves most of the
-    CPU and short-lived memory of a pass."""
-    response = list_call(
-        namespace, label_selector=label_selector, _request_timeout=REQUEST_TIMEOUT, _preload_content=False
-    )
-    try:
-        return cast(list[dict[str, Any]], json.loads(response.data)["items"])
-    finally:
-        response.release_conn()
-
-
 def _unanswered(error: HTTPError, what: str) -> ClusterError:
-    """A request that timed out or lost its connection (urllib3 raises these, not ApiException)."""
+    """A request that timed out or lost its connection (urllib3 raises these, not ApiError)."""
     return ClusterError(f"{what}: no answer from the API server ({type(error).__name__})", Reason.KUBERNETES_API_ERROR)
 
 
-def _error(error: ApiException, what: str) -> ClusterError:
-    try:
-        detail = json.loads(error.body or "{}").get("message") or error.reason
-    except (ValueError, AttributeError):
-        detail = error.reason
+def _error(error: ApiError, what: str) -> ClusterError:
     reason = {
         403: Reason.KUBERNETES_FORBIDDEN,
         404: Reason.KUBERNETES_NOT_FOUND,
         409: Reason.KUBERNETES_CONFLICT,
         422: Reason.KUBERNETES_INVALID,
-    }.get(error.status or 0, Reason.KUBERNETES_API_ERROR)
-    return ClusterError(f"{what}: {error.status} {detail}", reason)
+    }.get(error.status, Reason.KUBERNETES_API_ERROR)
+    return ClusterError(f"{what}: {error.status} {error.message}", reason)
+
+
+def _deployments(namespace: str, name: str | None = None) -> str:
+    return resource_path("apps/v1", "deployments", namespace, name)
+
+
+def _jobs(namespace: str, name: str | None = None) -> str:
+    return resource_path("batch/v1", "jobs", namespace, name)
+
+
+def _projectorset(namespace: str, name: str, sub: str | None = None) -> str:
+    return resource_path(f"{api.GROUP}/{api.VERSION}", api.PLURAL, namespace, name, sub)
 
 
 @dataclass(frozen=True)
@@ -123,10 +113,15 @@ class _ServiceSeen:
     selector: dict[str, str]
 
     @classmethod
-    def of(cls, service: client.V1Service) -> _ServiceSeen:
-        metadata = service.metadata or client.V1ObjectMeta()
-        selector = (service.spec.selector if service.spec else None) or {}
-        return cls(metadata.name or "", metadata.resource_version or "", dict(metadata.annotations or {}), selector)
+    def of(cls, service: dict[str, Any]) -> _ServiceSeen:
+        metadata = service.get("metadata") or {}
+        selector = (service.get("spec") or {}).get("selector") or {}
+        return cls(
+            metadata.get("name") or "",
+            metadata.get("resourceVersion") or "",
+            dict(metadata.get("annotations") or {}),
+            dict(selector),
+        )
 
 
 @dataclass(frozen=True)
@@ -139,19 +134,17 @@ class _DeploymentFound:
     annotations: dict[str, str]
 
     @classmethod
-    def of(cls, deployment: client.V1Deployment) -> _DeploymentFound:
-        metadata = deployment.metadata or client.V1ObjectMeta()
-        replicas = deployment.spec.replicas if deployment.spec else None
-        return cls(metadata.name or "", metadata.uid or "", replicas, dict(metadata.annotations or {}))
+    def of(cls, deployment: dict[str, Any]) -> _DeploymentFound:
+        metadata = deployment.get("metadata") or {}
+        replicas = (deployment.get("spec") or {}).get("replicas")
+        return cls(
+            metadata.get("name") or "", metadata.get("uid") or "", replicas, dict(metadata.get("annotations") or {})
+        )
 
 
 class KubernetesCluster:
-    def __init__(self, api_client: client.ApiClient | None = None) -> None:
-        self.api_client = api_client or client.ApiClient()
-        self.core = client.CoreV1Api(self.api_client)
-        self.apps = client.AppsV1Api(self.api_client)
-        self.batch = client.BatchV1Api(self.api_client)
-        self.custom = client.CustomObjectsApi(self.api_client)
+    def __init__(self, kube: KubeApi) -> None:
+        self.kube = kube
         self.instance = os.environ.get("POD_NAME") or socket.gethostname()
         self._reads = ThreadPoolExecutor(max_workers=OBSERVE_THREADS, thread_name_prefix="observe")
         # (namespace, Secret, key) -> (database URI, when it was read): see _database_uri.
@@ -165,13 +158,10 @@ class KubernetesCluster:
 
     def read_projectorset(self, namespace: str, name: str) -> dict[str, Any] | None:
         try:
-            found = self.custom.get_namespaced_custom_object(
-                api.GROUP, api.VERSION, namespace, api.PLURAL, name, _request_timeout=REQUEST_TIMEOUT
-            )
-            return cast(dict[str, Any], found)
+            return self.kube.get(_projectorset(namespace, name))
         except HTTPError as error:
             raise _unanswered(error, f"reading ProjectorSet {name}") from None
-        except ApiException as error:
+        except ApiError as error:
             if error.status == 404:
                 return None
             raise _error(error, f"reading ProjectorSet {name}") from None
@@ -180,10 +170,8 @@ class KubernetesCluster:
         selector = f"{api.NAME_LABEL}={owner.name}"
         # The four reads are independent: in parallel, a pass (and so the traffic switch that
         # follows an activation) waits for the slowest, not for their sum.
-        deployments_call = self._reads.submit(
-            _items, self.apps.list_namespaced_deployment, owner.namespace, label_selector=selector
-        )
-        jobs_call = self._reads.submit(_items, self.batch.list_namespaced_job, owner.namespace, label_selector=selector)
+        deployments_call = self._reads.submit(self.kube.list_items, _deployments(owner.namespace), selector)
+        jobs_call = self._reads.submit(self.kube.list_items, _jobs(owner.namespace), selector)
         service_call = self._reads.submit(self._service, owner, spec)
         secret_call = self._reads.submit(self._database_uri, owner, spec)
         try:
@@ -193,7 +181,7 @@ class KubernetesCluster:
             uri, secret_problem = secret_call.result()
         except HTTPError as error:
             raise _unanswered(error, "reading Deployments, Jobs, the Service and the Secret") from None
-        except ApiException as error:
+        except ApiError as error:
             raise _error(error, "listing Deployments and Jobs") from None
         views: dict[str, DeploymentView] = {}
         for item in deployments:
@@ -228,12 +216,10 @@ class KubernetesCluster:
         }
         if any(uid not in self._failure_output for uid in failed.values()):
             try:
-                pods = _items(
-                    self.core.list_namespaced_pod,
-                    owner.namespace,
-                    label_selector=f"{api.NAME_LABEL}={owner.name},{api.STAGE_LABEL}",
+                pods = self.kube.list_items(
+                    resource_path("v1", "pods", owner.namespace), f"{api.NAME_LABEL}={owner.name},{api.STAGE_LABEL}"
                 )
-            except (ApiException, HTTPError) as error:
+            except (ApiError, HTTPError) as error:
                 log.warning("%s/%s: cannot read the failed stage pods: %s", owner.namespace, owner.name, error)
                 return {}
             messages = failed_pod_messages(pods)
@@ -243,17 +229,17 @@ class KubernetesCluster:
 
     def _service(self, owner: Owner, spec: api.ProjectorSetSpec) -> tuple[bool, str | None]:
         try:
-            service = self.core.read_namespaced_service(
-                spec.service.name, owner.namespace, _request_timeout=REQUEST_TIMEOUT
+            service = _ServiceSeen.of(
+                self.kube.get(resource_path("v1", "services", owner.namespace, spec.service.name))
             )
-        except ApiException as error:
+        except ApiError as error:
             if error.status == 404:
                 return False, None
             raise _error(error, f"reading Service {spec.service.name}") from None
-        selector = (service.spec.selector if service.spec else None) or {}
+        selector = service.selector
         # Kept for the switch that may follow in this pass: it claims the Service only if this is
         # still the Service it checked (resourceVersion), without reading it again.
-        self._services_seen[(owner.namespace, owner.name)] = _ServiceSeen.of(service)
+        self._services_seen[(owner.namespace, owner.name)] = service
         if selector.get(api.NAME_LABEL) != owner.name:
             return True, None
         return True, selector.get(api.VERSION_LABEL)
@@ -281,14 +267,14 @@ class KubernetesCluster:
     def _read_database_uri(self, owner: Owner, spec: api.ProjectorSetSpec) -> tuple[str | None, str | None]:
         ref = spec.database.secret_ref
         try:
-            secret = self.core.read_namespaced_secret(ref.name, owner.namespace, _request_timeout=REQUEST_TIMEOUT)
-        except ApiException as error:
+            secret = self.kube.get(resource_path("v1", "secrets", owner.namespace, ref.name))
+        except ApiError as error:
             if error.status == 404:
                 return None, f"Secret {ref.name} not found"
             if error.status == 403:
                 return None, f"the operator may not read Secret {ref.name} (RBAC)"
             raise _error(error, f"reading Secret {ref.name}") from None
-        encoded = (secret.data or {}).get(ref.key)
+        encoded = (secret.get("data") or {}).get(ref.key)
         if not encoded:
             return None, f"Secret {ref.name} has no key {ref.key}"
         try:
@@ -303,7 +289,7 @@ class KubernetesCluster:
             self._apply(owner, spec, action)
         except HTTPError as error:
             raise _unanswered(error, type(action).__name__) from None
-        except ApiException as error:
+        except ApiError as error:
             raise _error(error, type(action).__name__) from None
 
     def _apply(self, owner: Owner, spec: api.ProjectorSetSpec, action: ClusterAction) -> None:
@@ -315,13 +301,7 @@ class KubernetesCluster:
                         raise ClusterError(
                             f"Deployment {deployment_name(owner, version)} is gone", Reason.KUBERNETES_NOT_FOUND
                         )
-                    self._create(
-                        lambda: self.apps.create_namespaced_deployment(
-                            owner.namespace,
-                            cast(client.V1Deployment, build_deployment(owner, spec, version)),
-                            _request_timeout=REQUEST_TIMEOUT,
-                        )
-                    )
+                    self._create(_deployments(owner.namespace), build_deployment(owner, spec, version))
                     return
                 if current.replicas != replicas:
                     self._scale(owner, current, replicas)
@@ -335,17 +315,8 @@ class KubernetesCluster:
             case DeleteDeployment(version=version):
                 gone = self._deployment(owner, version)
                 if gone is not None:
-                    self._delete(
-                        lambda: self.apps.delete_namespaced_deployment(
-                            gone.name,
-                            owner.namespace,
-                            # Only the Deployment checked above, should its name be taken again meanwhile.
-                            body=client.V1DeleteOptions(
-                                propagation_policy="Background", preconditions=client.V1Preconditions(uid=gone.uid)
-                            ),
-                            _request_timeout=REQUEST_TIMEOUT,
-                        )
-                    )
+                    # Only the Deployment checked above, should its name be taken again meanwhile.
+                    self._delete(_deployments(owner.namespace, gone.name), "Background", uid=gone.uid)
             case RunStageJob(version=version, attempt=attempt, stage=stage, round=round_, projectors=projectors):
                 code = spec
                 if version != spec.version:
@@ -355,23 +326,15 @@ class KubernetesCluster:
                         code = recorded_spec(spec, recorded.annotations)
                 job = build_stage_job(owner, code, version, attempt, stage, round_, list(projectors))
                 try:
-                    self.batch.create_namespaced_job(
-                        owner.namespace, cast(client.V1Job, job), _request_timeout=REQUEST_TIMEOUT
-                    )
-                except ApiException as error:
+                    self.kube.create(_jobs(owner.namespace), job)
+                except ApiError as error:
                     if error.status != 409:
                         raise
                     # Already there: created by an earlier pass, unless the name is another's.
-                    existing = self.batch.read_namespaced_job(
-                        job["metadata"]["name"], owner.namespace, _request_timeout=REQUEST_TIMEOUT
-                    )
-                    _check_owned(existing.metadata, owner, version, f"Job {job['metadata']['name']}")
+                    existing = self.kube.get(_jobs(owner.namespace, job["metadata"]["name"]))
+                    _check_owned(existing, owner, version, f"Job {job['metadata']['name']}")
             case DeleteJob(name=name):
-                self._delete(
-                    lambda: self.batch.delete_namespaced_job(
-                        name, owner.namespace, propagation_policy="Foreground", _request_timeout=REQUEST_TIMEOUT
-                    )
-                )
+                self._delete(_jobs(owner.namespace, name), "Foreground")
             case SwitchService(version=version, first_install=first_install):
                 self._switch_service(owner, spec.service.name, version, first_install)
             case _:
@@ -382,9 +345,7 @@ class KubernetesCluster:
         seen = self._services_seen.get((owner.namespace, owner.name))
         for attempt in range(3):
             if seen is None or seen.name != name or attempt:
-                seen = _ServiceSeen.of(
-                    self.core.read_namespaced_service(name, owner.namespace, _request_timeout=REQUEST_TIMEOUT)
-                )
+                seen = _ServiceSeen.of(self.kube.get(resource_path("v1", "services", owner.namespace, name)))
             refusal = service_claim(
                 owner.namespace, owner.name, name, seen.annotations, seen.selector, first_install=first_install
             )
@@ -403,9 +364,9 @@ class KubernetesCluster:
                 },
             ]
             try:
-                self.core.patch_namespaced_service(name, owner.namespace, patch, _request_timeout=REQUEST_TIMEOUT)
+                self.kube.patch(resource_path("v1", "services", owner.namespace, name), patch, JSON_PATCH)
                 return
-            except ApiException as error:
+            except ApiError as error:
                 if error.status not in (409, 422) or attempt == 2:
                     raise
                 log.info("%s/%s: Service %s changed meanwhile; checking it again", owner.namespace, owner.name, name)
@@ -416,8 +377,8 @@ class KubernetesCluster:
         return self.read_projectorset(namespace, name) is None
 
     def _scale(self, owner: Owner, deployment: _DeploymentFound, replicas: int) -> None:
-        self.apps.patch_namespaced_deployment(
-            deployment.name, owner.namespace, {"spec": {"replicas": replicas}}, _request_timeout=REQUEST_TIMEOUT
+        self.kube.patch(
+            _deployments(owner.namespace, deployment.name), {"spec": {"replicas": replicas}}, STRATEGIC_MERGE_PATCH
         )
 
     def _deployment(self, owner: Owner, version: str) -> _DeploymentFound | None:
@@ -428,76 +389,67 @@ class KubernetesCluster:
         retired (never a second one beside it: two Deployments would share one pod selector)."""
         name = deployment_name(owner, version)
         try:
-            found = self.apps.read_namespaced_deployment(name, owner.namespace, _request_timeout=REQUEST_TIMEOUT)
-        except ApiException as error:
+            found = self.kube.get(_deployments(owner.namespace, name))
+        except ApiError as error:
             if error.status != 404:
                 raise
-            listed = self.apps.list_namespaced_deployment(
-                owner.namespace, label_selector=_version_selector(owner, version), _request_timeout=REQUEST_TIMEOUT
-            )
-            return min((_DeploymentFound.of(item) for item in listed.items), key=lambda d: d.name, default=None)
-        _check_owned(found.metadata, owner, version, f"Deployment {name}")
+            listed = self.kube.list_items(_deployments(owner.namespace), _version_selector(owner, version))
+            return min((_DeploymentFound.of(item) for item in listed), key=lambda d: d.name, default=None)
+        _check_owned(found, owner, version, f"Deployment {name}")
         return _DeploymentFound.of(found)
 
-    @staticmethod
-    def _create(call: Any) -> None:
+    def _create(self, path: str, body: dict[str, Any]) -> None:
         try:
-            call()
-        except ApiException as error:
+            self.kube.create(path, body)
+        except ApiError as error:
             if error.status != 409:  # already there: an earlier pass or another operator created it
                 raise
 
-    @staticmethod
-    def _delete(call: Any) -> None:
+    def _delete(self, path: str, propagation_policy: str, uid: str | None = None) -> None:
         try:
-            call()
-        except ApiException as error:
+            self.kube.delete(path, propagation_policy=propagation_policy, uid=uid)
+        except ApiError as error:
             if error.status != 404:
                 raise
 
     def patch_status(self, owner: Owner, status: dict[str, Any]) -> None:
         try:
-            self.custom.patch_namespaced_custom_object_status(
-                api.GROUP,
-                api.VERSION,
-                owner.namespace,
-                api.PLURAL,
-                owner.name,
-                {"status": status},
-                _request_timeout=REQUEST_TIMEOUT,
-            )
+            self.kube.patch(_projectorset(owner.namespace, owner.name, "status"), {"status": status})
         except HTTPError as error:
             raise _unanswered(error, "writing status") from None
-        except ApiException as error:
+        except ApiError as error:
             if error.status == 404:
                 return  # deleted meanwhile
             raise _error(error, "writing status") from None
 
     def emit(self, owner: Owner, event: Event) -> None:
-        now = datetime.now(UTC)
-        body = client.CoreV1Event(
-            metadata=client.V1ObjectMeta(generate_name=f"{owner.name}.", namespace=owner.namespace),
-            involved_object=client.V1ObjectReference(
-                api_version=f"{api.GROUP}/{api.VERSION}",
-                kind=api.KIND,
-                name=owner.name,
-                namespace=owner.namespace,
-                uid=owner.uid,
-            ),
-            reason=event.reason,
-            message=event.message[:1024],
-            type=event.type,
-            source=client.V1EventSource(component=COMPONENT),
-            reporting_component=COMPONENT,
-            reporting_instance=self.instance[:128],
-            first_timestamp=now,
-            last_timestamp=now,
-            count=1,
-        )
+        # A core/v1 Event as kubectl describe shows it; timestamps in RFC 3339 UTC.
+        now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        body = {
+            "apiVersion": "v1",
+            "kind": "Event",
+            "metadata": {"generateName": f"{owner.name}.", "namespace": owner.namespace},
+            "involvedObject": {
+                "apiVersion": f"{api.GROUP}/{api.VERSION}",
+                "kind": api.KIND,
+                "name": owner.name,
+                "namespace": owner.namespace,
+                "uid": owner.uid,
+            },
+            "reason": event.reason,
+            "message": event.message[:1024],
+            "type": event.type,
+            "source": {"component": COMPONENT},
+            "reportingComponent": COMPONENT,
+            "reportingInstance": self.instance[:128],
+            "firstTimestamp": now,
+            "lastTimestamp": now,
+            "count": 1,
+        }
         try:
-            self.core.create_namespaced_event(owner.namespace, body, _request_timeout=REQUEST_TIMEOUT)
+            self.kube.create(resource_path("v1", "events", owner.namespace), body)
         except HTTPError as error:
             raise _unanswered(error, "writing an Event") from None
-        except ApiException as error:
+        except ApiError as error:
             if error.status != 404:  # the namespace is being deleted
                 raise _error(error, "writing an Event") from None

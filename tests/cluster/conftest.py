@@ -19,6 +19,8 @@ from pathlib import Path
 import pytest
 from kubernetes import client, config
 
+from projectorset.kubeapi import KubeApi
+from projectorset.kubelogin import Credentials
 from testbed import toolchain
 from testbed.cluster import LocalCluster
 from testbed.postgres import PostgresServer
@@ -73,6 +75,19 @@ def kube_api(local_cluster: LocalCluster) -> Iterator[client.ApiClient]:
     config.load_kube_config(config_file=str(local_cluster.kubeconfig), client_configuration=configuration)
     with client.ApiClient(configuration) as api:
         yield api
+
+
+@pytest.fixture(scope="session")
+def operator_kube(local_cluster: LocalCluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[KubeApi]:
+    """The operator's own client (``kubeapi``), logged in as the operator is outside a pod:
+    with the cluster's kubeconfig."""
+    credentials = Credentials(
+        service_account_dir=tmp_path_factory.mktemp("no-service-account"),
+        environ={"KUBECONFIG": str(local_cluster.kubeconfig)},
+    )
+    kube = KubeApi(credentials)
+    yield kube
+    kube.close()
 
 
 _namespaces = itertools.count(1)

@@ -17,6 +17,7 @@ from projectorset.api import ProjectorSetSpec
 from projectorset.cluster import ClusterError, Owner
 from projectorset.conditions import Reason
 from projectorset.kube import KubernetesCluster
+from projectorset.kubeapi import KubeApi
 from projectorset.observation import DeleteDeployment, EnsureDeployment, RunStageJob, ScaleDeployment
 from projectorset.resources import build_deployment, build_stage_job, deployment_name, job_name
 from projectorset.sequent import Stage
@@ -134,12 +135,12 @@ def version_objects(kube_api: client.ApiClient, namespace: str, selector: str) -
 
 
 def test_versions_and_sets_whose_names_once_collided_get_their_own_objects(
-    kube_api: client.ApiClient, projectorset_crd: None
+    kube_api: client.ApiClient, operator_kube: KubeApi, projectorset_crd: None
 ) -> None:
     """v1.2 and v1_2 used to map to one Deployment (and Job) name, and so did set shop at
     eu-v2 and set shop-eu at v2: the second was refused. Now each has its own, side by side."""
     with namespace_with_sets(kube_api, "accounts", "shop", "shop-eu") as (namespace, owners):
-        cluster = KubernetesCluster(kube_api)
+        cluster = KubernetesCluster(operator_kube)
         pairs = [(owners["accounts"], "v1_2"), (owners["accounts"], "v1.2"), (owners["shop"], "eu-v2")]
         for owner, version in [*pairs, (owners["shop-eu"], "v2")]:
             spec = spec_at(version, owner.name)
@@ -173,7 +174,7 @@ def test_versions_and_sets_whose_names_once_collided_get_their_own_objects(
 
 
 def test_a_deployment_named_by_the_earlier_rule_is_used_never_duplicated(
-    kube_api: client.ApiClient, projectorset_crd: None
+    kube_api: client.ApiClient, operator_kube: KubeApi, projectorset_crd: None
 ) -> None:
     """A set that ran under an operator before today's names keeps its Deployment (v1.2 was
     named accounts-v1-2): the new operator scales it, reads its release and retires it, and never
@@ -189,7 +190,7 @@ def test_a_deployment_named_by_the_earlier_rule_is_used_never_duplicated(
         earlier_job["metadata"]["name"] = "accounts-v1-2-a1-prepare"
         client.BatchV1Api(kube_api).create_namespaced_job(namespace, earlier_job)
         selector = "projectorset.io/name=accounts,projectorset.io/version=v1.2"
-        cluster = KubernetesCluster(kube_api)
+        cluster = KubernetesCluster(operator_kube)
 
         view, _ = cluster.observe(owner, spec_at("v1.2"))
         assert view.deployments["v1.2"].replicas == 1
