@@ -46,6 +46,8 @@ def login_with(tmp_path: Path, user: dict[str, Any], cluster: dict[str, Any] | N
     [
         ({"auth-provider": {"name": "oidc", "config": {"id-token": "x"}}}, None, "'auth-provider'"),
         ({"token": "t", "as": "someone-else"}, None, "'as'"),
+        ({"client-certificate": "me.crt", "client-certificate-data": "Zm9v"}, None, "Both certificate path & data"),
+        ({"token": "t"}, {"certificate-authority-data": "Zm9v"}, "has no server"),
         ({"token": "t"}, {"server": "https://10.0.0.1", "proxy-url": "http://proxy:3128"}, "'proxy-url'"),
         ({"exec": {"apiVersion": "client.authentication.k8s.io/v1alpha1", "command": "x"}}, None, "v1alpha1"),
         (

@@ -102,7 +102,7 @@ def _read_kubeconfig(paths: list[Path]) -> _Kubeconfig:
         current = current or config.get("current-context")
         for kind, key in (("contexts", "context"), ("clusters", "cluster"), ("users", "user")):
             for item in config.get(kind) or []:
-                entries[kind].setdefault(item["name"], (item.get(key) or {}, path.resolve().parent))
+                entries[kind].setdefault(item["name"], (item.get(key) or {}, path.absolute().parent))
     if not current:
         raise kopf.LoginError(f"no current-context in the kubeconfig ({os.pathsep.join(map(str, paths))})")
     if current not in entries["contexts"]:
@@ -135,8 +135,28 @@ def kubeconfig_login(environ: Mapping[str, str]) -> Login | None:
         if config.cluster.get(field):
             raise kopf.LoginError(f"the kubeconfig's cluster sets {field!r}, which the operator does not support")
     cluster, user = config.cluster, config.user
-    info = kopf.ConnectionInfo(
-        server=cluster.get("server") or "",
+    if not cluster.get("server"):
+        raise kopf.LoginError("the kubeconfig's cluster has no server")
+    try:
+        info = _connection_info(config)
+    except ValueError as error:  # e.g. a certificate both as a file and as data
+        raise kopf.LoginError(f"the kubeconfig's current context: {error}") from None
+    if user.get("exec"):
+        return _exec_login(info, config)
+    if not info.token and user.get("tokenFile"):
+        token_file = Path(_relative_to(config.user_dir, user["tokenFile"]))
+        try:
+            token = token_file.read_text().strip()
+        except OSError as error:
+            raise kopf.LoginError(f"cannot read the kubeconfig's tokenFile {token_file}: {error}") from None
+        return Login(dataclasses.replace(info, token=token), fresh_for=TOKEN_FILE_SECONDS)
+    return Login(info)
+
+
+def _connection_info(config: _Kubeconfig) -> kopf.ConnectionInfo:
+    cluster, user = config.cluster, config.user
+    return kopf.ConnectionInfo(
+        server=cluster["server"],
         ca_path=_relative_to(config.cluster_dir, cluster.get("certificate-authority")),
         ca_data=cluster.get("certificate-authority-data"),
         insecure=cluster.get("insecure-skip-tls-verify"),
@@ -149,16 +169,6 @@ def kubeconfig_login(environ: Mapping[str, str]) -> Login | None:
         token=user.get("token"),
         default_namespace=config.namespace,
     )
-    if config.user.get("exec"):
-        return _exec_login(info, config)
-    if not info.token and config.user.get("tokenFile"):
-        token_file = Path(_relative_to(config.user_dir, config.user["tokenFile"]))
-        try:
-            token = token_file.read_text().strip()
-        except OSError as error:
-            raise kopf.LoginError(f"cannot read the kubeconfig's tokenFile {token_file}: {error}") from None
-        return Login(dataclasses.replace(info, token=token), fresh_for=TOKEN_FILE_SECONDS)
-    return Login(info)
 
 
 def _exec_login(info: kopf.ConnectionInfo, config: _Kubeconfig) -> Login:
@@ -237,7 +247,10 @@ def _exec_cluster(config: _Kubeconfig) -> dict[str, Any]:
     ca_data = cluster.get("certificate-authority-data")
     if not ca_data and cluster.get("certificate-authority"):
         ca_file = Path(_relative_to(config.cluster_dir, cluster["certificate-authority"]))
-        ca_data = base64.b64encode(ca_file.read_bytes()).decode()
+        try:
+            ca_data = base64.b64encode(ca_file.read_bytes()).decode()
+        except OSError as error:
+            raise kopf.LoginError(f"cannot read the kubeconfig's certificate-authority {ca_file}: {error}") from None
     described: dict[str, Any] = {"server": cluster.get("server")}
     if ca_data:
         described["certificate-authority-data"] = ca_data
