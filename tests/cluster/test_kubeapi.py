@@ -17,6 +17,7 @@ import urllib.parse
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +29,7 @@ from projectorset.conditions import Reason
 from projectorset.kube import KubernetesCluster
 from projectorset.kubeapi import JSON_PATCH, ApiError, KubeApi, resource_path
 from projectorset.kubelogin import Credentials, Login
-from projectorset.observation import EnsureDeployment
+from projectorset.observation import EnsureDeployment, Event
 from testbed.cluster import LocalCluster
 from testbed.manifests import sample_projectorset
 
@@ -218,6 +219,27 @@ def test_the_cluster_adapter_maps_the_api_servers_refusals_to_reasons(
     assert forbidden.value.reason is Reason.KUBERNETES_FORBIDDEN
     assert "403" in forbidden.value.message and "cannot list resource" in forbidden.value.message
     assert token not in forbidden.value.message
+
+
+def test_an_event_reads_back_as_kubectl_shows_it(namespace: Namespace, operator_kube: KubeApi) -> None:
+    owner = Owner("accounts", namespace.name, "4b1e0c3a-0000-4000-8000-000000000001")
+    KubernetesCluster(operator_kube).emit(owner, Event("Warning", Reason.KUBERNETES_FORBIDDEN, "x" * 2000))
+    [event] = operator_kube.list_items(resource_path("v1", "events", namespace.name))
+    assert event["metadata"]["name"].startswith("accounts.")
+    assert event["involvedObject"] == {
+        "apiVersion": "projectorset.io/v1alpha1",
+        "kind": "ProjectorSet",
+        "name": "accounts",
+        "namespace": namespace.name,
+        "uid": owner.uid,
+    }
+    assert (event["type"], event["reason"], event["count"]) == ("Warning", "KubernetesForbidden", 1)
+    assert event["message"] == "x" * 1024
+    assert event["source"] == {"component": "projectorset-operator"}
+    assert event["reportingComponent"] == "projectorset-operator" and event["reportingInstance"]
+    first = datetime.strptime(event["firstTimestamp"], "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
+    assert event["lastTimestamp"] == event["firstTimestamp"]
+    assert abs((datetime.now(UTC) - first).total_seconds()) < 60
 
 
 def test_in_a_pod_the_service_account_serves_and_a_rotated_token_is_read_again(
