@@ -12,7 +12,6 @@ rollout runs, or a watch event sooner).
 
 from __future__ import annotations
 
-import contextlib
 import threading
 import time
 from collections.abc import Callable
@@ -20,6 +19,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
 
 from projectorset.api import Phase, ProjectorSetSpec
 from projectorset.cluster import Cluster, Owner
@@ -50,6 +51,10 @@ class _Seen:
     pass_started: float | None = None
     switched: float | None = None
     activation_seen: float | None = None
+    # What the per-set gauges show (``_SetGauges``): the replay stage and lag of a rollout in
+    # progress, None when no rollout runs or the lag is unknown.
+    gauge_stage: str | None = None
+    lag: int | None = None
 
 
 class OperatorMetrics:
@@ -64,28 +69,9 @@ class OperatorMetrics:
         self._seen: dict[tuple[str, str], _Seen] = {}
         self._lock = threading.Lock()
         labels = ("namespace", "name")
-        self.phase = Gauge(
-            "projectorset_phase",
-            "1 for the current rollout phase of each ProjectorSet, 0 for the others.",
-            (*labels, "phase"),
-            registry=registry,
-        )
-        self.replay_lag = Gauge(
-            "projectorset_replay_lag_events",
-            "Events not yet caught up by the running replay (absent when no replay runs).",
-            labels,
-            registry=registry,
-        )
-        # The chart's alerts need these two: a catch-up that does not converge is told from a long
-        # initial replay (whose lag grows too) by the stage, and "no operator acting" (down, or every
-        # replica standing by in the peering) by passes that stopped.
-        self.replay_stage = Gauge(
-            "projectorset_replay_stage",
-            "1 for the replay stage of each ProjectorSet's rollout in progress (prepare, replay, optimize, "
-            "catchup, golive), 0 for the others; absent when no rollout runs.",
-            (*labels, "stage"),
-            registry=registry,
-        )
+        # The per-set gauges are made from ``_seen`` when Prometheus scrapes: a thousand sets would
+        # otherwise hold ~15 series objects each (one per phase and stage, each with its own lock).
+        registry.register(_SetGauges(self))
         self.last_pass = Gauge(
             "projectorset_last_pass_timestamp_seconds",
             "Unix time of the last reconcile pass of this operator process (only the acting replica runs passes).",
@@ -167,8 +153,6 @@ class OperatorMetrics:
                 if seen.phase is not None and seen.phase_start_seen:
                     self.phase_duration.labels(seen.phase.value).observe(now - seen.phase_since)
                 seen.phase, seen.phase_since, seen.phase_start_seen = status.phase, now, not first_pass
-            for phase in Phase:
-                self.phase.labels(*key, phase.value).set(1 if phase is status.phase else 0)
             # Only the pass that turns a rollout Failed names the failure; it compares with the persisted
             # status, so a restarted operator never counts one twice.
             if decision.failure is not None:
@@ -181,16 +165,9 @@ class OperatorMetrics:
                 if seen.stage is not None and seen.stage_start_seen:
                     self.stage_duration.labels(seen.stage[0]).observe(now - seen.stage_since)
                 seen.stage, seen.stage_since, seen.stage_start_seen = stage, now, not first_pass
-            if replay is not None and replay.lag is not None and status.phase not in TERMINAL_PHASES:
-                self.replay_lag.labels(*key).set(replay.lag)
-            else:
-                _remove(self.replay_lag, *key)
-            current_stage = replay.stage if replay is not None and status.phase not in TERMINAL_PHASES else None
-            for known in REPLAY_STAGES:
-                if current_stage is None:
-                    _remove(self.replay_stage, *key, known)
-                else:
-                    self.replay_stage.labels(*key, known).set(1 if known == current_stage else 0)
+            in_progress = replay is not None and status.phase not in TERMINAL_PHASES
+            seen.lag = replay.lag if replay is not None and in_progress else None
+            seen.gauge_stage = replay.stage if replay is not None and in_progress else None
 
             for event in decision.events:
                 if event.type == "Warning":
@@ -201,14 +178,56 @@ class OperatorMetrics:
         key = (owner.namespace, owner.name)
         with self._lock:
             self._seen.pop(key, None)
-            for phase in Phase:
-                _remove(self.phase, *key, phase.value)
-            _remove(self.replay_lag, *key)
-            for known in REPLAY_STAGES:
-                _remove(self.replay_stage, *key, known)
 
     def _state(self, owner: Owner) -> _Seen:
         return self._seen.setdefault((owner.namespace, owner.name), _Seen())
+
+
+class _SetGauges(Collector):
+    """``projectorset_phase``, ``projectorset_replay_stage`` and ``projectorset_replay_lag_events``,
+    made at each scrape from what the last pass of each set showed."""
+
+    def __init__(self, metrics: OperatorMetrics) -> None:
+        self.metrics = metrics
+
+    def describe(self) -> list[GaugeMetricFamily]:
+        return list(self._families())
+
+    def collect(self) -> list[GaugeMetricFamily]:
+        phase, stage, lag = self._families()
+        with self.metrics._lock:
+            for (namespace, name), seen in self.metrics._seen.items():
+                if seen.phase is not None:
+                    for known in Phase:
+                        phase.add_metric([namespace, name, known.value], 1 if known is seen.phase else 0)
+                if seen.gauge_stage is not None:
+                    for known_stage in REPLAY_STAGES:
+                        stage.add_metric([namespace, name, known_stage], 1 if known_stage == seen.gauge_stage else 0)
+                if seen.lag is not None:
+                    lag.add_metric([namespace, name], seen.lag)
+        return [phase, stage, lag]
+
+    @staticmethod
+    def _families() -> tuple[GaugeMetricFamily, GaugeMetricFamily, GaugeMetricFamily]:
+        labels = ["namespace", "name"]
+        return (
+            GaugeMetricFamily(
+                "projectorset_phase",
+                "1 for the current rollout phase of each ProjectorSet, 0 for the others.",
+                labels=[*labels, "phase"],
+            ),
+            GaugeMetricFamily(
+                "projectorset_replay_stage",
+                "1 for the replay stage of each ProjectorSet's rollout in progress (prepare, replay, optimize, "
+                "catchup, golive), 0 for the others; absent when no rollout runs.",
+                labels=[*labels, "stage"],
+            ),
+            GaugeMetricFamily(
+                "projectorset_replay_lag_events",
+                "Events not yet caught up by the running replay (absent when no replay runs).",
+                labels=labels,
+            ),
+        )
 
 
 class TimedCluster:
@@ -235,11 +254,6 @@ class TimedCluster:
 
     def emit(self, owner: Owner, event: Event) -> None:
         self.cluster.emit(owner, event)
-
-
-def _remove(metric: Gauge, *labels: str) -> None:
-    with contextlib.suppress(KeyError):  # never set
-        metric.remove(*labels)
 
 
 # The process-wide instance the handlers use.
