@@ -154,11 +154,23 @@ class Reconciler:
         self.clock = clock
         self.observer = observer
         self.index = ProjectorIndex()
-        # The database and spec of each ProjectorSet's last pass, for the activation watch.
+        # The database and spec of a ProjectorSet whose last pass awaits golive, for the activation
+        # watch; a set at rest has none (a spec is ~7 KiB: a thousand sets would keep 7 MiB).
         self._gates: dict[tuple[str, str], tuple[SequentDatabase, ProjectorSetSpec, set[str] | None]] = {}
         self._gates_lock = threading.Lock()
 
     def reconcile(self, body: dict[str, Any]) -> PassResult:
+        result = self._reconcile(body)
+        if not result.await_activation:
+            metadata = body["metadata"]
+            self._forget_gate(metadata["namespace"], metadata["name"])
+        return result
+
+    def _forget_gate(self, namespace: str, name: str) -> None:
+        with self._gates_lock:
+            self._gates.pop((namespace, name), None)
+
+    def _reconcile(self, body: dict[str, Any]) -> PassResult:
         metadata = body["metadata"]
         owner = Owner(metadata["name"], metadata["namespace"], metadata["uid"])
         generation = int(metadata.get("generation", 1))
@@ -238,6 +250,7 @@ class Reconciler:
 
     def forget_set(self, namespace: str, name: str) -> None:
         self.index.forget(owner_key(namespace, name))
+        self._forget_gate(namespace, name)
 
     def _claim(self, body: dict[str, Any], spec: ProjectorSetSpec, uri: str | None) -> SetClaim | None:
         store = store_fingerprint(uri, spec.database.event_store_schema) if uri is not None else None
