@@ -257,7 +257,7 @@ def test_cluster_scope_grants_what_the_operator_uses_everywhere(helm: Path) -> N
         ("projectorsets", "projectorset.io"): {"get", "list", "watch", "patch"},
         ("projectorsets/status", "projectorset.io"): {"get", "patch"},
         ("deployments", "apps"): {"get", "list", "watch", "create", "patch", "delete"},
-        ("jobs", "batch"): {"list", "watch", "create", "delete"},
+        ("jobs", "batch"): {"get", "list", "watch", "create", "delete"},
         ("pods", ""): {"list"},
         ("services", ""): {"get", "patch"},
         ("secrets", ""): {"get"},

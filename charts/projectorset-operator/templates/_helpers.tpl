@@ -67,7 +67,8 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 What the operator does inside the namespaces it manages (kube.py and handlers.py), nothing more:
 ProjectorSets are read and watched, patched by Kopf (finalizer, annotations) and their status by
 the reconcile loop; Deployments of each version are created, scaled and deleted; stage Jobs are
-created, watched and deleted, and the pods of a failed stage listed (their termination message is
+created, watched and deleted (and read by name when one already exists, to check it is this set's),
+and the pods of a failed stage listed (their termination message is
 the end of the stage's output); the Service's selector is read and patched; the database Secret is
 read; Events are created; Kopf's namespaced peering object (when it watches given namespaces)
 is watched and patched.
@@ -84,7 +85,7 @@ is watched and patched.
   verbs: ["get", "list", "watch", "create", "patch", "delete"]
 - apiGroups: ["batch"]
   resources: ["jobs"]
-  verbs: ["list", "watch", "create", "delete"]
+  verbs: ["get", "list", "watch", "create", "delete"]
 - apiGroups: [""]
   resources: ["pods"]
   verbs: ["list"]
