@@ -5,7 +5,9 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from projectorset.handlers import _seen_differently
+import pytest
+
+from projectorset.handlers import IDLE_RESYNC_SECONDS, RESYNC_WINDOW_SECONDS, _seen_differently, next_resync_delay
 from projectorset.resources import job_view
 
 
@@ -42,3 +44,33 @@ def test_a_job_wakes_its_set_when_it_starts_and_ends_not_when_its_pod_gets_ready
     assert woke == [True, True, False, True]
     assert _seen_differently(views, "job-1", "DELETED", lambda: job_view(done))
     assert views == {}
+
+
+SETS = [("shop", f"crowd-{number}") for number in range(200)]
+
+
+@pytest.mark.parametrize("started", [1_800_000_000.0, 1_800_003_500.0, 1_800_001_234.5])
+def test_sets_at_rest_are_not_resynced_in_the_operators_first_hour_wherever_in_the_hour_it_started(
+    started: float,
+) -> None:
+    # 1_800_003_500 is 100 s before a wall-clock hour: a window of the clock's hour would open then.
+    for now in (started + 1, started + 100, started + 1800, started + 3599):
+        for namespace, name in SETS:
+            slot = now + next_resync_delay(namespace, name, started, now)
+            assert started + IDLE_RESYNC_SECONDS <= slot < started + IDLE_RESYNC_SECONDS + RESYNC_WINDOW_SECONDS
+
+
+def test_then_every_set_is_resynced_once_an_hour_within_one_five_minute_window() -> None:
+    started = 1_800_001_234.5
+    for namespace, name in SETS:
+        first = started + 10 + next_resync_delay(namespace, name, started, started + 10)
+        # Right after its slot, the set's next one is an hour later, at the same offset.
+        after = first + 0.001
+        assert after + next_resync_delay(namespace, name, started, after) == pytest.approx(first + IDLE_RESYNC_SECONDS)
+        later = first + 5 * IDLE_RESYNC_SECONDS - 1
+        assert later + next_resync_delay(namespace, name, started, later) == pytest.approx(
+            first + 5 * IDLE_RESYNC_SECONDS
+        )
+    offsets = {started + 10 + next_resync_delay(n, s, started, started + 10) - started for n, s in SETS}
+    # The 200 sets are spread over the window, not all at its start.
+    assert max(offsets) - min(offsets) > RESYNC_WINDOW_SECONDS / 2

@@ -32,8 +32,9 @@ log = logging.getLogger(__name__)
 
 # Watch events wake a ProjectorSet when it, its Deployments or its Jobs change. As a safety net
 # (a Service or the database changed by hand), every set is re-read once an hour anyway, all in
-# the same window of the hour, each at its own offset: the rest of the hour, sets at rest make
-# no API request and hold no database connection.
+# one five-minute window that opens an hour after the operator started (its first passes read
+# every set then), each at its own offset: the rest of the hour, sets at rest make no API request
+# and hold no database connection.
 IDLE_RESYNC_SECONDS = 3600.0
 RESYNC_WINDOW_SECONDS = 300.0
 # While golive runs, projector_states is read this often so traffic moves right after its commit.
@@ -62,6 +63,7 @@ class _Runtime:
         self.passes = 0  # passes finished, and running now: when they stop, memory is trimmed
         self.running = 0
         self.loop: asyncio.AbstractEventLoop | None = None
+        self.started = time.time()  # the hourly resync window is counted from here
 
     def wake_from_thread(self, namespace: str, name: str) -> None:
         """``wake`` from a pass's thread (asyncio's Events belong to the loop's thread)."""
@@ -182,15 +184,18 @@ async def _pass(namespace: str, name: str) -> tuple[float, bool] | None:
     finally:
         runtime.running -= 1
         runtime.passes += 1
-    return result.requeue_after or next_resync_delay(namespace, name, time.time()), result.await_activation
+    delay = result.requeue_after or next_resync_delay(namespace, name, runtime.started, time.time())
+    return delay, result.await_activation
 
 
-def next_resync_delay(namespace: str, name: str, now: float) -> float:
-    """Seconds until this set's slot in the next hourly resync window."""
+def next_resync_delay(namespace: str, name: str, started: float, now: float) -> float:
+    """Seconds until this set's slot in the next resync window: ``started`` plus whole hours (at
+    least one) plus the set's offset. Not the wall clock's hour: an operator at rest for its first
+    hour never resyncs, wherever in the hour it started."""
     digest = hashlib.sha256(f"{namespace}/{name}".encode()).digest()
     offset = int.from_bytes(digest[:4], "big") / 2**32 * RESYNC_WINDOW_SECONDS
-    slot = math.floor((now - offset) / IDLE_RESYNC_SECONDS + 1) * IDLE_RESYNC_SECONDS + offset
-    return slot - now
+    hours = max(1, math.floor((now - started - offset) / IDLE_RESYNC_SECONDS) + 1)
+    return started + hours * IDLE_RESYNC_SECONDS + offset - now
 
 
 async def _watch_activation(namespace: str, name: str, wakeup: asyncio.Event, timeout: float) -> None:
