@@ -499,6 +499,35 @@ def test_plan_uses_the_operators_planning_over_the_reported_database_state() -> 
     assert "replay of AccountProjector" in text
 
 
+def test_a_required_projector_another_set_owns_is_shown_and_never_planned_as_removed() -> None:
+    # The operator reports requiredProjectors in status.projectors (plan Required): get lists them
+    # with what the database shows; plan leaves them out even when the new manifest no longer needs
+    # them, since this set never deactivates another set's projector.
+    body = projectorset(
+        "Activating",
+        "WaitingForProjectors",
+        activeVersion="v1",
+        projectors=[
+            {"name": "AccountProjector", "activeVersion": 1, "specVersion": 1, "plan": "Unchanged"},
+            {"name": "AuditProjector", "activeVersion": 1, "specVersion": 1, "plan": "Unchanged"},
+            {
+                "name": "LedgerProjector",
+                "specVersion": 3,
+                "activeVersion": 2,
+                "replayingVersion": 3,
+                "plan": "Required",
+            },
+        ],
+    )
+    body["metadata"]["name"] = "accounts"
+    text = render.tree(view.build(snapshot(body), NOW, []), NOW)
+    ledger = next(line for line in text.splitlines() if "LedgerProjector" in line)
+    assert "Required" in ledger and "release 3" in ledger and "active 2" in ledger and "replaying 3" in ledger
+    document = actions.plan(body, actions.read_manifest(manifest_text("v1"), "accounts"))
+    assert "LedgerProjector" not in {p["name"] for p in document["projectors"]}
+    assert document["deactivated"] == []
+
+
 def test_plan_without_a_replay_and_a_blocked_plan() -> None:
     body = projectorset(
         projectors=[{"name": "AccountProjector", "activeVersion": 2}, {"name": "AuditProjector", "activeVersion": 1}]

@@ -93,6 +93,13 @@ def test_a_set_whose_required_projector_changes_waits_without_a_replay_then_swit
     step(world)
     assert world.service_version == "v1"
     assert "active 1, replaying 2" in world.status.message
+    # status.projectors (what `kubectl projectorset get` lists) shows what the switch waits on.
+    assert [
+        (p.name, p.plan, p.spec_version, p.active_version, p.replaying_version) for p in world.status.projectors
+    ] == [
+        (OWN, "Unchanged", 1, 1, None),
+        (OTHER, "Required", 2, 1, 2),
+    ]
 
     # The owner's golive commits: the very next pass switches.
     world.projectors[OTHER] = ProjectorState(OTHER, 2)

@@ -410,13 +410,20 @@ class Condition(Model):
     observed_generation: int | None = None
 
 
+# status.projectors[].plan of a requiredProjectors entry (the others are planning.Change values).
+REQUIRED_PLAN = "Required"
+
+
 class ProjectorStatus(Model):
     name: str
     spec_version: int | None = None
     active_version: int | None = None
     activating_version: int | None = None
     replaying_version: int | None = None
-    plan: str | None = Field(default=None, description="Unchanged, New, Changed or Removed.")
+    plan: str | None = Field(
+        default=None,
+        description="Unchanged, New, Changed or Removed; Required for a requiredProjectors entry (another set's).",
+    )
 
 
 class ReplayStatus(Model):

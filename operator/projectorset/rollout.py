@@ -24,6 +24,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from projectorset.api import (
+    REQUIRED_PLAN,
     CheckResult,
     Condition,
     Phase,
@@ -276,7 +277,7 @@ def decide(
     owned = owned_projectors(cluster)
     plan = plan_upgrade(spec.projector_versions, db, owned, spec.required_versions)
     run.remember(
-        projectors=_projector_statuses(plan),
+        projectors=_projector_statuses(plan, spec.required_versions, db),
         replay=_replay_status(status.replay, db, cluster, target, status.attempt),
     )
 
@@ -323,8 +324,10 @@ def _blocked(run: _Pass, reason: Reason, message: str) -> Decision:
     return run.finish(previous.phase, reason, message, warning=True)
 
 
-def _projector_statuses(plan: Plan) -> list[ProjectorStatus]:
-    return [
+def _projector_statuses(plan: Plan, required: Mapping[str, int], db: DatabaseState) -> list[ProjectorStatus]:
+    """This set's projectors as planned, then the required ones (another set's) as the database
+    shows them: what a switch waiting for them (``WaitingForProjectors``) waits on."""
+    own = [
         ProjectorStatus(
             name=p.name,
             spec_version=p.spec_version,
@@ -335,6 +338,20 @@ def _projector_statuses(plan: Plan) -> list[ProjectorStatus]:
         )
         for p in plan.projectors
     ]
+    others = []
+    for name, version in sorted(required.items()):
+        state = db.projectors.get(name)
+        others.append(
+            ProjectorStatus(
+                name=name,
+                spec_version=version,
+                active_version=state.active_version if state else None,
+                activating_version=state.activating_version if state else None,
+                replaying_version=state.replaying_version if state else None,
+                plan=REQUIRED_PLAN,
+            )
+        )
+    return own + others
 
 
 def _replay_status(

@@ -282,7 +282,8 @@ ACTIONS = {
 def plan(body: Object, release: api.ProjectorSetSpec) -> dict[str, Any]:
     """The operator's own planning over the database state it last reported (status.projectors)."""
     name, spec, status = _parts(body)
-    reported = status.get("projectors") or []
+    # The required projectors' rows are another set's: this set never removes them.
+    reported = [p for p in status.get("projectors") or [] if p.get("plan") != api.REQUIRED_PLAN]
     database = DatabaseState(
         projectors={
             p["name"]: ProjectorState(
