@@ -327,31 +327,22 @@ def _blocked(run: _Pass, reason: Reason, message: str) -> Decision:
 def _projector_statuses(plan: Plan, required: Mapping[str, int], db: DatabaseState) -> list[ProjectorStatus]:
     """This set's projectors as planned, then the required ones (another set's) as the database
     shows them: what a switch waiting for them (``WaitingForProjectors``) waits on."""
-    own = [
-        ProjectorStatus(
-            name=p.name,
-            spec_version=p.spec_version,
-            active_version=p.state.active_version,
-            activating_version=p.state.activating_version,
-            replaying_version=p.state.replaying_version,
-            plan=p.change.value,
-        )
-        for p in plan.projectors
+    rows = [(p.name, p.spec_version, p.state, p.change.value) for p in plan.projectors]
+    rows += [
+        (name, version, db.projectors.get(name) or ProjectorState(name), REQUIRED_PLAN)
+        for name, version in sorted(required.items())
     ]
-    others = []
-    for name, version in sorted(required.items()):
-        state = db.projectors.get(name)
-        others.append(
-            ProjectorStatus(
-                name=name,
-                spec_version=version,
-                active_version=state.active_version if state else None,
-                activating_version=state.activating_version if state else None,
-                replaying_version=state.replaying_version if state else None,
-                plan=REQUIRED_PLAN,
-            )
+    return [
+        ProjectorStatus(
+            name=name,
+            spec_version=spec_version,
+            active_version=state.active_version,
+            activating_version=state.activating_version,
+            replaying_version=state.replaying_version,
+            plan=plan_value,
         )
-    return own + others
+        for name, spec_version, state, plan_value in rows
+    ]
 
 
 def _replay_status(
