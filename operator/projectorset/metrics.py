@@ -72,6 +72,8 @@ class OperatorMetrics:
         # The per-set gauges are made from ``_seen`` when Prometheus scrapes: a thousand sets would
         # otherwise hold ~15 series objects each (one per phase and stage, each with its own lock).
         registry.register(_SetGauges(self))
+        # The chart's "no operator acting" alert (down, or every replica standing by in the peering)
+        # needs this: passes that stopped.
         self.last_pass = Gauge(
             "projectorset_last_pass_timestamp_seconds",
             "Unix time of the last reconcile pass of this operator process (only the acting replica runs passes).",
@@ -165,9 +167,9 @@ class OperatorMetrics:
                 if seen.stage is not None and seen.stage_start_seen:
                     self.stage_duration.labels(seen.stage[0]).observe(now - seen.stage_since)
                 seen.stage, seen.stage_since, seen.stage_start_seen = stage, now, not first_pass
-            in_progress = replay is not None and status.phase not in TERMINAL_PHASES
-            seen.lag = replay.lag if replay is not None and in_progress else None
-            seen.gauge_stage = replay.stage if replay is not None and in_progress else None
+            running = replay if status.phase not in TERMINAL_PHASES else None
+            seen.lag = running.lag if running is not None else None
+            seen.gauge_stage = running.stage if running is not None else None
 
             for event in decision.events:
                 if event.type == "Warning":
@@ -185,7 +187,10 @@ class OperatorMetrics:
 
 class _SetGauges(Collector):
     """``projectorset_phase``, ``projectorset_replay_stage`` and ``projectorset_replay_lag_events``,
-    made at each scrape from what the last pass of each set showed."""
+    made at each scrape from what the last pass of each set showed.
+
+    The chart's alerts need the stage: a catch-up that does not converge is told from a long
+    initial replay (whose lag grows too) by it."""
 
     def __init__(self, metrics: OperatorMetrics) -> None:
         self.metrics = metrics
