@@ -99,6 +99,10 @@ def _jobs(namespace: str, name: str | None = None) -> str:
     return resource_path("batch/v1", "jobs", namespace, name)
 
 
+def _services(namespace: str, name: str) -> str:
+    return resource_path("v1", "services", namespace, name)
+
+
 def _projectorset(namespace: str, name: str, sub: str | None = None) -> str:
     return resource_path(f"{api.GROUP}/{api.VERSION}", api.PLURAL, namespace, name, sub)
 
@@ -229,9 +233,7 @@ class KubernetesCluster:
 
     def _service(self, owner: Owner, spec: api.ProjectorSetSpec) -> tuple[bool, str | None]:
         try:
-            service = _ServiceSeen.of(
-                self.kube.get(resource_path("v1", "services", owner.namespace, spec.service.name))
-            )
+            service = _ServiceSeen.of(self.kube.get(_services(owner.namespace, spec.service.name)))
         except ApiError as error:
             if error.status == 404:
                 return False, None
@@ -345,7 +347,7 @@ class KubernetesCluster:
         seen = self._services_seen.get((owner.namespace, owner.name))
         for attempt in range(3):
             if seen is None or seen.name != name or attempt:
-                seen = _ServiceSeen.of(self.kube.get(resource_path("v1", "services", owner.namespace, name)))
+                seen = _ServiceSeen.of(self.kube.get(_services(owner.namespace, name)))
             refusal = service_claim(
                 owner.namespace, owner.name, name, seen.annotations, seen.selector, first_install=first_install
             )
@@ -364,7 +366,7 @@ class KubernetesCluster:
                 },
             ]
             try:
-                self.kube.patch(resource_path("v1", "services", owner.namespace, name), patch, JSON_PATCH)
+                self.kube.patch(_services(owner.namespace, name), patch, JSON_PATCH)
                 return
             except ApiError as error:
                 if error.status not in (409, 422) or attempt == 2:
