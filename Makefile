@@ -25,7 +25,7 @@ lint: $(STAMP) ## Ruff, mypy and the import contracts (layers) over the operator
 	$(BIN)/lint-imports
 
 crds: $(STAMP) ## Regenerate crds/ from the pydantic models (and the Helm chart's copy)
-	$(BIN)/python -m projectorset.crd > crds/projectorsets.yaml
+	$(BIN)/python -m projectorset.api.crd > crds/projectorsets.yaml
 	cp crds/projectorsets.yaml charts/projectorset-operator/crds/projectorsets.yaml
 
 test: lint ## The whole suite: lint, type checks, unit, database and cluster tests

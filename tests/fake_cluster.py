@@ -15,9 +15,9 @@ from pathlib import Path
 from typing import Any
 
 from projectorset import api
-from projectorset.cluster import ClusterError, Owner
-from projectorset.conditions import Reason
-from projectorset.observation import (
+from projectorset.api.conditions import Reason
+from projectorset.domain.cluster import ClusterError, Owner
+from projectorset.domain.observation import (
     ClusterAction,
     ClusterView,
     DeleteDeployment,
@@ -31,7 +31,7 @@ from projectorset.observation import (
     ScaleDeployment,
     SwitchService,
 )
-from projectorset.resources import (
+from projectorset.domain.resources import (
     ATTEMPT_LABEL,
     ROUND_LABEL,
     build_deployment,

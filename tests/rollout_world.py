@@ -24,12 +24,12 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from projectorset.adapters.database import CheckOutcome, DatabaseUnreachable, IllegalProjectorState
 from projectorset.api import CheckResult, ProjectorSetSpec, ProjectorSetStatus
-from projectorset.cluster import ClusterError, Owner
-from projectorset.conditions import Reason, timestamp
-from projectorset.controller import DatabaseRegistry, PassResult, Reconciler
-from projectorset.database import CheckOutcome, DatabaseUnreachable, IllegalProjectorState
-from projectorset.observation import (
+from projectorset.api.conditions import Reason, timestamp
+from projectorset.controller.reconciler import DatabaseRegistry, PassResult, Reconciler
+from projectorset.domain.cluster import ClusterError, Owner
+from projectorset.domain.observation import (
     Action,
     Activate,
     ClearReplaying,
@@ -50,10 +50,10 @@ from projectorset.observation import (
     ScaleDeployment,
     SwitchService,
 )
-from projectorset.resources import job_name
-from projectorset.rollout import Decision, decide, with_check_results
-from projectorset.sequent import IN_PROGRESS_STATES as IN_PROGRESS
-from projectorset.sequent import DatabaseState, ProjectorState, ReplayState
+from projectorset.domain.resources import job_name
+from projectorset.domain.rollout import Decision, decide, with_check_results
+from projectorset.domain.sequent import IN_PROGRESS_STATES as IN_PROGRESS
+from projectorset.domain.sequent import DatabaseState, ProjectorState, ReplayState
 
 START = datetime(2026, 11, 27, 12, 0, 0, tzinfo=UTC)
 OWNER = Owner("blog", "default", "uid-blog")

@@ -11,8 +11,8 @@ import pytest
 from pydantic import ValidationError
 
 from projectorset.api import ProjectorSetSpec
-from projectorset.cluster import Owner
-from projectorset.resources import build_deployment, build_stage_job, job_name, stage_command
+from projectorset.domain.cluster import Owner
+from projectorset.domain.resources import build_deployment, build_stage_job, job_name, stage_command
 from testbed.manifests import sample_projectorset
 
 

@@ -13,7 +13,7 @@ import pytest
 import yaml
 from prometheus_client import CollectorRegistry
 
-from projectorset.metrics import OperatorMetrics
+from projectorset.runtime.metrics import OperatorMetrics
 from testbed import toolchain
 
 REPO = Path(__file__).resolve().parent.parent
@@ -210,7 +210,7 @@ def test_chart_command_is_the_images_entrypoint(helm: Path) -> None:
     assert container(render(helm))["command"] == json.loads(entrypoint.group(1))
     # And it is the package's console script.
     pyproject = (REPO / "pyproject.toml").read_text()
-    assert 'projectorset-operator = "projectorset.main:main"' in pyproject
+    assert 'projectorset-operator = "projectorset.runtime.main:main"' in pyproject
     assert "USER 65532:65532" in (REPO / "Dockerfile").read_text()
 
 

@@ -8,8 +8,8 @@ import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from projectorset import conditions
-from projectorset.conditions import ConditionType, Reason, set_condition
+from projectorset.api import conditions
+from projectorset.api.conditions import ConditionType, Reason, set_condition
 
 ROOT = Path(__file__).resolve().parents[1]
 MARKERS = re.compile(r"<!-- conditions:begin .*?-->\n(?P<table>.*?)<!-- conditions:end -->", re.DOTALL)
@@ -20,13 +20,13 @@ def test_readme_tables_match_the_code() -> None:
     found = MARKERS.search((ROOT / "README.md").read_text())
     assert found is not None, "README.md lacks the <!-- conditions:begin/end --> markers"
     assert found["table"] == conditions.markdown(), (
-        "README.md's condition tables are stale: replace them with `python -m projectorset.conditions`"
+        "README.md's condition tables are stale: replace them with `python -m projectorset.api.conditions`"
     )
 
 
 def test_the_module_prints_the_tables() -> None:
     printed = subprocess.run(
-        [sys.executable, "-m", "projectorset.conditions"],
+        [sys.executable, "-m", "projectorset.api.conditions"],
         cwd=ROOT / "operator",
         capture_output=True,
         text=True,

@@ -18,9 +18,9 @@ import pytest
 from fake_cluster import FakeCluster
 from prometheus_client import CollectorRegistry, generate_latest
 
-from projectorset.cluster import ClusterError
-from projectorset.controller import Reconciler
-from projectorset.metrics import OperatorMetrics
+from projectorset.controller.reconciler import Reconciler
+from projectorset.domain.cluster import ClusterError
+from projectorset.runtime.metrics import OperatorMetrics
 from sampleapp.config import Settings
 from sampleapp.migrate import migrate
 from sampleapp.releases import get_release

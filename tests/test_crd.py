@@ -6,7 +6,7 @@ from pathlib import Path
 
 import yaml
 
-from projectorset import crd
+from projectorset.api import crd
 
 CRD_FILE = Path(__file__).resolve().parent.parent / "crds" / "projectorsets.yaml"
 

@@ -9,8 +9,8 @@ from collections.abc import Iterator
 import psycopg
 import pytest
 
-from projectorset import database
-from projectorset.database import (
+from projectorset.adapters import database
+from projectorset.adapters.database import (
     DatabaseAuthenticationFailed,
     DatabaseReadTimedOut,
     DatabaseUnreachable,
@@ -20,7 +20,7 @@ from projectorset.database import (
     SequentDatabase,
     SequentTablesMissing,
 )
-from projectorset.sequent import ProjectorState
+from projectorset.domain.sequent import ProjectorState
 from testbed.postgres import PostgresServer, free_port
 from testbed.sequent_schema import create_sequent_tables
 from testbed.sequent_schema import projector_rows as rows

@@ -15,8 +15,8 @@ import pytest
 import test_controller
 from test_controller import FakeCluster, Harness, serving
 
+from projectorset.adapters.database import CheckOutcome, DatabaseUnreachable, SequentDatabase
 from projectorset.api import Check
-from projectorset.database import CheckOutcome, DatabaseUnreachable, SequentDatabase
 from testbed.manifests import sample_projectorset
 
 

@@ -11,11 +11,11 @@ from typing import Any, cast
 
 import pytest
 
-from projectorset import kube
+from projectorset.adapters import kube
+from projectorset.adapters.kube import KubernetesCluster
+from projectorset.adapters.kubeapi import ApiError, KubeApi
 from projectorset.api import ProjectorSetSpec
-from projectorset.cluster import Owner
-from projectorset.kube import KubernetesCluster
-from projectorset.kubeapi import ApiError, KubeApi
+from projectorset.domain.cluster import Owner
 from testbed.manifests import sample_projectorset
 
 URI = "postgresql://app:pw@db.example:5432/app"

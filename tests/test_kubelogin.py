@@ -15,11 +15,11 @@ import kopf
 import pytest
 from urllib3.exceptions import HTTPError
 
-from projectorset.cluster import ClusterError
-from projectorset.conditions import Reason
-from projectorset.kube import KubernetesCluster
-from projectorset.kubeapi import KubeApi
-from projectorset.kubelogin import Credentials
+from projectorset.adapters.kube import KubernetesCluster
+from projectorset.adapters.kubeapi import KubeApi
+from projectorset.adapters.kubelogin import Credentials
+from projectorset.api.conditions import Reason
+from projectorset.domain.cluster import ClusterError
 
 
 def write_kubeconfig(directory: Path, user: dict[str, Any], cluster: dict[str, Any] | None = None) -> Path:

@@ -9,14 +9,14 @@ from pathlib import Path
 
 OPERATOR = Path(__file__).resolve().parents[1] / "operator"
 PURE_MODULES = (
-    "projectorset.rollout",
-    "projectorset.planning",
-    "projectorset.resources",
-    "projectorset.cluster",
-    "projectorset.observation",
-    "projectorset.conditions",
-    "projectorset.sequent",
-    "projectorset.api",
+    "projectorset.domain.rollout",
+    "projectorset.domain.planning",
+    "projectorset.domain.resources",
+    "projectorset.domain.cluster",
+    "projectorset.domain.observation",
+    "projectorset.api.conditions",
+    "projectorset.domain.sequent",
+    "projectorset.api.models",
 )
 DRIVERS = ("psycopg", "psycopg_pool", "kopf", "kubernetes", "prometheus_client")
 
@@ -33,9 +33,9 @@ def test_pure_modules_load_and_decide_without_psycopg_kopf_or_kubernetes() -> No
             importlib.import_module(module)
 
         from projectorset.api import ProjectorSetSpec, ProjectorSetStatus
-        from projectorset.observation import ClusterView, DatabaseView
-        from projectorset.rollout import decide
-        from projectorset.sequent import DatabaseState
+        from projectorset.domain.observation import ClusterView, DatabaseView
+        from projectorset.domain.rollout import decide
+        from projectorset.domain.sequent import DatabaseState
 
         spec = ProjectorSetSpec.model_validate({{
             "version": "v1", "service": {{"name": "blog"}}, "database": {{"secretRef": {{"name": "db"}}}},
@@ -47,7 +47,7 @@ def test_pure_modules_load_and_decide_without_psycopg_kopf_or_kubernetes() -> No
         print("decided", decision.status.phase)
 
         try:
-            import projectorset.database
+            import projectorset.adapters.database
         except ImportError:
             print("database needs psycopg")
         """

@@ -16,14 +16,14 @@ import pytest
 from fake_cluster import FakeCluster
 from prometheus_client import CollectorRegistry, generate_latest, start_http_server
 
-from projectorset import main
 from projectorset.api import Condition, Phase, ProjectorSetStatus, ReplayStatus
-from projectorset.cluster import Owner
-from projectorset.conditions import Reason
-from projectorset.controller import Reconciler
-from projectorset.metrics import OperatorMetrics
-from projectorset.observation import Event, SwitchService
-from projectorset.rollout import Decision
+from projectorset.api.conditions import Reason
+from projectorset.controller.reconciler import Reconciler
+from projectorset.domain.cluster import Owner
+from projectorset.domain.observation import Event, SwitchService
+from projectorset.domain.rollout import Decision
+from projectorset.runtime import main
+from projectorset.runtime.metrics import OperatorMetrics
 from sampleapp.config import Settings
 from sampleapp.migrate import migrate
 from sampleapp.releases import get_release

@@ -23,14 +23,14 @@ def imported_modules_after(code: str) -> set[str]:
 def test_the_operator_imports_kopf_and_its_handlers_without_the_kubernetes_client() -> None:
     modules = imported_modules_after(
         """
-        from projectorset.main import without_kubernetes_client
+        from projectorset.runtime.main import without_kubernetes_client
         without_kubernetes_client()
         import kopf
-        import projectorset.handlers
+        import projectorset.runtime.handlers
         assert kopf.on.login
         """
     )
-    assert "projectorset.handlers" in modules and "kopf" in modules
+    assert "projectorset.runtime.handlers" in modules and "kopf" in modules
     assert not any(name == "kubernetes" or name.startswith("kubernetes.") for name in modules)
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from projectorset.api import NAME_LABEL, VERSION_LABEL
-from projectorset.ownership import OWNER_ANNOTATION, service_claim
+from projectorset.domain.ownership import OWNER_ANNOTATION, service_claim
 
 
 def claim(annotations: dict[str, str], selector: dict[str, str], *, first_install: bool = False) -> str | None:

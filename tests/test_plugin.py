@@ -14,10 +14,10 @@ import pytest
 import yaml
 
 from projectorset import api
+from projectorset.domain.resources import RELEASE_ANNOTATION
 from projectorset.plugin import actions, cli, render, view
 from projectorset.plugin.cluster import Cluster, Snapshot
 from projectorset.plugin.errors import PluginError
-from projectorset.resources import RELEASE_ANNOTATION
 from testbed.manifests import sample_projectorset
 
 NOW = datetime(2026, 11, 29, 17, 2, 0, tzinfo=UTC)

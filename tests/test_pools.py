@@ -11,10 +11,10 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from projectorset.controller import DatabaseRegistry
-from projectorset.database import DatabaseConnectionsBusy, SequentDatabase
-from projectorset.pools import APPLICATION_NAME, PoolSet
-from projectorset.resources import Owner
+from projectorset.adapters.database import DatabaseConnectionsBusy, SequentDatabase
+from projectorset.adapters.pools import APPLICATION_NAME, PoolSet
+from projectorset.controller.reconciler import DatabaseRegistry
+from projectorset.domain.resources import Owner
 from testbed.postgres import PostgresServer
 from testbed.sequent_schema import create_sequent_tables
 

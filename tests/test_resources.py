@@ -11,9 +11,9 @@ from hypothesis import strategies as st
 from rollout_world import manifest
 
 from projectorset.api import LABEL_VALUE_PATTERN
-from projectorset.cluster import Owner
-from projectorset.observation import JobState
-from projectorset.resources import (
+from projectorset.domain.cluster import Owner
+from projectorset.domain.observation import JobState
+from projectorset.domain.resources import (
     RELEASE_ANNOTATION,
     build_deployment,
     build_stage_job,
@@ -23,7 +23,7 @@ from projectorset.resources import (
     job_name,
     job_view,
 )
-from projectorset.sequent import Stage
+from projectorset.domain.sequent import Stage
 
 OWNER = Owner("blog", "apps", "uid-1")
 

@@ -9,8 +9,8 @@ import pytest
 from rollout_world import World, manifest
 
 from projectorset.api import Phase
-from projectorset.conditions import Reason
-from projectorset.observation import (
+from projectorset.api.conditions import Reason
+from projectorset.domain.observation import (
     Activate,
     ClearReplaying,
     Deactivate,
@@ -23,7 +23,7 @@ from projectorset.observation import (
     ScaleDeployment,
     SwitchService,
 )
-from projectorset.sequent import ProjectorState, ReplayState
+from projectorset.domain.sequent import ProjectorState, ReplayState
 
 
 def reason(world: World) -> str:

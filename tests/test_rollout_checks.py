@@ -12,7 +12,7 @@ import pytest
 from rollout_world import World, manifest
 
 from projectorset.api import Phase, ProjectorSetStatus
-from projectorset.observation import RunChecks, RunStageJob, SwitchService
+from projectorset.domain.observation import RunChecks, RunStageJob, SwitchService
 
 COUNTS = {"name": "rows-match", "query": "SELECT (SELECT count(*) FROM replay_schema.posts) = 5"}
 NO_NULL = {"name": "titles-set", "query": "SELECT count(*) = 0 FROM replay_schema.posts WHERE title IS NULL"}

@@ -13,8 +13,8 @@ from typing import Any
 from rollout_world import Faults, World, manifest
 
 from projectorset.api import Phase
-from projectorset.observation import JobState
-from projectorset.sequent import ProjectorState
+from projectorset.domain.observation import JobState
+from projectorset.domain.sequent import ProjectorState
 
 RELEASES: dict[str, dict[str, int]] = {
     "v1": {"PostProjector": 1},

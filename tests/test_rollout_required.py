@@ -17,11 +17,18 @@ from pydantic import ValidationError
 from rollout_world import World, _WorldCluster, _WorldRegistry, manifest
 
 from projectorset.api import Phase
-from projectorset.controller import Reconciler
-from projectorset.observation import Activate, ClearReplaying, Deactivate, RegisterReplaying, RunStageJob, SwitchService
-from projectorset.ownership import claim_of
-from projectorset.planning import plan_upgrade
-from projectorset.sequent import DatabaseState, ProjectorState
+from projectorset.controller.reconciler import Reconciler
+from projectorset.domain.observation import (
+    Activate,
+    ClearReplaying,
+    Deactivate,
+    RegisterReplaying,
+    RunStageJob,
+    SwitchService,
+)
+from projectorset.domain.ownership import claim_of
+from projectorset.domain.planning import plan_upgrade
+from projectorset.domain.sequent import DatabaseState, ProjectorState
 
 OWN = "AuditProjector"
 OTHER = "AccountProjector"  # another set's

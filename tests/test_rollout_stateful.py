@@ -38,10 +38,10 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, precondition,
 from rollout_world import Faults, PassRecord, World, manifest
 
 from projectorset.api import Phase, Promotion
-from projectorset.conditions import Kind, Reason
-from projectorset.observation import JobState
-from projectorset.rollout import release_is_active
-from projectorset.sequent import ProjectorState
+from projectorset.api.conditions import Kind, Reason
+from projectorset.domain.observation import JobState
+from projectorset.domain.rollout import release_is_active
+from projectorset.domain.sequent import ProjectorState
 
 # Four releases: v2 changes PostProjector, v3 adds TagProjector, v4 has v1's projectors (no replay).
 RELEASES: dict[str, dict[str, int]] = {

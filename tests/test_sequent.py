@@ -6,8 +6,8 @@ from __future__ import annotations
 import psycopg
 import pytest
 
-from projectorset.database import SequentDatabase
-from projectorset.sequent import (
+from projectorset.adapters.database import SequentDatabase
+from projectorset.domain.sequent import (
     IN_PROGRESS_STATES,
     STAGES,
     ReplayStateName,

@@ -13,9 +13,9 @@ import pytest
 from fake_cluster import FakeCluster
 from test_controller import Harness, app_database  # noqa: F401 - the fixture, shared
 
-from projectorset.ownership import ProjectorIndex, SetClaim, claim_of
-from projectorset.planning import plan_upgrade
-from projectorset.sequent import DatabaseState, ProjectorState
+from projectorset.domain.ownership import ProjectorIndex, SetClaim, claim_of
+from projectorset.domain.planning import plan_upgrade
+from projectorset.domain.sequent import DatabaseState, ProjectorState
 from testbed.manifests import sample_projectorset
 from testbed.sequent_schema import projector_rows
 

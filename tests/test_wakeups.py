@@ -7,8 +7,13 @@ from typing import Any
 
 import pytest
 
-from projectorset.handlers import IDLE_RESYNC_SECONDS, RESYNC_WINDOW_SECONDS, _seen_differently, next_resync_delay
-from projectorset.resources import job_view
+from projectorset.domain.resources import job_view
+from projectorset.runtime.handlers import (
+    IDLE_RESYNC_SECONDS,
+    RESYNC_WINDOW_SECONDS,
+    _seen_differently,
+    next_resync_delay,
+)
 
 
 def migrate_job(**status: Any) -> dict[str, Any]:

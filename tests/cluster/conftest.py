@@ -19,8 +19,8 @@ from pathlib import Path
 import pytest
 from kubernetes import client, config
 
-from projectorset.kubeapi import KubeApi
-from projectorset.kubelogin import Credentials
+from projectorset.adapters.kubeapi import KubeApi
+from projectorset.adapters.kubelogin import Credentials
 from testbed import toolchain
 from testbed.cluster import LocalCluster
 from testbed.postgres import PostgresServer

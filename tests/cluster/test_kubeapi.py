@@ -23,13 +23,13 @@ from typing import Any
 
 import pytest
 
+from projectorset.adapters.kube import KubernetesCluster
+from projectorset.adapters.kubeapi import JSON_PATCH, ApiError, KubeApi, resource_path
+from projectorset.adapters.kubelogin import Credentials, Login
 from projectorset.api import ProjectorSetSpec
-from projectorset.cluster import ClusterError, Owner
-from projectorset.conditions import Reason
-from projectorset.kube import KubernetesCluster
-from projectorset.kubeapi import JSON_PATCH, ApiError, KubeApi, resource_path
-from projectorset.kubelogin import Credentials, Login
-from projectorset.observation import EnsureDeployment, Event
+from projectorset.api.conditions import Reason
+from projectorset.domain.cluster import ClusterError, Owner
+from projectorset.domain.observation import EnsureDeployment, Event
 from testbed.cluster import LocalCluster
 from testbed.manifests import sample_projectorset
 

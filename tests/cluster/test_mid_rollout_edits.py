@@ -13,14 +13,14 @@ import yaml
 from kubernetes import client
 from test_upgrade import install_v1_with_traffic
 
+from projectorset.adapters.kube import KubernetesCluster
+from projectorset.adapters.kubeapi import KubeApi
 from projectorset.api import ProjectorSetSpec
-from projectorset.cluster import ClusterError, Owner
-from projectorset.conditions import Reason
-from projectorset.kube import KubernetesCluster
-from projectorset.kubeapi import KubeApi
-from projectorset.observation import DeleteDeployment, EnsureDeployment, RunStageJob, ScaleDeployment
-from projectorset.resources import build_deployment, build_stage_job, deployment_name, job_name
-from projectorset.sequent import Stage
+from projectorset.api.conditions import Reason
+from projectorset.domain.cluster import ClusterError, Owner
+from projectorset.domain.observation import DeleteDeployment, EnsureDeployment, RunStageJob, ScaleDeployment
+from projectorset.domain.resources import build_deployment, build_stage_job, deployment_name, job_name
+from projectorset.domain.sequent import Stage
 from sampleapp.releases import get_release
 from testbed.manifests import sample_projectorset
 from testbed.scenario import MomentWatcher, Scenario

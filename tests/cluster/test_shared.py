@@ -13,9 +13,9 @@ import pytest
 import yaml
 from kubernetes import client
 
+from projectorset.adapters.pools import APPLICATION_NAME, DEFAULT_MAX_CONNECTIONS
 from projectorset.api import NAME_LABEL, VERSION_LABEL
-from projectorset.ownership import OWNER_ANNOTATION
-from projectorset.pools import APPLICATION_NAME, DEFAULT_MAX_CONNECTIONS
+from projectorset.domain.ownership import OWNER_ANNOTATION
 from sampleapp.releases import get_release
 from testbed.cluster import LocalCluster
 from testbed.crowd import (

@@ -17,7 +17,7 @@ import time
 
 import psycopg
 
-from projectorset.database import SequentDatabase
+from projectorset.adapters.database import SequentDatabase
 from testbed.postgres import PostgresServer
 from testbed.sequent_schema import create_sequent_tables
 

@@ -29,8 +29,8 @@ from typing import Any, TypeVar
 import psycopg
 from fake_cluster import FakeCluster
 
-from projectorset.cluster import Owner
-from projectorset.controller import PassRunner, Reconciler
+from projectorset.controller.reconciler import PassRunner, Reconciler
+from projectorset.domain.cluster import Owner
 from sampleapp.config import Settings
 from sampleapp.migrate import migrate
 from sampleapp.releases import get_release

@@ -12,9 +12,9 @@ from datetime import UTC, datetime
 from typing import Any
 
 from projectorset import api
-from projectorset.conditions import ConditionType
+from projectorset.api.conditions import ConditionType
+from projectorset.domain.resources import ATTEMPT_LABEL, RELEASE_ANNOTATION, ROUND_LABEL
 from projectorset.plugin.cluster import Object, Snapshot
-from projectorset.resources import ATTEMPT_LABEL, RELEASE_ANNOTATION, ROUND_LABEL
 
 # Lag samples older than this are not used for the estimate: the rate of the last minutes counts.
 ESTIMATE_WINDOW_SECONDS = 300.0

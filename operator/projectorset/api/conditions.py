@@ -1,7 +1,7 @@
 """The status conditions the operator writes: their types and reasons, each documented once here.
 
 The README's "Phases and conditions" tables are printed from this module
-(``python -m projectorset.conditions``) and a test fails when they differ, so the
+(``python -m projectorset.api.conditions``) and a test fails when they differ, so the
 documentation cannot drift from the code. Reasons are fixed CamelCase words: alerts,
 scripts and ``kubectl wait`` may rely on them; messages are for people and may change.
 """

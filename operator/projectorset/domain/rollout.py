@@ -34,7 +34,7 @@ from projectorset.api import (
     Promotion,
     ReplayStatus,
 )
-from projectorset.conditions import (
+from projectorset.api.conditions import (
     ConditionType,
     Reason,
     find_condition,
@@ -44,7 +44,7 @@ from projectorset.conditions import (
     set_condition,
     timestamp,
 )
-from projectorset.observation import (
+from projectorset.domain.observation import (
     Action,
     Activate,
     ClearReplaying,
@@ -64,8 +64,8 @@ from projectorset.observation import (
     ScaleDeployment,
     SwitchService,
 )
-from projectorset.planning import Change, Plan, plan_upgrade
-from projectorset.sequent import (
+from projectorset.domain.planning import Change, Plan, plan_upgrade
+from projectorset.domain.sequent import (
     STAGES,
     DatabaseState,
     ProjectorState,

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 import prometheus_client
 
-from projectorset import memory
+from projectorset.runtime import memory
 
 
 def parse_arguments(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -74,7 +74,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     without_kubernetes_client()
     import kopf
 
-    import projectorset.handlers  # noqa: F401 - registers the handlers with Kopf
+    import projectorset.runtime.handlers  # noqa: F401 - registers the handlers with Kopf
 
     kopf.configure(
         verbose=arguments.verbose,

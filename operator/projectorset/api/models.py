@@ -1,7 +1,7 @@
 """The ProjectorSet API (projectorset.io/v1alpha1): the single source of its schema.
 
 The CRD's openAPIV3Schema in ``crds/`` is generated from these models
-(``python -m projectorset.crd``), and the operator parses every object it reads
+(``python -m projectorset.api.crd``), and the operator parses every object it reads
 with them, so the API server and the operator agree on every field and default.
 Python code uses snake_case; the manifest uses camelCase through aliases.
 """

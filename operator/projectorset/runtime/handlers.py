@@ -18,15 +18,16 @@ from typing import Any
 
 import kopf
 
-from projectorset import api, memory
-from projectorset.cluster import ClusterError, Owner
-from projectorset.controller import DatabaseRegistry, PassRunner, Reconciler
-from projectorset.kube import KubernetesCluster
-from projectorset.kubeapi import KubeApi
-from projectorset.kubelogin import Credentials
-from projectorset.metrics import metrics
-from projectorset.observation import DeploymentView, JobView
-from projectorset.resources import MANAGED_BY, deployment_view, job_view
+from projectorset import api
+from projectorset.adapters.kube import KubernetesCluster
+from projectorset.adapters.kubeapi import KubeApi
+from projectorset.adapters.kubelogin import Credentials
+from projectorset.controller.reconciler import DatabaseRegistry, PassRunner, Reconciler
+from projectorset.domain.cluster import ClusterError, Owner
+from projectorset.domain.observation import DeploymentView, JobView
+from projectorset.domain.resources import MANAGED_BY, deployment_view, job_view
+from projectorset.runtime import memory
+from projectorset.runtime.metrics import metrics
 
 log = logging.getLogger(__name__)
 

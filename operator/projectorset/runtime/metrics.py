@@ -23,10 +23,10 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from projectorset.api import Phase, ProjectorSetSpec
-from projectorset.cluster import Cluster, Owner
-from projectorset.observation import ClusterAction, ClusterView, Event, SwitchService
-from projectorset.rollout import Decision
-from projectorset.sequent import PIPELINE
+from projectorset.domain.cluster import Cluster, Owner
+from projectorset.domain.observation import ClusterAction, ClusterView, Event, SwitchService
+from projectorset.domain.rollout import Decision
+from projectorset.domain.sequent import PIPELINE
 
 # Phase and stage durations range from a second (nothing to replay) to hours (a large replay).
 DURATION_BUCKETS = (1, 2, 5, 10, 30, 60, 120, 300, 600, 1800, 3600, 7200, 14400, float("inf"))

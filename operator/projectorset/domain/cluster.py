@@ -10,8 +10,8 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from projectorset.api import ProjectorSetSpec
-from projectorset.conditions import Reason, ReportedError
-from projectorset.observation import ClusterAction, ClusterView, Event
+from projectorset.api.conditions import Reason, ReportedError
+from projectorset.domain.observation import ClusterAction, ClusterView, Event
 
 
 @dataclass(frozen=True)

@@ -15,9 +15,9 @@ from datetime import datetime
 from typing import Any
 
 from projectorset import api
-from projectorset.cluster import Owner
-from projectorset.observation import DeploymentView, JobState, JobView
-from projectorset.sequent import STAGES, Stage
+from projectorset.domain.cluster import Owner
+from projectorset.domain.observation import DeploymentView, JobState, JobView
+from projectorset.domain.sequent import STAGES, Stage
 
 ATTEMPT_LABEL = f"{api.GROUP}/attempt"
 ROUND_LABEL = f"{api.GROUP}/round"

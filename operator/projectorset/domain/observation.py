@@ -9,8 +9,8 @@ from datetime import datetime
 from enum import StrEnum
 
 from projectorset.api import Check
-from projectorset.conditions import Reason
-from projectorset.sequent import DatabaseState, Stage
+from projectorset.api.conditions import Reason
+from projectorset.domain.sequent import DatabaseState, Stage
 
 # ---- observations -------------------------------------------------------------------------------
 

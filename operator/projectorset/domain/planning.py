@@ -11,8 +11,8 @@ from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 
-from projectorset.conditions import Reason
-from projectorset.sequent import DatabaseState, ProjectorState, ReplayStateName
+from projectorset.api.conditions import Reason
+from projectorset.domain.sequent import DatabaseState, ProjectorState, ReplayStateName
 
 
 class Change(StrEnum):

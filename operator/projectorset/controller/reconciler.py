@@ -20,11 +20,12 @@ from typing import Any, TypeVar, assert_never
 
 from pydantic import ValidationError
 
+from projectorset.adapters.database import WATCH_LOCK_TIMEOUT_MS, DatabaseError, ProjectorStatesBusy, SequentDatabase
+from projectorset.adapters.pools import PoolSet, store_fingerprint, target_fingerprint
 from projectorset.api import CheckResult, Phase, ProjectorSetSpec, ProjectorSetStatus
-from projectorset.cluster import Cluster, ClusterError, Owner, ServiceRefused
-from projectorset.conditions import ConditionType, Kind, Reason, ReportedError, set_condition, timestamp
-from projectorset.database import WATCH_LOCK_TIMEOUT_MS, DatabaseError, ProjectorStatesBusy, SequentDatabase
-from projectorset.observation import (
+from projectorset.api.conditions import ConditionType, Kind, Reason, ReportedError, set_condition, timestamp
+from projectorset.domain.cluster import Cluster, ClusterError, Owner, ServiceRefused
+from projectorset.domain.observation import (
     Activate,
     ClearReplaying,
     ClusterView,
@@ -36,10 +37,9 @@ from projectorset.observation import (
     RunChecks,
     SwitchService,
 )
-from projectorset.ownership import ProjectorIndex, SetClaim, claim_of, owner_key
-from projectorset.planning import plan_upgrade
-from projectorset.pools import PoolSet, store_fingerprint, target_fingerprint
-from projectorset.rollout import Decision, decide, owned_projectors, release_is_live, with_check_results
+from projectorset.domain.ownership import ProjectorIndex, SetClaim, claim_of, owner_key
+from projectorset.domain.planning import plan_upgrade
+from projectorset.domain.rollout import Decision, decide, owned_projectors, release_is_live, with_check_results
 
 log = logging.getLogger(__name__)
 

@@ -30,10 +30,10 @@ import psycopg_pool
 from psycopg import errors, sql
 from psycopg.conninfo import conninfo_to_dict
 
+from projectorset.adapters.pools import SharedPool
 from projectorset.api import Check
-from projectorset.conditions import Reason, ReportedError
-from projectorset.pools import SharedPool
-from projectorset.sequent import FINISHED_STATES, DatabaseState, ProjectorState, ReplayState
+from projectorset.api.conditions import Reason, ReportedError
+from projectorset.domain.sequent import FINISHED_STATES, DatabaseState, ProjectorState, ReplayState
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

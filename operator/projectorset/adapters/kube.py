@@ -20,10 +20,10 @@ from typing import Any, assert_never
 from urllib3.exceptions import HTTPError
 
 from projectorset import api
-from projectorset.cluster import ClusterError, Owner, ServiceRefused
-from projectorset.conditions import Reason
-from projectorset.kubeapi import JSON_PATCH, STRATEGIC_MERGE_PATCH, ApiError, KubeApi, resource_path
-from projectorset.observation import (
+from projectorset.adapters.kubeapi import JSON_PATCH, STRATEGIC_MERGE_PATCH, ApiError, KubeApi, resource_path
+from projectorset.api.conditions import Reason
+from projectorset.domain.cluster import ClusterError, Owner, ServiceRefused
+from projectorset.domain.observation import (
     ClusterAction,
     ClusterView,
     DeleteDeployment,
@@ -36,8 +36,8 @@ from projectorset.observation import (
     ScaleDeployment,
     SwitchService,
 )
-from projectorset.ownership import OWNER_ANNOTATION, owner_key, service_claim
-from projectorset.resources import (
+from projectorset.domain.ownership import OWNER_ANNOTATION, owner_key, service_claim
+from projectorset.domain.resources import (
     build_deployment,
     build_stage_job,
     deployment_name,
