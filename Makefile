@@ -38,8 +38,10 @@ unit: $(STAMP) ## Only the fast tests (no cluster)
 
 SEED ?=
 .PHONY: fuzz bench-isolation
-fuzz: $(STAMP) ## The rollout's state machine at length (10,000+ steps); SEED=n replays a printed seed
-	HYPOTHESIS_PROFILE=fuzz $(BIN)/pytest tests/test_rollout_stateful.py -s -q $(if $(SEED),--hypothesis-seed=$(SEED))
+fuzz: $(STAMP) ## The rollout's state machines at length, random: prints its seed; SEED=n replays that run
+	@seed='$(SEED)'; seed=$${seed:-$$(od -An -N4 -tu4 /dev/urandom | tr -d ' ')}; \
+	echo "make fuzz: seed $$seed (make fuzz SEED=$$seed replays this run)"; \
+	HYPOTHESIS_PROFILE=fuzz $(BIN)/pytest tests/test_rollout_stateful.py -s -q --hypothesis-seed=$$seed
 
 run: $(STAMP) ## Run the operator against the current kubeconfig
 	$(BIN)/projectorset-operator

@@ -18,21 +18,20 @@ Invariants (issue 9), checked after every step and when the world settles:
   reason, and a retry of a failed one goes live;
 - a status the operator writes never says Active or Ready for a version the Service does not select.
 
-Profiles (``HYPOTHESIS_PROFILE``): ``default`` is bounded for the normal suite, ``fuzz`` is the long
-run of ``make fuzz``. A failure prints the reproduction blob (``@reproduce_failure``) and the seed;
-re-run one with ``HYPOTHESIS_PROFILE=fuzz .venv/bin/pytest tests/test_rollout_stateful.py
---hypothesis-seed=SEED``. Every shrunk counterexample is kept as a plain test in
+Profiles (``HYPOTHESIS_PROFILE``, tests/fuzz_profiles.py): ``default`` is bounded and derandomized
+for the normal suite, ``fuzz`` is the long, random run of ``make fuzz``, which prints its seed
+first; ``make fuzz SEED=n`` replays that run. A failure prints the reproduction blob
+(``@reproduce_failure``). Every shrunk counterexample is kept as a plain test in
 tests/test_rollout_regressions.py.
 """
 
 from __future__ import annotations
 
-import os
 from dataclasses import replace
 from datetime import timedelta
 from typing import Any
 
-from hypothesis import HealthCheck, settings
+import fuzz_profiles
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, precondition, rule
 from rollout_world import Faults, PassRecord, World, manifest
@@ -58,19 +57,7 @@ REQUIRED_VERSION: dict[str, int] = {"v1": 1, "v2": 2, "v3": 2, "v4": 1}
 # Reasons a finished rollout may give: the fixed words of kind "failure".
 FINISHED_REASONS = frozenset(reason.value for reason in Reason if reason.kind is Kind.FAILURE)
 
-# Every profile: no deadline (passes vary on a loaded machine), the reproduction blob printed.
-COMMON: dict[str, Any] = {
-    "deadline": None,
-    "print_blob": True,
-    "suppress_health_check": [HealthCheck.too_slow, HealthCheck.data_too_large],
-}
-# The suite's bounded profile is derandomized: `make test` runs the same examples every time, so it
-# never goes red by chance; finding new interleavings is `make fuzz`'s job (random, at length).
-settings.register_profile("default", max_examples=40, stateful_step_count=40, derandomize=True, **COMMON)
-settings.register_profile("fuzz", max_examples=500, stateful_step_count=60, **COMMON)
-# Finding counterexamples one at a time: stop at the first bug, shrink it alone.
-settings.register_profile("hunt", max_examples=300, stateful_step_count=40, report_multiple_bugs=False, **COMMON)
-settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
+fuzz_profiles.register()
 
 STEPS = {"passes": 0, "steps": 0, "examples": 0}
 
