@@ -55,6 +55,7 @@ def test_a_failed_stage_job_shows_the_end_of_its_output_and_its_pods_still_runni
     job = {
         "metadata": {
             "name": "blog-v2-a1-prepare",
+            "namespace": "blog",
             "labels": {
                 "projectorset.io/version": "v2",
                 "projectorset.io/stage": "prepare",
@@ -96,8 +97,9 @@ def test_a_failed_stage_job_shows_the_end_of_its_output_and_its_pods_still_runni
     view = job_view(job, failed_pod_messages([pod]))
     assert view.state is JobState.FAILED
     assert view.message == (
-        "BackoffLimitExceeded: Job has reached the specified backoff limit; its output ends: "
-        "rake aborted! | cannot determine full path of the `pg_dump` executable"
+        "BackoffLimitExceeded: Job has reached the specified backoff limit; the error: "
+        "cannot determine full path of the `pg_dump` executable "
+        "(full output: kubectl logs -n blog job/blog-v2-a1-prepare)"
     )
     assert view.active == 1 and view.deleting
     assert view.finished_at == datetime(2026, 11, 29, 18, 0, tzinfo=UTC)

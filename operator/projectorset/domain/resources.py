@@ -18,6 +18,7 @@ from projectorset import api
 from projectorset.domain.cluster import Owner
 from projectorset.domain.observation import DeploymentView, JobState, JobView
 from projectorset.domain.sequent import STAGES, Stage
+from projectorset.domain.stage_output import cause
 
 ATTEMPT_LABEL = f"{api.GROUP}/attempt"
 ROUND_LABEL = f"{api.GROUP}/round"
@@ -308,9 +309,12 @@ def job_view(obj: dict[str, Any], pod_messages: dict[str, str] | None = None) ->
         state = JobState.FAILED
         finished = conditions["Failed"]
         message = f"{finished.get('reason', '')}: {finished.get('message', '')}".strip(": ")
-        output = (pod_messages or {}).get(metadata["name"], "").strip()
-        if output:
-            message = f"{message}; its output ends: {_last_lines(output)}"
+        error = cause((pod_messages or {}).get(metadata["name"], ""))
+        if error:
+            message = f"{message}; the error: {error}"
+        # The whole output stays with the Job's pods: name the command that shows it.
+        namespace = metadata.get("namespace")
+        message += f" (full output: kubectl logs{f' -n {namespace}' if namespace else ''} job/{metadata['name']})"
     return JobView(
         name=metadata["name"],
         version=labels.get(api.VERSION_LABEL, ""),
@@ -337,11 +341,6 @@ def failed_pod_messages(pods: list[dict[str, Any]]) -> dict[str, str]:
                 if job not in latest or finished >= latest[job][0]:
                     latest[job] = (finished, str(terminated["message"]))
     return {job: message for job, (_, message) in latest.items()}
-
-
-def _last_lines(output: str, lines: int = 3, limit: int = 400) -> str:
-    text = " | ".join(line.strip() for line in output.splitlines()[-lines:] if line.strip())
-    return text if len(text) <= limit else "..." + text[-limit:]
 
 
 def _timestamp(value: Any) -> datetime | None:
