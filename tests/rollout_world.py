@@ -50,7 +50,7 @@ from projectorset.domain.observation import (
     ScaleDeployment,
     SwitchService,
 )
-from projectorset.domain.resources import job_name
+from projectorset.domain.resources import job_name, stale_template, template_hash
 from projectorset.domain.rollout import Decision, decide, with_check_results
 from projectorset.domain.sequent import IN_PROGRESS_STATES as IN_PROGRESS
 from projectorset.domain.sequent import DatabaseState, ProjectorState, ReplayState
@@ -325,6 +325,18 @@ class World:
                     self.deployments[version] = DeploymentView(
                         version,
                         replicas,
+                        template_hash=template_hash(self.spec.template),
+                        projectors=dict(self.spec.projector_versions),
+                        required=dict(self.spec.required_versions),
+                    )
+                elif version == self.spec.version and stale_template(current, self.spec):
+                    # The template was edited: Kubernetes rolls the pods, which are not ready at first.
+                    self.deployments[version] = replace(
+                        current,
+                        replicas=replicas,
+                        ready_replicas=0,
+                        available=False,
+                        template_hash=template_hash(self.spec.template),
                         projectors=dict(self.spec.projector_versions),
                         required=dict(self.spec.required_versions),
                     )

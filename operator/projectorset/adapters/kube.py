@@ -38,14 +38,17 @@ from projectorset.domain.observation import (
 )
 from projectorset.domain.ownership import OWNER_ANNOTATION, owner_key, service_claim
 from projectorset.domain.resources import (
+    TEMPLATE_HASH_ANNOTATION,
     build_deployment,
     build_stage_job,
     deployment_name,
+    deployment_update,
     deployment_view,
     failed_pod_messages,
     job_view,
     recorded_spec,
     service_selector,
+    template_hash,
 )
 
 log = logging.getLogger(__name__)
@@ -136,6 +139,10 @@ class _DeploymentFound:
     uid: str
     replicas: int | None
     annotations: dict[str, str]
+
+    @property
+    def template_hash(self) -> str | None:
+        return self.annotations.get(TEMPLATE_HASH_ANNOTATION)
 
     @classmethod
     def of(cls, deployment: dict[str, Any]) -> _DeploymentFound:
@@ -305,7 +312,14 @@ class KubernetesCluster:
                         )
                     self._create(_deployments(owner.namespace), build_deployment(owner, spec, version))
                     return
-                if current.replicas != replicas:
+                if version == spec.version and current.template_hash not in (None, template_hash(spec.template)):
+                    # The spec's template changed (a fixed retry, an edit): the release is the new template.
+                    self.kube.patch(
+                        _deployments(owner.namespace, current.name),
+                        deployment_update(owner, spec, version),
+                        JSON_PATCH,
+                    )
+                elif current.replicas != replicas:
                     self._scale(owner, current, replicas)
             case ScaleDeployment(version=version, replicas=replicas):
                 current = self._deployment(owner, version)

@@ -166,6 +166,29 @@ def build_deployment(owner: Owner, spec: api.ProjectorSetSpec, version: str) -> 
     }
 
 
+def stale_template(deployment: DeploymentView | None, spec: api.ProjectorSetSpec) -> bool:
+    """The version's Deployment runs another pod template than the spec's (a retry that fixed
+    the template, or a template edit of the serving version). A Deployment without the hash
+    (made before it was recorded) is taken as current: an operator upgrade rolls no pods."""
+    return deployment is not None and deployment.template_hash not in (None, template_hash(spec.template))
+
+
+def deployment_update(owner: Owner, spec: api.ProjectorSetSpec, version: str) -> list[dict[str, Any]]:
+    """A JSON patch that gives the version's Deployment the spec's pod template, replicas and
+    release record (the annotation ``undo`` reads): Kubernetes then rolls its pods. The template is
+    replaced whole, so a field the edit removed is gone too (a merge patch would keep it)."""
+    built = build_deployment(owner, spec, version)
+    annotations = [
+        {"op": "add", "path": f"/metadata/annotations/{key.replace('~', '~0').replace('/', '~1')}", "value": value}
+        for key, value in built["metadata"]["annotations"].items()
+    ]
+    return [
+        *annotations,
+        {"op": "replace", "path": "/spec/replicas", "value": built["spec"]["replicas"]},
+        {"op": "replace", "path": "/spec/template", "value": built["spec"]["template"]},
+    ]
+
+
 def stage_command(spec: api.ProjectorSetSpec, stage: str, projectors: list[str]) -> list[str]:
     command: list[str] = getattr(spec.replay.commands, stage)
     values = {

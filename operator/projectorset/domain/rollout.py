@@ -65,6 +65,7 @@ from projectorset.domain.observation import (
     SwitchService,
 )
 from projectorset.domain.planning import Change, Plan, plan_upgrade
+from projectorset.domain.resources import stale_template
 from projectorset.domain.sequent import (
     STAGES,
     DatabaseState,
@@ -162,10 +163,10 @@ class _Pass:
         self.conditions = set_condition(self.conditions, type_, status, reason, message, self.generation, self.now)
 
     def ensure_deployment(self) -> None:
-        """Ask for spec.version's Deployment only when it is missing or has other replicas:
-        the cluster view already shows it, so a pass need not read it again."""
+        """Ask for spec.version's Deployment only when it is missing, has other replicas or runs
+        another template: the cluster view already shows it, so a pass need not read it again."""
         deployment = self.cluster.deployments.get(self.spec.version)
-        if deployment is None or deployment.replicas != self.spec.replicas:
+        if deployment is None or deployment.replicas != self.spec.replicas or stale_template(deployment, self.spec):
             self.act(EnsureDeployment(self.spec.version, self.spec.replicas))
 
     def act(self, *actions: Action) -> None:
@@ -371,11 +372,12 @@ def _catchup_rounds(previous: ReplayStatus | None, replay: ReplayState, jobs: Se
     return max([job.round for job in jobs if job.stage == Stage.CATCHUP] + [recorded])
 
 
-def _pods_ready(deployment: DeploymentView | None, replicas: int) -> bool:
-    """The version's pods are all available; with ``replicas: 0`` there are none to wait for."""
-    if deployment is None:
+def _pods_ready(deployment: DeploymentView | None, spec: ProjectorSetSpec) -> bool:
+    """spec.version's pods are all available and run the spec's template (a retry that fixed the
+    template waits for the new pods); with ``replicas: 0`` there are none to wait for."""
+    if deployment is None or stale_template(deployment, spec):
         return False
-    return deployment.available or (replicas == 0 and deployment.replicas == 0)
+    return deployment.available or (spec.replicas == 0 and deployment.replicas == 0)
 
 
 # ---- steady state: the Service already reaches spec.version --------------------------------------
@@ -550,7 +552,7 @@ def _rollout(run: _Pass, plan: Plan, db: DatabaseState) -> Decision:
     deployment = cluster.deployments.get(target)
     if deployment is not None and deployment.failure:
         return _fail(run, db, Reason.DEPLOYMENT_FAILED, f"Deployment of {target}: {deployment.failure}")
-    if not _pods_ready(deployment, spec.replicas):
+    if not _pods_ready(deployment, spec):
         ready = f"{deployment.ready_replicas}/{deployment.replicas}" if deployment else "0"
         run.poll(WATCHED_POLL_SECONDS)
         return run.finish(
@@ -1022,7 +1024,7 @@ def _deployed_active_release(run: _Pass, db: DatabaseState) -> str | None:
     Service selects pods of another release: an earlier target's golive committed after the spec
     moved on (or back). Its Deployment's release annotation says which projectors it runs."""
     active = _active_projectors(run, db)
-    spec_ready = _pods_ready(run.cluster.deployments.get(run.spec.version), run.spec.replicas)
+    spec_ready = _pods_ready(run.cluster.deployments.get(run.spec.version), run.spec)
     if active is None or (active == run.spec.projector_versions and spec_ready):
         return None  # nothing settled, or spec.version's own release, ready: the rollout switches to it
 
@@ -1152,7 +1154,7 @@ def _switch(run: _Pass) -> Decision:
         run.activated = True
         run.event(Reason.ACTIVATED, f"the database shows every projector of {target} active")
     deployment = cluster.deployments.get(target)
-    if not _pods_ready(deployment, spec.replicas):
+    if not _pods_ready(deployment, spec):
         # Switching to pods that are not ready would drop every request; keep the old pods.
         run.ensure_deployment()
         run.poll(ROLLOUT_POLL_SECONDS)
