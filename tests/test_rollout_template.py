@@ -15,6 +15,7 @@ from rollout_world import World, manifest
 from projectorset.api import Phase
 from projectorset.domain.observation import EnsureDeployment, RunStageJob
 from projectorset.domain.resources import template_hash
+from projectorset.domain.sequent import ProjectorState
 
 V1 = {"PostProjector": 1}
 V2 = {"PostProjector": 2}
@@ -73,3 +74,29 @@ def test_a_deployment_made_before_the_hash_was_recorded_is_not_rolled_by_an_oper
     decision = world.run(passes=3)
     assert not [action for action in decision.actions if isinstance(action, EnsureDeployment)]
     assert world.deployments["v1"].template_hash is None
+
+
+def test_pods_that_stay_unready_get_a_hint_at_the_readiness_probe_after_a_while() -> None:
+    # A readiness probe that checks the active projector versions passes only after golive, which
+    # waits for the pods: a real application's rollout failed after 9 min 55 s saying "0/1 ready".
+    world = World(manifest("v1", V1)).serving_v1(V1)
+    world.auto_available = False
+    edit(world, version="v2", projectors=manifest("v2", V2).projectors, template=BROKEN)
+    first = world.step()
+    assert first.status.phase == Phase.DEPLOYING and "readiness probe" not in first.status.message
+    world.now += timedelta(minutes=3)
+    later = world.step()
+    assert later.status.phase == Phase.DEPLOYING
+    assert "(0/2 ready); if its pods run but stay unready, their readiness probe may need" in later.status.message
+
+
+def test_a_first_install_onto_a_database_that_shows_it_active_waits_for_its_pods_without_a_warning() -> None:
+    # Seen with a real application: installing v1 where projector_states already shows v1 active.
+    world = World(manifest("v1", V1))
+    world.projectors = {"PostProjector": ProjectorState("PostProjector", 1)}
+    world.auto_available = False
+    decisions = [world.step() for _ in range(3)]
+    assert decisions[-1].status.phase == Phase.SWITCHING
+    assert decisions[-1].status.conditions and not [e for d in decisions for e in d.events if e.type == "Warning"]
+    world.auto_available = True
+    assert world.run(passes=3).status.phase == Phase.ACTIVE and world.service_version == "v1"

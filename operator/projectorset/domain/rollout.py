@@ -84,6 +84,8 @@ BLOCKED_POLL_SECONDS = 10.0
 # events wake the set; this poll is the safety net. A 2 s poll would make a thousand sets starting
 # at once read the cluster hundreds of times a second for nothing.
 WATCHED_POLL_SECONDS = 30.0
+# How long new pods may take to get ready before the condition suggests why they do not.
+UNREADY_HINT_SECONDS = 120.0
 # No pass asks to sleep longer than this (a scaleDownDelaySeconds of years must not overflow a timer).
 LONGEST_POLL_SECONDS = 300.0
 
@@ -556,7 +558,9 @@ def _rollout(run: _Pass, plan: Plan, db: DatabaseState) -> Decision:
         ready = f"{deployment.ready_replicas}/{deployment.replicas}" if deployment else "0"
         run.poll(WATCHED_POLL_SECONDS)
         return run.finish(
-            Phase.DEPLOYING, Reason.DEPLOYING, f"waiting for version {target} to be available ({ready} ready)"
+            Phase.DEPLOYING,
+            Reason.DEPLOYING,
+            f"waiting for version {target} to be available ({ready} ready){_unready_hint(run)}",
         )
 
     # 2. States the operator must not paper over.
@@ -589,6 +593,20 @@ def _rollout(run: _Pass, plan: Plan, db: DatabaseState) -> Decision:
 
     # 4. Replay, stage by stage, as the database says.
     return _replay(run, plan, db, attempt, golive)
+
+
+def _unready_hint(run: _Pass) -> str:
+    """Past a short while, the likely cause of pods that run but never get ready: a readiness
+    probe that needs the release's projectors active, which only golive makes them, and golive
+    waits for these pods (seen with a real application: ProgressDeadlineExceeded after 10 min)."""
+    started = _parse(run.memory.rollout_started_at)
+    if started is None or run.now - started < timedelta(seconds=UNREADY_HINT_SECONDS):
+        return ""
+    return (
+        "; if its pods run but stay unready, their readiness probe may need the release's projectors "
+        "active, which happens only after these pods are ready (the README's 'What the application must "
+        "provide')"
+    )
 
 
 def _migrate(run: _Pass, db: DatabaseState, attempt: int) -> Decision | None:
@@ -1076,7 +1094,10 @@ def _follow_database(run: _Pass, version: str) -> Decision:
 
 
 def _waiting_for_pods(run: _Pass, message: str) -> Decision:
-    return run.finish(Phase.SWITCHING, Reason.WAITING_FOR_AVAILABLE_PODS, message, warning=True)
+    # A Warning while a serving version waits on these pods (the database moved past it); a first
+    # install has nothing serving, and its pods starting is no cause for alarm.
+    warning = run.memory.active_version is not None
+    return run.finish(Phase.SWITCHING, Reason.WAITING_FOR_AVAILABLE_PODS, message, warning=warning)
 
 
 def _move_service(run: _Pass, version: str, why: str = "") -> None:
