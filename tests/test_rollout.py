@@ -318,6 +318,8 @@ def test_replay_marked_failed_fails_the_rollout_aborts_it_and_a_retry_goes_live(
         assert world.step().actions == (DeleteJob(job),)
     world.run(passes=4)
     assert world.status.phase is Phase.FAILED and reason(world) == "ReplayFailed"
+    # The final condition outlives the stage: it never says a Job that has exited is running.
+    assert "is still running" not in world.status.message
     assert world.replay is not None and world.replay.state == "aborted"
     assert world.projectors["PostProjector"] == ProjectorState("PostProjector", 1, None, None)
     assert condition(world, "ReplayAborted") == ("True", "Aborted")

@@ -756,7 +756,8 @@ def _replay_failed_message(replay: ReplayState, jobs: Sequence[JobView]) -> str:
     if failed:
         return message + f" ({failed[-1].stage} Job {failed[-1].name} failed: {failed[-1].message})"
     if running:
-        return message + f" ({running[-1].stage} Job {running[-1].name} is still running)"
+        # Said when the failure was seen: the final condition keeps it after the Job has exited.
+        return message + f" (seen while {running[-1].stage} Job {running[-1].name} was running)"
     return message
 
 
