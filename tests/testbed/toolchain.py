@@ -6,18 +6,22 @@ reachable, so the binaries are built from the small modules in ``toolchain/``:
 - ``toolchain/kubernetes``: kube-apiserver, kube-controller-manager, kube-scheduler
   and kubectl from k8s.io/kubernetes (with a replace line per staging module);
 - ``toolchain/etcd``: etcd from go.etcd.io/etcd/server/v3;
-- ``toolchain/helm``: helm from helm.sh/helm/v3.
+- ``toolchain/helm``: helm from helm.sh/helm/v3;
+- ``toolchain/promtool``: promtool from github.com/prometheus/prometheus (the chart's
+  alert rules are checked and unit-tested with it).
 
 They are separate modules so that each keeps exactly the dependency versions its
 upstream release was tested with. The binaries go to a cache outside the work tree,
-``${XDG_CACHE_HOME:-~/.cache}/projectorset-testbed/<key>/bin``, where the key is a
-hash of the modules' files and the Go version: a changed pin builds anew, an
-unchanged one is found at once. A file lock keeps two processes (two pytest runs,
-a test run and the demo) from building the same thing twice.
+``${XDG_CACHE_HOME:-~/.cache}/projectorset-testbed/<key>/bin``, one directory per
+toolset: the cluster's (etcd, the control plane, kubectl, helm) and promtool's. A
+toolset's key is a hash of its own modules' files and the Go version, so a changed pin
+rebuilds only its toolset (pinning promtool never rebuilds the control plane), and an
+unchanged one is found at once. A file lock keeps two processes (two pytest runs, a
+test run and the demo) from building the same thing twice.
 
-``python -m testbed.toolchain`` builds if needed and prints the bin directory;
-``python -m testbed.toolchain path`` prints it without building (scripts prepend it
-to PATH).
+``python -m testbed.toolchain`` builds the cluster's toolset if needed and prints its bin
+directory; ``python -m testbed.toolchain path`` prints it without building (scripts
+prepend it to PATH); a last argument ``promtool`` does the same for promtool's toolset.
 """
 
 from __future__ import annotations
@@ -37,6 +41,8 @@ MODULES_DIR = Path(__file__).resolve().parent / "toolchain"
 KUBERNETES_VERSION = "v1.36.3"
 ETCD_VERSION = "v3.6.16"
 HELM_VERSION = "v3.22.0"
+# github.com/prometheus/prometheus v0.316.0 is Prometheus 3.16.0 (the Go module drops the major).
+PROMETHEUS_VERSION = "3.16.0"
 # Reported by `kubectl version`; a fixed date keeps the builds reproducible.
 BUILD_DATE = "2026-01-01T00:00:00Z"
 
@@ -65,7 +71,7 @@ def _kubernetes_ldflags() -> tuple[str, ...]:
     return flags + tuple(f"-X k8s.io/client-go/pkg/version.{n}={v}" for n, v in values.items())
 
 
-MODULES = (
+CLUSTER_MODULES = (
     _Module(
         "kubernetes",
         (
@@ -88,10 +94,42 @@ MODULES = (
     ),
 )
 
+
+@dataclass(frozen=True)
+class Toolset:
+    """Modules built together into one cached bin directory, under a key of their own."""
+
+    name: str
+    key_prefix: str
+    modules: tuple[_Module, ...]
+    binaries: tuple[str, ...]
+
+
+CLUSTER = Toolset(
+    "cluster",
+    f"k8s-{KUBERNETES_VERSION}",
+    CLUSTER_MODULES,
+    ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubectl", "helm"),
+)
+PROMTOOL = Toolset(
+    "promtool",
+    f"promtool-v{PROMETHEUS_VERSION}",
+    (
+        _Module(
+            "promtool",
+            ("github.com/prometheus/prometheus/cmd/promtool",),
+            (
+                f"-X github.com/prometheus/common/version.Version={PROMETHEUS_VERSION}",
+                f"-X github.com/prometheus/common/version.BuildDate={BUILD_DATE}",
+            ),
+        ),
+    ),
+    ("promtool",),
+)
+TOOLSETS = (CLUSTER, PROMTOOL)
+
+
 # Output name of each package; etcd's main is this repository's own one-line wrapper.
-BINARIES = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubectl", "helm")
-
-
 def _output_name(module: _Module, package: str) -> str:
     return "etcd" if module.directory == "etcd" else package.rsplit("/", 1)[-1]
 
@@ -121,9 +159,10 @@ def cache_root() -> Path:
     return Path(base) / "projectorset-testbed"
 
 
-def cache_key() -> str:
+def cache_key(toolset: Toolset = CLUSTER) -> str:
+    # The cluster's key is the one it had before toolsets existed: its binaries are not rebuilt.
     digest = hashlib.sha256()
-    for module in MODULES:
+    for module in toolset.modules:
         directory = MODULES_DIR / module.directory
         for path in sorted(directory.iterdir()):
             if path.is_file() and (path.suffix == ".go" or path.name in ("go.mod", "go.sum")):
@@ -131,26 +170,26 @@ def cache_key() -> str:
                 digest.update(path.read_bytes())
         digest.update("\0".join(module.ldflags).encode())
     digest.update(_go_version().encode())
-    return f"k8s-{KUBERNETES_VERSION}-{digest.hexdigest()[:16]}"
+    return f"{toolset.key_prefix}-{digest.hexdigest()[:16]}"
 
 
-def bin_dir() -> Path:
-    """Where the binaries of the current pins live (built or not)."""
-    return cache_root() / cache_key() / "bin"
+def bin_dir(toolset: Toolset = CLUSTER) -> Path:
+    """Where the binaries of the toolset's current pins live (built or not)."""
+    return cache_root() / cache_key(toolset) / "bin"
 
 
-def _complete(directory: Path) -> bool:
-    return all((directory / name).is_file() for name in BINARIES)
+def _complete(toolset: Toolset, directory: Path) -> bool:
+    return all((directory / name).is_file() for name in toolset.binaries)
 
 
-def _build(target: Path) -> None:
+def _build(toolset: Toolset, target: Path) -> None:
     staging = target.with_name(f"bin.partial-{os.getpid()}")
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
     go = go_binary()
     env = _go_env()
     total = time.monotonic()
-    for module in MODULES:
+    for module in toolset.modules:
         started = time.monotonic()
         names = ", ".join(_output_name(module, p) for p in module.packages)
         print(f"testbed.toolchain: building {names} (a cold build takes many minutes)", file=sys.stderr)
@@ -163,43 +202,51 @@ def _build(target: Path) -> None:
             shutil.rmtree(staging, ignore_errors=True)
             raise RuntimeError(f"building {names} failed (exit {result.returncode}): {' '.join(cmd)}")
         print(f"testbed.toolchain: built {names} in {time.monotonic() - started:.0f} s", file=sys.stderr)
-    missing = [name for name in BINARIES if not (staging / name).is_file()]
+    missing = [name for name in toolset.binaries if not (staging / name).is_file()]
     if missing:
         raise RuntimeError(f"the build produced no {', '.join(missing)} in {staging}")
     # A rename is atomic: other processes see either no bin/ or a complete one.
     shutil.rmtree(target, ignore_errors=True)
     staging.rename(target)
-    print(f"testbed.toolchain: all binaries built in {time.monotonic() - total:.0f} s", file=sys.stderr)
+    print(f"testbed.toolchain: all {toolset.name} binaries built in {time.monotonic() - total:.0f} s", file=sys.stderr)
 
 
-def ensure_binaries() -> dict[str, Path]:
-    """Paths of the six binaries, building them first if this key has none yet."""
-    target = bin_dir()
-    if not _complete(target):
+def ensure_binaries(toolset: Toolset = CLUSTER) -> dict[str, Path]:
+    """Paths of the toolset's binaries, building them first if its key has none yet."""
+    target = bin_dir(toolset)
+    if not _complete(toolset, target):
         target.parent.mkdir(parents=True, exist_ok=True)
         with open(target.parent / "build.lock", "w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)  # a concurrent builder finishes first; then we find its result
-            if not _complete(target):
-                _build(target)
-    return {name: target / name for name in BINARIES}
+            if not _complete(toolset, target):
+                _build(toolset, target)
+    return {name: target / name for name in toolset.binaries}
 
 
 def binary(name: str) -> Path:
-    if name not in BINARIES:
-        raise KeyError(f"unknown binary {name!r}; known: {', '.join(BINARIES)}")
-    return ensure_binaries()[name]
+    """One binary, building only the toolset that holds it."""
+    for toolset in TOOLSETS:
+        if name in toolset.binaries:
+            return ensure_binaries(toolset)[name]
+    known = ", ".join(name for toolset in TOOLSETS for name in toolset.binaries)
+    raise KeyError(f"unknown binary {name!r}; known: {known}")
 
 
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
+    by_name = {toolset.name: toolset for toolset in TOOLSETS}
+    toolset = CLUSTER
+    if args and args[-1] in by_name:
+        toolset = by_name[args[-1]]
+        args = args[:-1]
     if args == ["path"]:
-        print(bin_dir())
+        print(bin_dir(toolset))
         return 0
     if args not in ([], ["build"]):
-        print("usage: python -m testbed.toolchain [build|path]", file=sys.stderr)
+        print(f"usage: python -m testbed.toolchain [build|path] [{'|'.join(by_name)}]", file=sys.stderr)
         return 2
-    paths = ensure_binaries()
-    print(paths["kubectl"].parent)
+    ensure_binaries(toolset)
+    print(bin_dir(toolset))
     return 0
 
 
