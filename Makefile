@@ -24,9 +24,10 @@ lint: $(STAMP) ## Ruff, mypy and the import contracts (layers) over the operator
 	$(BIN)/mypy operator/projectorset
 	$(BIN)/lint-imports
 
-crds: $(STAMP) ## Regenerate crds/ from the pydantic models (and the Helm chart's copy)
+CHART_CRD := charts/projectorset-operator/templates/crd-projectorsets.yaml
+crds: $(STAMP) ## Regenerate crds/ from the pydantic models, and the Helm chart's CRD template
 	$(BIN)/python -m projectorset.api.crd > crds/projectorsets.yaml
-	cp crds/projectorsets.yaml charts/projectorset-operator/crds/projectorsets.yaml
+	$(BIN)/python -m projectorset.api.crd --helm-template > $(CHART_CRD)
 
 test: lint ## The whole suite: lint, type checks, unit, database and cluster tests
 	@$(BIN)/pytest; rc=$$?; \

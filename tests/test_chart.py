@@ -1,10 +1,12 @@
 """The Helm chart, offline: `helm lint`, `helm template` with the real helm binary, and the
-rendered objects checked the way a reviewer of an operator's chart would check them."""
+rendered objects checked the way a reviewer of an operator's chart would check them; the alert
+rules checked and unit-tested with the real promtool (tests/chart/alerts.test.yaml)."""
 
 from __future__ import annotations
 
 import json
 import re
+import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -13,6 +15,7 @@ import pytest
 import yaml
 from prometheus_client import CollectorRegistry
 
+from projectorset.api import crd
 from projectorset.runtime.metrics import OperatorMetrics
 from testbed import toolchain
 
@@ -21,8 +24,8 @@ CHART = REPO / "charts" / "projectorset-operator"
 RELEASE = "pso"
 FULLNAME = "pso-projectorset-operator"
 
-# The first run on a machine builds the toolchain (helm among it) from Go modules.
-pytestmark = pytest.mark.timeout(3600)
+# The first run on a machine builds helm (and promtool) from Go modules.
+pytestmark = [pytest.mark.chart, pytest.mark.timeout(3600)]
 
 Manifest = dict[str, Any]
 
@@ -36,9 +39,11 @@ def run_helm(helm: Path, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([str(helm), *args], capture_output=True, text=True, timeout=120, check=False)
 
 
-def render(helm: Path, *values: str, namespace: str = "operators") -> list[Manifest]:
+def render(helm: Path, *values: str, namespace: str = "operators", include_crds: bool = False) -> list[Manifest]:
     flags = [flag for value in values for flag in ("--set", value)]
-    result = run_helm(helm, "template", RELEASE, str(CHART), "--namespace", namespace, "--include-crds", *flags)
+    if include_crds:
+        flags.append("--include-crds")
+    result = run_helm(helm, "template", RELEASE, str(CHART), "--namespace", namespace, *flags)
     assert result.returncode == 0, result.stderr
     return [doc for doc in yaml.safe_load_all(result.stdout) if doc]
 
@@ -60,12 +65,17 @@ def container(manifests: list[Manifest]) -> Manifest:
     return result
 
 
+def is_test_hooks(manifest: Manifest) -> bool:
+    """The `helm test` pod and its ServiceAccount and Role, not the operator's."""
+    return bool(manifest["metadata"].get("labels", {}).get("app.kubernetes.io/component") == "test")
+
+
 def rules_of(manifests: list[Manifest]) -> list[tuple[str, str, Manifest]]:
-    """(kind, namespace, rule) for every RBAC rule rendered."""
+    """(kind, namespace, rule) for every RBAC rule rendered for the operator."""
     return [
         (m["kind"], m["metadata"].get("namespace", ""), rule)
         for m in manifests
-        if m["kind"] in ("ClusterRole", "Role")
+        if m["kind"] in ("ClusterRole", "Role") and not is_test_hooks(m)
         for rule in m["rules"]
     ]
 
@@ -204,6 +214,86 @@ def test_values_reach_the_container(helm: Path) -> None:
     assert pod["tolerations"] == [{"key": "dedicated", "operator": "Exists"}]
 
 
+def test_image_digest_overrides_the_tag(helm: Path) -> None:
+    digest = "sha256:" + "ab" * 32
+    operator = container(render(helm, "image.tag=1.2.3", f"image.digest={digest}"))
+    assert operator["image"] == f"ghcr.io/projectorset/projectorset-operator@{digest}"
+    test_pod = one(render(helm, f"image.digest={digest}"), "Pod")
+    assert test_pod["spec"]["containers"][0]["image"] == operator["image"]
+    result = run_helm(helm, "template", RELEASE, str(CHART), "--set", "image.digest=latest")
+    assert result.returncode != 0 and "digest" in result.stderr
+
+
+def test_replicas_spread_across_nodes_and_stop_within_the_grace_period(helm: Path) -> None:
+    manifests = render(helm)
+    pod = one(manifests, "Deployment")["spec"]["template"]["spec"]
+    selector = one(manifests, "Deployment")["spec"]["selector"]
+    assert pod["topologySpreadConstraints"] == [
+        {
+            "maxSkew": 1,
+            "topologyKey": "kubernetes.io/hostname",
+            "whenUnsatisfiable": "ScheduleAnyway",
+            "labelSelector": selector,
+        }
+    ]
+    assert pod["terminationGracePeriodSeconds"] == 30
+
+    pod = one(
+        render(
+            helm,
+            "terminationGracePeriodSeconds=90",
+            "topologySpreadConstraints[0].maxSkew=1",
+            "topologySpreadConstraints[0].topologyKey=topology.kubernetes.io/zone",
+            "topologySpreadConstraints[0].whenUnsatisfiable=DoNotSchedule",
+            "topologySpreadConstraints[0].labelSelector.matchLabels.team=ops",
+        ),
+        "Deployment",
+    )["spec"]["template"]["spec"]
+    assert pod["terminationGracePeriodSeconds"] == 90
+    (constraint,) = pod["topologySpreadConstraints"]
+    assert constraint["topologyKey"] == "topology.kubernetes.io/zone"
+    assert constraint["labelSelector"] == {"matchLabels": {"team": "ops"}}  # the user's selector is kept
+    assert (
+        "topologySpreadConstraints"
+        not in one(render(helm, "topologySpreadConstraints=null"), "Deployment")["spec"]["template"]["spec"]
+    )
+
+
+def test_helm_test_pod_checks_the_operator_pods_with_its_own_narrow_account(helm: Path) -> None:
+    manifests = render(helm, "metrics.port=9191", "health.port=8181")
+    pod = one(manifests, "Pod", f"{FULLNAME}-test")
+    assert pod["metadata"]["annotations"]["helm.sh/hook"] == "test"
+    selector = one(manifests, "Deployment")["spec"]["selector"]["matchLabels"]
+    # Not one of the operator's pods: its ReplicaSet would adopt it, the PDB and Service count it.
+    assert not selector.items() <= pod["metadata"]["labels"].items()
+    spec = pod["spec"]
+    assert spec["restartPolicy"] == "Never"
+    assert spec["serviceAccountName"] == f"{FULLNAME}-test"
+    (test,) = spec["containers"]
+    assert test["command"] == ["python", "-c"]
+    assert test["args"] == [(CHART / "files" / "test-operator-answers.py").read_text()]
+    env = {e["name"]: e["value"] for e in test["env"]}
+    wanted = ",".join(f"{k}={v}" for k, v in sorted(selector.items()))
+    assert env == {
+        "NAMESPACE": "operators",
+        "SELECTOR": wanted,
+        "REPLICAS": "2",
+        "HEALTH_PORT": "8181",
+        "METRICS_PORT": "9191",
+        "TIMEOUT": "10",
+    }
+    assert test["securityContext"]["readOnlyRootFilesystem"] is True
+    role = one(manifests, "Role", f"{FULLNAME}-test")
+    assert role["metadata"]["namespace"] == "operators"
+    assert role["rules"] == [{"apiGroups": [""], "resources": ["pods"], "verbs": ["list"]}]
+    binding = one(manifests, "RoleBinding", f"{FULLNAME}-test")
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": f"{FULLNAME}-test", "namespace": "operators"}]
+
+    no_metrics = one(render(helm, "metrics.enabled=false"), "Pod")["spec"]["containers"][0]
+    assert {"name": "METRICS_PORT", "value": ""} in no_metrics["env"]
+    assert not [m for m in render(helm, "test.enabled=false") if is_test_hooks(m)]
+
+
 def test_chart_command_is_the_images_entrypoint(helm: Path) -> None:
     entrypoint = re.search(r"^ENTRYPOINT (\[.*\])$", (REPO / "Dockerfile").read_text(), re.MULTILINE)
     assert entrypoint is not None
@@ -225,6 +315,8 @@ def test_metrics_port_service_and_optional_servicemonitor(helm: Path) -> None:
     monitor = one(manifests, "ServiceMonitor")
     assert monitor["metadata"]["labels"]["release"] == "prom"
     assert monitor["spec"]["endpoints"][0]["port"] == "metrics"
+    # The series keep the set's namespace label (not the operator pod's), which the alerts group by.
+    assert monitor["spec"]["endpoints"][0]["honorLabels"] is True
     assert monitor["spec"]["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
 
     manifests = render(helm, "metrics.enabled=false")
@@ -248,7 +340,7 @@ def test_rbac_has_no_wildcards_and_never_touches_pods(helm: Path) -> None:
 
 def test_cluster_scope_grants_what_the_operator_uses_everywhere(helm: Path) -> None:
     manifests = render(helm)
-    assert "Role" not in kinds(manifests)
+    assert "Role" not in kinds([m for m in manifests if not is_test_hooks(m)])
     bindings = [m for m in manifests if m["kind"] == "ClusterRoleBinding"]
     assert {b["roleRef"]["name"] for b in bindings} == {FULLNAME, f"{FULLNAME}-cluster"}
     for binding in bindings:
@@ -275,9 +367,9 @@ def test_cluster_scope_grants_what_the_operator_uses_everywhere(helm: Path) -> N
 
 def test_namespaced_scope_grants_only_in_the_watched_namespaces(helm: Path) -> None:
     manifests = render(helm, "rbac.scope=namespaced", "watchNamespaces={team-a,team-b}")
-    roles = [m for m in manifests if m["kind"] == "Role"]
+    roles = [m for m in manifests if m["kind"] == "Role" and not is_test_hooks(m)]
     assert sorted(r["metadata"]["namespace"] for r in roles) == ["team-a", "team-b"]
-    bindings = [m for m in manifests if m["kind"] == "RoleBinding"]
+    bindings = [m for m in manifests if m["kind"] == "RoleBinding" and not is_test_hooks(m)]
     assert sorted(b["metadata"]["namespace"] for b in bindings) == ["team-a", "team-b"]
     for binding in bindings:
         assert binding["subjects"] == [{"kind": "ServiceAccount", "name": FULLNAME, "namespace": "operators"}]
@@ -306,16 +398,34 @@ def test_namespaced_scope_grants_only_in_the_watched_namespaces(helm: Path) -> N
 # --- the CRDs ------------------------------------------------------------------------------------
 
 
-def test_chart_crd_is_the_generated_one(helm: Path) -> None:
-    chart_copy = CHART / "crds" / "projectorsets.yaml"
-    assert chart_copy.read_text() == (REPO / "crds" / "projectorsets.yaml").read_text(), (
-        "charts/projectorset-operator/crds/projectorsets.yaml differs from crds/projectorsets.yaml: run `make crds`"
-    )
-    crds = {m["metadata"]["name"] for m in render(helm) if m["kind"] == "CustomResourceDefinition"}
-    assert crds == {"projectorsets.projectorset.io", "clusterkopfpeerings.kopf.dev", "kopfpeerings.kopf.dev"}
-    # Helm installs crds/ before the templates and never deletes them: not rendered as templates.
-    templates = run_helm(helm, "template", RELEASE, str(CHART), "--skip-crds")
-    assert "CustomResourceDefinition" not in templates.stdout
+def test_chart_crd_template_is_the_generated_one(helm: Path) -> None:
+    template = CHART / "templates" / "crd-projectorsets.yaml"
+    assert template.read_text() == crd.render_helm_template(), f"{template.relative_to(REPO)} is stale: run `make crds`"
+    # Rendered as a template (so `helm upgrade` applies it), it is the CRD of crds/ with the chart's
+    # labels and the keep policy: uninstalling must not delete it, nor with it every ProjectorSet.
+    rendered = one(render(helm), "CustomResourceDefinition", "projectorsets.projectorset.io")
+    generated = yaml.safe_load((REPO / "crds" / "projectorsets.yaml").read_text())
+    assert rendered["spec"] == generated["spec"]
+    assert rendered["metadata"]["annotations"] == {"helm.sh/resource-policy": "keep"}
+    assert rendered["metadata"]["labels"]["app.kubernetes.io/managed-by"] == "Helm"
+
+    assert "CustomResourceDefinition" not in kinds(render(helm, "crds.install=false"))
+    unkept = one(render(helm, "crds.keep=false"), "CustomResourceDefinition")
+    assert "annotations" not in unkept["metadata"]
+
+
+def test_kopf_peering_crds_stay_in_crds_dir(helm: Path) -> None:
+    # The release creates a ClusterKopfPeering (or KopfPeerings): Helm 3 maps every object of a
+    # release before creating any, so their CRDs must exist first, which only crds/ guarantees.
+    peering = {"clusterkopfpeerings.kopf.dev", "kopfpeerings.kopf.dev"}
+    with_crds_dir = {
+        m["metadata"]["name"] for m in render(helm, include_crds=True) if m["kind"] == "CustomResourceDefinition"
+    }
+    assert with_crds_dir == peering | {"projectorsets.projectorset.io"}
+    assert {m["metadata"]["name"] for m in render(helm) if m["kind"] == "CustomResourceDefinition"} == {
+        "projectorsets.projectorset.io"
+    }
+    assert sorted(p.name for p in (CHART / "crds").iterdir()) == ["kopf-peerings.yaml"]
 
 
 # --- dashboards and alerts -----------------------------------------------------------------------
@@ -438,7 +548,62 @@ def test_prometheus_rule_alerts_on_failure_catchup_stuck_and_absent_operator(hel
 
 
 def test_rule_and_dashboard_values_are_checked_by_the_schema(helm: Path) -> None:
-    for value in ("prometheusRule.stuckFor=soon", "grafanaDashboard.enabeld=true", "prometheusRule.severity.x=y"):
+    for value in (
+        "prometheusRule.stuckFor=soon",
+        "grafanaDashboard.enabeld=true",
+        "prometheusRule.severity.x=y",
+        "crds.instal=false",
+        "test.enable=false",
+        "topologySpreadConstraints[0].whenUnsatisfiable=Maybe",
+        "terminationGracePeriodSeconds=-1",
+    ):
         result = run_helm(helm, "template", RELEASE, str(CHART), "--set", value)
         assert result.returncode != 0, f"{value} was accepted"
         assert "values don't meet the specifications of the schema" in result.stderr
+
+
+@pytest.fixture(scope="module")
+def promtool() -> Path:
+    return toolchain.binary("promtool")
+
+
+def run_promtool(promtool: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([str(promtool), *args], capture_output=True, text=True, timeout=120, check=False)
+
+
+@pytest.fixture
+def rendered_rules(helm: Path, tmp_path: Path) -> Path:
+    """The PrometheusRule's groups as a Prometheus rule file, beside a copy of the rule unit tests."""
+    rule = one(render(helm, "prometheusRule.enabled=true"), "PrometheusRule", FULLNAME)
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(yaml.safe_dump({"groups": rule["spec"]["groups"]}, sort_keys=False, width=200))
+    shutil.copy(REPO / "tests" / "chart" / "alerts.test.yaml", tmp_path / "alerts.test.yaml")
+    return rules
+
+
+def test_promtool_accepts_the_rendered_alert_rules(promtool: Path, rendered_rules: Path) -> None:
+    result = run_promtool(promtool, "check", "rules", str(rendered_rules))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "SUCCESS: 5 rules found" in result.stdout, result.stdout
+
+
+def test_alert_rules_fire_on_their_series_and_only_then(promtool: Path, rendered_rules: Path) -> None:
+    result = run_promtool(promtool, "test", "rules", str(rendered_rules.parent / "alerts.test.yaml"))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "SUCCESS" in result.stdout, result.stdout
+    # Every alert the chart defines has tests that expect it to fire.
+    tests = yaml.safe_load((REPO / "tests" / "chart" / "alerts.test.yaml").read_text())["tests"]
+    firing = {case["alertname"] for test in tests for case in test["alert_rule_test"] if case["exp_alerts"]}
+    defined = {r["alert"] for g in yaml.safe_load(rendered_rules.read_text())["groups"] for r in g["rules"]}
+    assert firing == defined
+
+
+def test_promtool_rule_tests_fail_when_an_alert_is_changed(promtool: Path, rendered_rules: Path) -> None:
+    # The rule tests can fail: with the failure alert waiting 5 minutes, the test expecting it at 4m does.
+    text = rendered_rules.read_text()
+    changed = text.replace("for: 1m", "for: 5m", 1)
+    assert changed != text
+    rendered_rules.write_text(changed)
+    result = run_promtool(promtool, "test", "rules", str(rendered_rules.parent / "alerts.test.yaml"))
+    assert result.returncode != 0
+    assert "ProjectorSetRolloutFailed" in result.stdout + result.stderr

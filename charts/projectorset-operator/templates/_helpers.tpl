@@ -34,6 +34,16 @@ app.kubernetes.io/component: operator
 app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- end -}}
 
+{{/* The test pod's: not the operator's selector labels, or its ReplicaSet would adopt the pod. */}}
+{{- define "projectorset-operator.testLabels" -}}
+helm.sh/chart: {{ include "projectorset-operator.chart" . }}
+app.kubernetes.io/name: {{ include "projectorset-operator.name" . }}-test
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/component: test
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+{{- end -}}
+
 {{- define "projectorset-operator.serviceAccountName" -}}
 {{- if .Values.serviceAccount.create -}}
 {{- default (include "projectorset-operator.fullname" .) .Values.serviceAccount.name -}}
@@ -49,8 +59,13 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- end -}}
 {{- end -}}
 
+{{/* A digest pins the exact image; it wins over the tag. */}}
 {{- define "projectorset-operator.image" -}}
+{{- if .Values.image.digest -}}
+{{- printf "%s@%s" .Values.image.repository .Values.image.digest -}}
+{{- else -}}
 {{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) -}}
+{{- end -}}
 {{- end -}}
 
 {{/* Combinations the schema cannot express. */}}
@@ -123,4 +138,53 @@ it Kopf retries, warns and assumes they exist); watching all, it needs its Clust
   resources: ["clusterkopfpeerings"]
   verbs: ["get", "list", "watch", "patch"]
 {{- end }}
+{{- end -}}
+
+{{/*
+The CRD is a template (not in crds/) so that `helm upgrade` applies its new fields. Uninstalling
+must not delete it: that would delete every ProjectorSet in the cluster.
+*/}}
+{{- define "projectorset-operator.crdAnnotations" -}}
+{{- if .Values.crds.keep -}}
+annotations:
+  helm.sh/resource-policy: keep
+{{- end -}}
+{{- end -}}
+
+{{/*
+Helm 3 refuses to install over an object another release (or no release) created, with an error
+about "invalid ownership metadata". A CRD applied by `make install`/kubectl or by an older chart's
+crds/ is such an object: say what to do instead. lookup finds nothing under `helm template`.
+*/}}
+{{- define "projectorset-operator.crdOwnership" -}}
+{{- $root := .root -}}
+{{- $existing := lookup "apiextensions.k8s.io/v1" "CustomResourceDefinition" "" .name -}}
+{{- if $existing -}}
+{{- $annotations := $existing.metadata.annotations | default dict -}}
+{{- $labels := $existing.metadata.labels | default dict -}}
+{{- $release := get $annotations "meta.helm.sh/release-name" -}}
+{{- $namespace := get $annotations "meta.helm.sh/release-namespace" -}}
+{{- $managed := eq (get $labels "app.kubernetes.io/managed-by") "Helm" -}}
+{{- if not (and $managed (eq $release $root.Release.Name) (eq $namespace $root.Release.Namespace)) -}}
+{{- $owner := "no Helm release: kubectl apply, `make install` or an older chart's crds/ created it" -}}
+{{- if $release -}}
+{{- $owner = printf "release %s in namespace %s; if that release still exists, keep it there and install this one with --set crds.install=false" $release $namespace -}}
+{{- end -}}
+{{- fail (printf `
+CustomResourceDefinition %s already exists and belongs to %s.
+Let release %s adopt it (the CRD and every ProjectorSet stay as they are):
+  kubectl label crd %s app.kubernetes.io/managed-by=Helm --overwrite
+  kubectl annotate crd %s meta.helm.sh/release-name=%s meta.helm.sh/release-namespace=%s --overwrite
+or leave the CRD to whoever applies it: --set crds.install=false (then apply each new version yourself).` .name $owner $root.Release.Name .name .name $root.Release.Name $root.Release.Namespace) -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{/* A label selector's string form (k=v,k=v) from a map of labels. */}}
+{{- define "projectorset-operator.selector" -}}
+{{- $pairs := list -}}
+{{- range $key, $value := . -}}
+{{- $pairs = append $pairs (printf "%s=%s" $key $value) -}}
+{{- end -}}
+{{- join "," $pairs -}}
 {{- end -}}
