@@ -1,18 +1,34 @@
-"""The CRD in crds/ is generated from the pydantic models and must not drift from them."""
+"""The CRD in crds/, and the Helm chart's template of it, are generated from the pydantic models
+and must not drift from them."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import yaml
 
 from projectorset.api import crd
 
-CRD_FILE = Path(__file__).resolve().parent.parent / "crds" / "projectorsets.yaml"
+REPO = Path(__file__).resolve().parent.parent
+CRD_FILE = REPO / "crds" / "projectorsets.yaml"
+CHART_TEMPLATE = REPO / "charts" / "projectorset-operator" / "templates" / "crd-projectorsets.yaml"
 
 
 def test_crd_file_matches_the_models() -> None:
     assert CRD_FILE.read_text() == crd.render(), "crds/ is stale: run `make crds`"
+
+
+def test_chart_template_matches_the_models() -> None:
+    # tests/test_chart.py renders it with helm and compares the result with crds/.
+    assert CHART_TEMPLATE.read_text() == crd.render_helm_template(), f"{CHART_TEMPLATE.name} is stale: run `make crds`"
+
+
+def test_a_description_helm_would_execute_is_refused() -> None:
+    definition = crd.custom_resource_definition()
+    definition["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["description"] = "see {{ .Values }}"
+    with pytest.raises(ValueError, match="which Helm would execute"):
+        crd.render_helm_template(definition)
 
 
 def test_schema_is_structural() -> None:
