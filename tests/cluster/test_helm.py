@@ -402,6 +402,7 @@ def test_helm_upgrade_upgrades_the_crd_and_uninstall_keeps_it_with_the_sets(
     helm.kubectl("apply", "-f", str(tmp_path / "set.yaml"))
     before = set_note(helm, app_ns, "moved to the new cluster")
     assert read_note(helm, app_ns) == "", before.stdout + before.stderr
+    print(f"spec.changeNote with chart 0.1.0's CRD: not stored ({(before.stdout + before.stderr).strip()})")
     assert "changeNote" not in crd_schema_spec(helm)["properties"]
 
     # The next chart version's CRD has the field; helm upgrade applies it.
@@ -423,6 +424,7 @@ def test_helm_upgrade_upgrades_the_crd_and_uninstall_keeps_it_with_the_sets(
         result = set_note(helm, app_ns, "moved to the new cluster")
         assert time.monotonic() < deadline, result.stdout + result.stderr
         time.sleep(0.5)
+    print(f"spec.changeNote after helm upgrade to 0.1.1: {read_note(helm, app_ns)!r}")
     history = json.loads(helm.helm("history", release, "-n", operator_ns, "-o", "json").stdout)
     assert [(h["revision"], h["chart"]) for h in history] == [
         (1, "projectorset-operator-0.1.0"),
