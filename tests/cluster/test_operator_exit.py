@@ -60,7 +60,7 @@ def test_json_logs_series_of_deleted_sets_and_a_clean_exit_on_sigterm(
             assert time.monotonic() < deadline, scenario.tail_logs()
             time.sleep(0.5)
         assert 'name="short-lived"' in scrape(metrics_port)
-        scenario.kubectl("delete", "projectorset", "short-lived", "--wait=true", "--timeout=60s")
+        scenario.kubectl("delete", "-n", namespace, "projectorset", "short-lived", "--timeout=60s")
         deadline = time.monotonic() + 30
         while 'name="short-lived"' in scrape(metrics_port):
             assert time.monotonic() < deadline, [

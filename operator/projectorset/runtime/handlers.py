@@ -192,8 +192,10 @@ async def _run_rollouts(namespace: str, name: str, stopped: kopf.DaemonStopped) 
         runtime.generations.pop(key, None)
         metrics.forget(Owner(name, namespace, ""))
         # Only a deleted ProjectorSet gives its pool up: when the operator stops, a pass may still
-        # be running in its thread, and a closed pool would make it report a false outage.
-        if deleted:
+        # be running in its thread, and a closed pool would make it report a false outage. Kopf
+        # usually stops the loop of a set being deleted before a pass sees the deletion.
+        reason = stopped.reason
+        if deleted or (reason is not None and kopf.DaemonStoppingReason.RESOURCE_DELETED in reason):
             runtime.databases.forget(Owner(name, namespace, ""))
             if runtime.reconciler is not None:
                 runtime.reconciler.forget_set(namespace, name)
