@@ -3,7 +3,10 @@ from a seeded source, and what it is for: sets that failed together do not retry
 
 from __future__ import annotations
 
+import os
 import random
+import subprocess
+import sys
 from collections import Counter
 
 import pytest
@@ -53,6 +56,30 @@ def test_a_thousand_sets_failing_together_retry_spread_over_the_window() -> None
     # Without jitter (the doubling alone) all thousand would come back at the same instant each time.
     in_lockstep = Counter(sum(backoff.ceiling(attempt) for attempt in range(1, 7)) for _ in range(sets))
     assert in_lockstep.most_common(1)[0][1] == sets
+
+
+def test_a_seeded_wait_is_the_same_on_every_pass_and_in_every_process() -> None:
+    """The rollout decides afresh on each pass: the wait before the next abort Job, seeded by the name of
+    the one that failed, must give the same due time on the next pass, and after a restart."""
+    backoff = Backoff(base=10.0, cap=300.0)
+    here = backoff.delay_seeded(2, "blog-v2-a1-abort-r1")
+    assert backoff.delay_seeded(2, "blog-v2-a1-abort-r1") == here
+    code = (
+        "from projectorset.domain.backoff import Backoff\n"
+        "print(repr(Backoff(10.0, 300.0).delay_seeded(2, 'blog-v2-a1-abort-r1')))"
+    )
+    other_process = subprocess.run(
+        [sys.executable, "-c", code],
+        env={**os.environ, "PYTHONHASHSEED": "12345"},
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert float(other_process.stdout) == here
+    # A thousand sets whose abort Jobs failed together come back over the window, not at once.
+    waits = [backoff.delay_seeded(2, f"set-{number}-v2-a1-abort-r1") for number in range(1000)]
+    per_second = Counter(int(wait) for wait in waits)
+    assert max(per_second.values()) <= 100 and max(waits) - min(waits) > 0.9 * backoff.ceiling(2)
 
 
 @pytest.mark.parametrize(("base", "cap"), [(0.0, 1.0), (-1.0, 1.0), (2.0, 1.0)])

@@ -7,11 +7,12 @@ draws each wait uniformly between zero and the doubling ceiling, ``min(cap, base
 which spreads the retries over the whole window while keeping the ceiling's growth.
 
 Pure: the random source is a parameter. A caller that must decide the same way on every pass
-(the rollout's ``decide``) seeds one from a stable name, e.g. ``random.Random(job_name)``.
+(the rollout's ``decide``) uses ``delay_seeded`` with a stable name, such as the failed Job's.
 """
 
 from __future__ import annotations
 
+import random
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -45,3 +46,10 @@ class Backoff:
     def delay(self, attempt: int, source: RandomSource) -> float:
         """Full jitter: a wait drawn uniformly from ``[0, ceiling(attempt)]``."""
         return source.uniform(0.0, self.ceiling(attempt))
+
+    def delay_seeded(self, attempt: int, seed: str) -> float:
+        """The same full-jitter wait for the same seed, every time and in every process (a string
+        seeds ``random.Random`` through SHA-512, not ``hash``): for a decision made afresh on each
+        pass, which must find the same due time on the next one. Different seeds (the sets' Job
+        names) still spread over the window."""
+        return self.delay(attempt, random.Random(seed))
