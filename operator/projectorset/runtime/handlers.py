@@ -159,7 +159,6 @@ async def run_rollouts(
 
 
 async def _run_rollouts(namespace: str, name: str, stopped: kopf.DaemonStopped) -> None:
-    assert runtime.reconciler is not None
     key = (namespace, name)
     wakeup = runtime.wakeups.setdefault(key, asyncio.Event())
     failures = 0
