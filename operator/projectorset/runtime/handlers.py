@@ -73,6 +73,7 @@ class _Runtime:
         self.passes = 0  # passes finished, and running now: when they stop, memory is trimmed
         self.running = 0
         self.loop: asyncio.AbstractEventLoop | None = None
+        self.trimming: asyncio.Task[None] | None = None
         self.started = time.time()  # the hourly resync window is counted from here
         self.jitter = random.Random()  # draws the retry back-offs; tests seed it
 
@@ -123,7 +124,7 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
 @kopf.on.startup()
 async def start_memory_trim(**_: Any) -> None:
     runtime.loop = asyncio.get_running_loop()  # for wakes from passes' threads
-    asyncio.get_running_loop().create_task(_trim_after_bursts())
+    runtime.trimming = runtime.loop.create_task(_trim_after_bursts())
 
 
 async def _trim_after_bursts() -> None:
@@ -140,6 +141,9 @@ async def _trim_after_bursts() -> None:
 async def close_connections(**_: Any) -> None:
     """At exit, after Kopf stopped every set's loop: no queued pass starts, the running ones may end,
     then every database pool is closed, so PostgreSQL sees its clients leave."""
+    # Left running, the trim loop is a task Kopf waits 5 s for before it cancels it and exits.
+    if runtime.trimming is not None:
+        runtime.trimming.cancel()
     try:
         await asyncio.wait_for(asyncio.to_thread(runtime.pass_runner.shutdown, wait=True), PASS_DRAIN_SECONDS)
     except TimeoutError:
