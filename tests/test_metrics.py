@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import copy
+import importlib.metadata
+import platform
 import socket
 import time
 import urllib.request
@@ -187,6 +189,43 @@ def test_failures_count_once_by_reason(setup: tuple[OperatorMetrics, CollectorRe
     labels = {"namespace": "shop", "name": "blog", "reason": "StageFailed"}
     assert sample(registry, "projectorset_rollout_failures_total", **labels) == 1
     assert sample(registry, "projectorset_warning_events_total", reason="StageFailed") == 1
+
+
+def test_a_deleted_sets_series_are_removed_the_others_stay(
+    setup: tuple[OperatorMetrics, CollectorRegistry, Clock],
+) -> None:
+    metrics, registry, _ = setup
+    other = Owner("news", "shop", "uid-2")
+    for owner in (OWNER, other):
+        metrics.observe(owner, decision(Phase.FAILED, reason="StageFailed", failure=Reason.STAGE_FAILED))
+        metrics.observe(owner, decision(Phase.FAILED, reason="DeploymentFailed", failure=Reason.DEPLOYMENT_FAILED))
+    metrics.forget(OWNER)  # the set was deleted
+    exposition = generate_latest(registry).decode()
+    assert 'name="blog"' not in exposition
+    for reason in ("StageFailed", "DeploymentFailed"):
+        assert sample(registry, "projectorset_rollout_failures_total", namespace="shop", name="news", reason=reason)
+    assert sample(registry, "projectorset_phase", namespace="shop", name="news", phase="Failed") == 1
+
+
+def test_build_info_names_the_installed_versions(setup: tuple[OperatorMetrics, CollectorRegistry, Clock]) -> None:
+    _, registry, _ = setup
+    labels = {
+        "version": importlib.metadata.version("projectorset-operator"),
+        "python": platform.python_version(),
+        "kopf": importlib.metadata.version("kopf"),
+    }
+    assert sample(registry, "projectorset_build_info", **labels) == 1
+
+
+def test_pass_durations_by_result_and_errors_by_reason(setup: tuple[OperatorMetrics, CollectorRegistry, Clock]) -> None:
+    metrics, registry, _ = setup
+    metrics.reconciled(0.02)
+    metrics.reconciled(0.3)
+    metrics.reconciled(6.0, Reason.DATABASE_UNREACHABLE)
+    assert sample(registry, "projectorset_reconcile_duration_seconds_count", result="success") == 2
+    assert sample(registry, "projectorset_reconcile_duration_seconds_bucket", result="success", le="0.25") == 1
+    assert sample(registry, "projectorset_reconcile_duration_seconds_sum", result="error") == 6.0
+    assert sample(registry, "projectorset_reconcile_errors_total", reason="DatabaseUnreachable") == 1
 
 
 def test_metrics_are_served_over_http(setup: tuple[OperatorMetrics, CollectorRegistry, Clock]) -> None:

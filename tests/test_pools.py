@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from collections.abc import Iterator
@@ -13,8 +14,10 @@ from psycopg import sql
 
 from projectorset.adapters.database import DatabaseConnectionsBusy, SequentDatabase
 from projectorset.adapters.pools import APPLICATION_NAME, PoolSet
-from projectorset.controller.reconciler import DatabaseRegistry
+from projectorset.controller.reconciler import DatabaseRegistry, PassRunner
 from projectorset.domain.resources import Owner
+from projectorset.domain.sequent import DatabaseState
+from projectorset.runtime import handlers
 from testbed.postgres import PostgresServer
 from testbed.sequent_schema import create_sequent_tables
 
@@ -146,6 +149,45 @@ def test_a_pool_busy_to_its_bound_is_reported_as_load_not_an_outage(shared_datab
         holder.join()
     assert database.read_state().empty
     pools.discard(pools.get(shared_database).fingerprint)
+
+
+def test_at_exit_the_running_pass_ends_then_every_pool_is_closed(
+    shared_database: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What the operator's cleanup handler does once Kopf stopped the sets' loops (SIGTERM): the pass
+    still in its thread ends with its connection, the queued ones never start, and then PostgreSQL
+    sees every connection of the operator close. Closing first would have the running pass open a
+    pool again (or report an outage that never was)."""
+    registry = DatabaseRegistry(PoolSet(max_connections=3, idle_close_s=60))
+    runner = PassRunner(workers=1)
+    monkeypatch.setattr(handlers.runtime, "databases", registry)
+    monkeypatch.setattr(handlers.runtime, "pass_runner", runner)
+    databases = [registry.get(owner(number), shared_database, SCHEMAS[number]) for number in range(2)]
+    databases[1].read_state()
+    assert operator_connections(shared_database) == 1
+    started = threading.Event()
+
+    def pass_still_reading() -> DatabaseState:
+        started.set()
+        time.sleep(0.5)
+        return databases[0].read_state()
+
+    async def stop() -> tuple[DatabaseState, list[asyncio.Future[DatabaseState]]]:
+        running = asyncio.ensure_future(runner.run(pass_still_reading))
+        queued = [asyncio.ensure_future(runner.run(pass_still_reading)) for _ in range(3)]
+        await asyncio.to_thread(started.wait, 5)
+        await handlers.close_connections()
+        await asyncio.gather(*queued, return_exceptions=True)
+        return await running, queued
+
+    state, queued = asyncio.run(stop())
+    assert state.empty  # the running pass read the database, undisturbed
+    assert all(future.cancelled() for future in queued)
+    deadline = time.monotonic() + 5
+    while operator_connections(shared_database) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert operator_connections(shared_database) == 0
+    assert registry.pools.open_pools() == 0
 
 
 def _with_credentials(url: str, user: str, password: str) -> str:

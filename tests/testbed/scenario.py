@@ -17,7 +17,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -45,10 +45,11 @@ OPERATOR = Path(sys.executable).parent / "projectorset-operator"
 class OperatorProcess:
     """``projectorset-operator`` watching one namespace, as a user would run it."""
 
-    def __init__(self, kubeconfig: Path, namespace: str, log: Path) -> None:
+    def __init__(self, kubeconfig: Path, namespace: str, log: Path, arguments: Sequence[str] = ()) -> None:
         self.kubeconfig = kubeconfig
         self.namespace = namespace
         self.log = log
+        self.arguments = tuple(arguments)  # more, or later ones that override the defaults below
         self.process: subprocess.Popen[bytes] | None = None
         self.health_port = 0
 
@@ -65,6 +66,7 @@ class OperatorProcess:
                     f"http://127.0.0.1:{self.health_port}/healthz",
                     "--log-format",
                     "plain",
+                    *self.arguments,
                 ],
                 env=env,
                 stdout=out,

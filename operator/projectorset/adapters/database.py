@@ -33,6 +33,7 @@ from psycopg.conninfo import conninfo_to_dict
 from projectorset.adapters.pools import SharedPool
 from projectorset.api import Check
 from projectorset.api.conditions import Reason, ReportedError
+from projectorset.domain.backoff import Backoff
 from projectorset.domain.sequent import FINISHED_STATES, DatabaseState, ProjectorState, ReplayState
 
 log = logging.getLogger(__name__)
@@ -47,6 +48,10 @@ WATCH_LOCK_TIMEOUT_MS = 250
 CHECK_LOCK_TIMEOUT_MS = 2000
 # A check's result in the status and Events is cut to this length.
 CHECK_RESULT_MAX_CHARS = 240
+# Between tries to lock projector_states (each already waits the lock timeout): short, jittered
+# waits, so competing writers do not retry in lockstep.
+LOCK_RETRY_BACKOFF = Backoff(base=0.01, cap=0.1)
+_jitter = random.Random()
 
 
 # ---- errors -------------------------------------------------------------------------------------
@@ -411,8 +416,7 @@ class SequentDatabase:
                     f"{description}: projector_states stayed locked by another transaction "
                     f"for {self.write_timeout_s:g} s ({attempts} attempts)"
                 )
-            # Back off briefly with jitter so competing writers do not retry in lock step.
-            time.sleep(random.uniform(0.01, 0.05))
+            time.sleep(LOCK_RETRY_BACKOFF.delay(attempts, _jitter))
 
     def _upsert(
         self,

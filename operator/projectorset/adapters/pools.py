@@ -143,6 +143,7 @@ class PoolSet:
         self._pools: dict[str, SharedPool] = {}
         self._lock = threading.Lock()
         self._reaper: threading.Thread | None = None
+        self._closed = threading.Event()
 
     def get(self, conninfo: str) -> SharedPool:
         fingerprint = target_fingerprint(conninfo)
@@ -163,6 +164,19 @@ class PoolSet:
         if pool is not None:
             pool.close()
 
+    def close(self) -> int:
+        """Close every pool and stop the reaper (the operator is exiting); returns how many were open.
+
+        Each connection is closed as psycopg does (a Terminate message), so the server sees clients
+        that left, not connections dropped with the process."""
+        self._closed.set()
+        with self._lock:
+            pools, self._pools = list(self._pools.values()), {}
+        was_open = sum(1 for pool in pools if pool.is_open)
+        for pool in pools:
+            pool.close()
+        return was_open
+
     def open_pools(self) -> int:
         with self._lock:
             pools = list(self._pools.values())
@@ -174,6 +188,5 @@ class PoolSet:
         return sum(1 for pool in pools if pool.close_if_idle(self.idle_close_s))
 
     def _reap(self) -> None:
-        while True:
-            time.sleep(max(1.0, self.idle_close_s / 2))
+        while not self._closed.wait(max(1.0, self.idle_close_s / 2)):
             self.close_idle()

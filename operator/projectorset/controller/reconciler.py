@@ -8,6 +8,7 @@ in unit tests), the database through ``SequentDatabase``. See docs/architecture.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import functools
 import logging
 import os
@@ -73,10 +74,14 @@ class PassRunner:
 
     async def run(self, function: Callable[..., T], *args: Any) -> T:
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, functools.partial(function, *args))
+        # In the caller's context (as asyncio.to_thread does): what it set, such as the set a log
+        # record is about, holds in the pass's thread too.
+        context = contextvars.copy_context()
+        return await loop.run_in_executor(self._executor, context.run, functools.partial(function, *args))
 
-    def shutdown(self) -> None:
-        self._executor.shutdown(wait=False, cancel_futures=True)
+    def shutdown(self, *, wait: bool = False) -> None:
+        """Start no queued pass; with ``wait``, return once the running ones have ended."""
+        self._executor.shutdown(wait=wait, cancel_futures=True)
 
 
 class DatabaseRegistry:
@@ -114,6 +119,13 @@ class DatabaseRegistry:
         if unused is not None:
             self.pools.discard(unused)
 
+    def close(self) -> int:
+        """Close every pool (the operator is exiting); returns how many were open."""
+        with self._lock:
+            self._databases.clear()
+            self._sets.clear()
+        return self.pools.close()
+
     def _drop_unused(self, key: tuple[str, str] | None) -> str | None:
         """The target fingerprint to close when no set uses ``key``'s target any more."""
         if key is None:
@@ -132,6 +144,8 @@ class PassResult:
     decision: Decision | None
     requeue_after: float | None
     action_error: str | None = None
+    # Why an action failed (the ReportedError's reason), for the reconcile error metrics.
+    error_reason: Reason | None = None
 
     @property
     def await_activation(self) -> bool:
@@ -238,7 +252,9 @@ class Reconciler:
         if action_error is not None:
             retry = REPORTED_ONCE.get(action_error[0], ACTION_FAILURE_RETRY_SECONDS)
             requeue = min(requeue or retry, retry)
-        return PassResult(decision, requeue, action_error[1] if action_error else None)
+        if action_error is None:
+            return PassResult(decision, requeue)
+        return PassResult(decision, requeue, action_error[1], action_error[0])
 
     # -- sets sharing an event store --
 

@@ -12,6 +12,7 @@ import contextlib
 import hashlib
 import logging
 import math
+import random
 import time
 from collections.abc import Callable
 from typing import Any
@@ -22,11 +23,14 @@ from projectorset import api
 from projectorset.adapters.kube import KubernetesCluster
 from projectorset.adapters.kubeapi import KubeApi
 from projectorset.adapters.kubelogin import Credentials
+from projectorset.api.conditions import ReportedError
 from projectorset.controller.reconciler import DatabaseRegistry, PassRunner, Reconciler
+from projectorset.domain.backoff import Backoff
 from projectorset.domain.cluster import ClusterError, Owner
 from projectorset.domain.observation import DeploymentView, JobView
 from projectorset.domain.resources import MANAGED_BY, deployment_view, job_view
 from projectorset.runtime import memory
+from projectorset.runtime.logfields import about_set
 from projectorset.runtime.metrics import metrics
 
 log = logging.getLogger(__name__)
@@ -40,7 +44,12 @@ IDLE_RESYNC_SECONDS = 3600.0
 RESYNC_WINDOW_SECONDS = 300.0
 # While golive runs, projector_states is read this often so traffic moves right after its commit.
 ACTIVATION_POLL_SECONDS = 0.02
-MAX_ERROR_BACKOFF_SECONDS = 60.0
+# A pass that raised is retried after a wait drawn with full jitter below 2, 4, 8, ... 60 s: sets that
+# failed together in an outage come back spread over the window, not all at once.
+PASS_RETRY_BACKOFF = Backoff(base=1.0, cap=60.0)
+# At exit, passes still running in their threads may end (bounded) before the pools are closed:
+# a pool closed under a pass would make it report a database outage that never was.
+PASS_DRAIN_SECONDS = 10.0
 TRIM_CHECK_SECONDS = 30.0
 # The label every Deployment and Job the operator creates carries (resources.version_labels).
 MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
@@ -64,7 +73,9 @@ class _Runtime:
         self.passes = 0  # passes finished, and running now: when they stop, memory is trimmed
         self.running = 0
         self.loop: asyncio.AbstractEventLoop | None = None
+        self.trimming: asyncio.Task[None] | None = None
         self.started = time.time()  # the hourly resync window is counted from here
+        self.jitter = random.Random()  # draws the retry back-offs; tests seed it
 
     def wake_from_thread(self, namespace: str, name: str) -> None:
         """``wake`` from a pass's thread (asyncio's Events belong to the loop's thread)."""
@@ -113,7 +124,7 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
 @kopf.on.startup()
 async def start_memory_trim(**_: Any) -> None:
     runtime.loop = asyncio.get_running_loop()  # for wakes from passes' threads
-    asyncio.get_running_loop().create_task(_trim_after_bursts())
+    runtime.trimming = runtime.loop.create_task(_trim_after_bursts())
 
 
 async def _trim_after_bursts() -> None:
@@ -126,10 +137,32 @@ async def _trim_after_bursts() -> None:
             await asyncio.to_thread(memory.trim)
 
 
+@kopf.on.cleanup()
+async def close_connections(**_: Any) -> None:
+    """At exit, after Kopf stopped every set's loop: no queued pass starts, the running ones may end,
+    then every database pool is closed, so PostgreSQL sees its clients leave."""
+    # Left running, the trim loop is a task Kopf waits 5 s for before it cancels it and exits.
+    if runtime.trimming is not None:
+        runtime.trimming.cancel()
+    try:
+        await asyncio.wait_for(asyncio.to_thread(runtime.pass_runner.shutdown, wait=True), PASS_DRAIN_SECONDS)
+    except TimeoutError:
+        log.warning("passes still running after %.0f s; closing the database pools under them", PASS_DRAIN_SECONDS)
+    closed = await asyncio.to_thread(runtime.databases.close)
+    log.info("closed %d open database connection pool(s)", closed)
+
+
 @kopf.daemon(api.GROUP, api.VERSION, api.PLURAL, cancellation_timeout=10.0)
-async def run_rollouts(name: str, namespace: str | None, stopped: kopf.DaemonStopped, **_: Any) -> None:
+async def run_rollouts(
+    name: str, namespace: str | None, uid: str | None, stopped: kopf.DaemonStopped, **_: Any
+) -> None:
     assert runtime.reconciler is not None and runtime.cluster is not None
     assert namespace is not None  # ProjectorSets are namespaced
+    with about_set(namespace, name, uid):
+        await _run_rollouts(namespace, name, stopped)
+
+
+async def _run_rollouts(namespace: str, name: str, stopped: kopf.DaemonStopped) -> None:
     key = (namespace, name)
     wakeup = runtime.wakeups.setdefault(key, asyncio.Event())
     failures = 0
@@ -147,15 +180,14 @@ async def run_rollouts(name: str, namespace: str | None, stopped: kopf.DaemonSto
                 if await_activation:
                     await _watch_activation(namespace, name, wakeup, delay)
                     continue
-            except ClusterError as error:
+            except Exception as error:
+                # Never a crash loop: come back later, with the state as it was.
                 failures += 1
-                delay = min(MAX_ERROR_BACKOFF_SECONDS, 2.0**failures)
-                log.warning("%s/%s: %s; retrying in %.0f s", namespace, name, error.message, delay)
-            except Exception:
-                # Never a crash loop: log it and come back later, with the state as it was.
-                failures += 1
-                delay = min(MAX_ERROR_BACKOFF_SECONDS, 2.0**failures)
-                log.exception("%s/%s: reconcile failed; retrying in %.0f s", namespace, name, delay)
+                delay = PASS_RETRY_BACKOFF.delay(failures, runtime.jitter)
+                if isinstance(error, ClusterError):
+                    log.warning("%s/%s: %s; retrying in %.1f s", namespace, name, error.message, delay)
+                else:
+                    log.exception("%s/%s: reconcile failed; retrying in %.1f s", namespace, name, delay)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(wakeup.wait(), timeout=delay)
     finally:
@@ -163,8 +195,10 @@ async def run_rollouts(name: str, namespace: str | None, stopped: kopf.DaemonSto
         runtime.generations.pop(key, None)
         metrics.forget(Owner(name, namespace, ""))
         # Only a deleted ProjectorSet gives its pool up: when the operator stops, a pass may still
-        # be running in its thread, and a closed pool would make it report a false outage.
-        if deleted:
+        # be running in its thread, and a closed pool would make it report a false outage. Kopf
+        # usually stops the loop of a set being deleted before a pass sees the deletion.
+        reason = stopped.reason
+        if deleted or (reason is not None and kopf.DaemonStoppingReason.RESOURCE_DELETED in reason):
             runtime.databases.forget(Owner(name, namespace, ""))
             if runtime.reconciler is not None:
                 runtime.reconciler.forget_set(namespace, name)
@@ -175,18 +209,29 @@ async def _pass(namespace: str, name: str) -> tuple[float, bool] | None:
     when the set is gone. Only these leave the pass: its body, spec and decision (~30 KiB) must not
     stay referenced by the set's loop while it sleeps, a thousand sets would keep 30 MiB."""
     assert runtime.reconciler is not None and runtime.cluster is not None
-    body = await runtime.pass_runner.run(runtime.cluster.read_projectorset, namespace, name)
-    if body is None or body["metadata"].get("deletionTimestamp"):
-        return None
-    runtime.generations[(namespace, name)] = int(body["metadata"].get("generation", 0))
-    runtime.running += 1
+    started = time.monotonic()
     try:
-        result = await runtime.pass_runner.run(runtime.reconciler.reconcile, body)
-    finally:
-        runtime.running -= 1
-        runtime.passes += 1
+        body = await runtime.pass_runner.run(runtime.cluster.read_projectorset, namespace, name)
+        if body is None or body["metadata"].get("deletionTimestamp"):
+            return None
+        runtime.generations[(namespace, name)] = int(body["metadata"].get("generation", 0))
+        runtime.running += 1
+        try:
+            result = await runtime.pass_runner.run(runtime.reconciler.reconcile, body)
+        finally:
+            runtime.running -= 1
+            runtime.passes += 1
+    except Exception as error:
+        metrics.reconciled(time.monotonic() - started, error_reason(error))
+        raise
+    metrics.reconciled(time.monotonic() - started, result.error_reason)
     delay = result.requeue_after or next_resync_delay(namespace, name, runtime.started, time.time())
     return delay, result.await_activation
+
+
+def error_reason(error: Exception) -> str:
+    """The reason a pass that raised is counted under: the reported reason, or the exception's class."""
+    return str(error.reason) if isinstance(error, ReportedError) else type(error).__name__
 
 
 def next_resync_delay(namespace: str, name: str, started: float, now: float) -> float:

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 import prometheus_client
 
-from projectorset.runtime import memory
+from projectorset.runtime import logfields, memory
 
 
 def parse_arguments(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -83,6 +83,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         ],
     )
     logging.getLogger("psycopg.pool").setLevel(logging.ERROR)
+    logfields.add_set_fields()  # after kopf.configure, which puts its handler on the root logger
     if arguments.metrics_port:
         try:
             prometheus_client.start_http_server(arguments.metrics_port, addr=arguments.metrics_address)

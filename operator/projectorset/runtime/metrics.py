@@ -12,13 +12,15 @@ rollout runs, or a watch event sooner).
 
 from __future__ import annotations
 
+import importlib.metadata
+import platform
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
-from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, Info
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
@@ -30,8 +32,9 @@ from projectorset.domain.sequent import PIPELINE
 
 # Phase and stage durations range from a second (nothing to replay) to hours (a large replay).
 DURATION_BUCKETS = (1, 2, 5, 10, 30, 60, 120, 300, 600, 1800, 3600, 7200, 14400, float("inf"))
-# Activation to switch should be well under a second: the old pods' writes fail meanwhile.
-SWITCH_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, float("inf"))
+# Activation to switch should be well under a second: the old pods' writes fail meanwhile. A pass
+# takes tens of milliseconds, seconds when a database is slow to answer (controller-runtime's range).
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, float("inf"))
 # Rollouts end here; anything else is still in progress.
 TERMINAL_PHASES = (Phase.ACTIVE, Phase.FAILED, Phase.ABORTED)
 REPLAY_STAGES = tuple(stage.value for stage in PIPELINE)
@@ -55,6 +58,8 @@ class _Seen:
     # progress, None when no rollout runs or the lag is unknown.
     gauge_stage: str | None = None
     lag: int | None = None
+    # The reasons of ``projectorset_rollout_failures_total`` series of this set, removed with it.
+    failure_reasons: set[str] = field(default_factory=set)
 
 
 class OperatorMetrics:
@@ -98,9 +103,31 @@ class OperatorMetrics:
             "projectorset_activation_to_switch_seconds",
             "From the start of the pass that saw the release active in the database to the end of the "
             "Service selector patch.",
-            buckets=SWITCH_BUCKETS,
+            buckets=LATENCY_BUCKETS,
             registry=registry,
         )
+        # As controller-runtime's reconcile_time_seconds and reconcile_errors_total: no per-set
+        # label (a thousand sets would make a thousand histograms); the set is in the logs.
+        self.reconcile_duration = Histogram(
+            "projectorset_reconcile_duration_seconds",
+            "Wall time of a reconcile pass, from reading the ProjectorSet to its last Event; result is "
+            "error when the pass raised or one of its actions failed.",
+            ("result",),
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.reconcile_errors = Counter(
+            "projectorset_reconcile_errors_total",
+            "Reconcile passes that raised or whose actions failed, by reason (the condition reason of the "
+            "failed action, or the exception's class).",
+            ("reason",),
+            registry=registry,
+        )
+        Info(
+            "projectorset_build",
+            "The operator's version and the Python and Kopf it runs on (always 1).",
+            registry=registry,
+        ).info(build_info())
         self.failures = Counter(
             "projectorset_rollout_failures_total",
             "Rollouts that ended Failed, by the reason of their Progressing condition.",
@@ -159,6 +186,7 @@ class OperatorMetrics:
             # status, so a restarted operator never counts one twice.
             if decision.failure is not None:
                 self.failures.labels(*key, decision.failure).inc()
+                seen.failure_reasons.add(decision.failure)
 
             replay = status.replay
             # Keyed by the Job: each catch-up round is its own Job; no Job running, no stage timed.
@@ -175,14 +203,39 @@ class OperatorMetrics:
                 if event.type == "Warning":
                     self.warnings.labels(event.reason).inc()
 
+    def reconciled(self, seconds: float, error_reason: str | None = None) -> None:
+        """A pass ended after ``seconds``: successfully, or raising or with a failed action (its reason)."""
+        self.reconcile_duration.labels("success" if error_reason is None else "error").observe(seconds)
+        if error_reason is not None:
+            self.reconcile_errors.labels(error_reason).inc()
+
     def forget(self, owner: Owner) -> None:
-        """A ProjectorSet is gone (or no longer ours): drop its per-object series."""
+        """A ProjectorSet is gone (or no longer this process's to run): drop its per-set series, so
+        that a deleted set leaves no series behind."""
         key = (owner.namespace, owner.name)
         with self._lock:
-            self._seen.pop(key, None)
+            seen = self._seen.pop(key, None)
+            for reason in seen.failure_reasons if seen is not None else ():
+                self.failures.remove(*key, reason)
 
     def _state(self, owner: Owner) -> _Seen:
         return self._seen.setdefault((owner.namespace, owner.name), _Seen())
+
+
+def build_info() -> dict[str, str]:
+    """The labels of ``projectorset_build_info``: the installed package's version, Python's, Kopf's."""
+
+    def version_of(distribution: str) -> str:
+        try:
+            return importlib.metadata.version(distribution)
+        except importlib.metadata.PackageNotFoundError:
+            return "unknown"
+
+    return {
+        "version": version_of("projectorset-operator"),
+        "python": platform.python_version(),
+        "kopf": version_of("kopf"),
+    }
 
 
 class _SetGauges(Collector):
