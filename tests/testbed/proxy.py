@@ -18,6 +18,7 @@ import logging
 import signal
 import socket
 import threading
+from collections.abc import Callable
 from typing import Any
 
 from kubernetes import client
@@ -87,6 +88,8 @@ class ServiceProxy:
         self._acceptor: threading.Thread | None = None
         self._watcher: threading.Thread | None = None
         self._stream: Any = None
+        # Called with every new endpoint list, as it takes effect (for tests that watch the proxy).
+        self.on_endpoints: Callable[[list[tuple[str, int]]], None] | None = None
 
     # -- endpoints ----------------------------------------------------------------------------
 
@@ -99,6 +102,8 @@ class ServiceProxy:
         with self._lock:
             self._endpoints = ready_endpoints(self._slices, self._port_name)
             endpoints = list(self._endpoints)
+            if self.on_endpoints is not None:
+                self.on_endpoints(endpoints)
         log.info("%s/%s endpoints: %s", self.namespace, self.service_name, endpoints)
 
     def _read_service(self) -> None:
