@@ -22,6 +22,7 @@ from projectorset.domain.resources import (
     failed_pod_messages,
     job_name,
     job_view,
+    service_selector,
 )
 from projectorset.domain.sequent import Stage
 
@@ -145,6 +146,22 @@ def test_plain_sets_and_versions_keep_plain_names() -> None:
     job = build_stage_job(OWNER, spec, "v2", 3, Stage.CATCHUP, 12, ["PostProjector"])
     assert job["metadata"]["name"] == "blog-v2-a3-catchup-12"
     assert job_name(OWNER, "v2", 1, Stage.PREPARE) == "blog-v2-a1-prepare"
+
+
+def test_the_service_selects_the_versions_deployment_pods_and_never_its_stage_pods() -> None:
+    """A running stage pod has no probe, so it is Ready: if the Service selected it, it would take
+    connections that nothing accepts (seen as resets right after each switch, while golive's pod exited)."""
+    spec = manifest("v2")
+    selector = service_selector(OWNER, "v2").items()
+    pod_labels = build_deployment(OWNER, spec, "v2")["spec"]["template"]["metadata"]["labels"]
+    assert selector <= pod_labels.items()
+    for stage in Stage:
+        job = build_stage_job(OWNER, spec, "v2", 1, stage, 0, ["PostProjector"])
+        stage_pod_labels = job["spec"]["template"]["metadata"]["labels"]
+        assert not selector <= stage_pod_labels.items(), stage
+        # The operator and the plugin still find a stage's pods by set and stage; its Job says the version.
+        assert stage_pod_labels["projectorset.io/name"] == "blog" and stage_pod_labels["projectorset.io/stage"] == stage
+        assert job["metadata"]["labels"]["projectorset.io/version"] == "v2"
 
 
 def test_long_sets_and_versions_fit_in_a_label_and_keep_the_stage_visible() -> None:

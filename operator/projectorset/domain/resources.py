@@ -234,7 +234,12 @@ def build_stage_job(
         ATTEMPT_LABEL: str(attempt),
         ROUND_LABEL: str(round_),
     }
-    template["metadata"]["labels"] = {**template["metadata"]["labels"], **labels}
+    # The stage's pods carry no version label, so the Service (which selects set and version) never
+    # sends them traffic: with no probe a running stage pod is Ready, and golive's pod, still
+    # exiting when the Service switched to its version, took connections that nothing accepted.
+    pod_labels = {**template["metadata"]["labels"], **labels}
+    del pod_labels[api.VERSION_LABEL]
+    template["metadata"]["labels"] = pod_labels
     pod_spec = template.setdefault("spec", {})
     containers = pod_spec["containers"]
     chosen = next(
