@@ -5,18 +5,34 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: help venv lint typecheck crds check-crds test unit run install uninstall demo bench bench-lag bench-scale profile-scale cluster-up cluster-down clean
+.PHONY: help venv lock lock-upgrade lint typecheck crds check-crds test unit run install uninstall demo bench bench-lag bench-scale profile-scale cluster-up cluster-down clean
 
 help:
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
 
-$(STAMP): pyproject.toml
-	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev]'
+# Installs come from uv.lock (exact versions and hashes). uv itself is pinned by hash in
+# requirements-uv.txt and installed from PyPI into .uv/; it uses $(PYTHON), never a downloaded one.
+UV_HOME := .uv
+UV := $(UV_HOME)/bin/uv
+export UV_PYTHON_DOWNLOADS := never
+
+$(UV): requirements-uv.txt
+	$(PYTHON) -m venv $(UV_HOME)
+	$(UV_HOME)/bin/pip install --quiet --require-hashes --no-deps -r requirements-uv.txt
 	touch $@
 
-venv: $(STAMP) ## Create the virtualenv with the operator and its development tools
+# --locked: a pyproject.toml changed without `make lock` stops here instead of resolving anew.
+$(STAMP): pyproject.toml uv.lock $(UV)
+	$(UV) sync --locked --all-extras --python $(PYTHON)
+	touch $@
+
+venv: $(STAMP) ## Create the virtualenv with the operator, every extra and the development tools, as uv.lock pins them
+
+lock: $(UV) ## Update uv.lock after an edit of pyproject.toml's dependencies (keeps the locked versions it can)
+	$(UV) lock --python $(PYTHON)
+
+lock-upgrade: $(UV) ## Move every locked package to the newest version pyproject.toml allows
+	$(UV) lock --upgrade --python $(PYTHON)
 
 lint: $(STAMP) ## Ruff, mypy and the import contracts (layers) over the operator and the tests
 	$(BIN)/ruff check operator tests
@@ -53,8 +69,8 @@ install: $(STAMP) ## Install the CRD into the current kubeconfig's cluster
 uninstall: ## Remove the CRD (and every ProjectorSet) from the current cluster
 	kubectl delete -f crds/ --ignore-not-found
 
-clean: ## Remove the virtualenv and caches in the work tree
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+clean: ## Remove the virtualenv, the lock tool and caches in the work tree
+	rm -rf $(VENV) $(UV_HOME) .pytest_cache .mypy_cache .ruff_cache
 
 # The local Kubernetes cluster of tests/testbed (binaries built from Go modules, cached outside the tree).
 TESTBED := PYTHONPATH=tests:operator $(abspath $(BIN))/python
