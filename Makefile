@@ -45,13 +45,17 @@ crds: $(STAMP) ## Regenerate crds/ from the pydantic models, and the Helm chart'
 	$(BIN)/python -m projectorset.api.crd > crds/projectorsets.yaml
 	$(BIN)/python -m projectorset.api.crd --helm-template > $(CHART_CRD)
 
-test: lint ## The whole suite: lint, type checks, unit, database and cluster tests
-	@$(BIN)/pytest; rc=$$?; \
+# pytest with these arguments, where exit 5 (no test collected) fails: it means a broken suite.
+pytest = @$(BIN)/pytest $(1); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: the suite is broken" >&2; exit 1; fi; \
 	exit $$rc
 
-unit: $(STAMP) ## Only the fast tests (no cluster)
-	$(BIN)/pytest -m 'not cluster'
+test: lint ## The whole suite: lint, type checks, unit, database, chart, test bed and cluster tests
+	$(call pytest)
+
+UNIT_MARKERS := not cluster and not database and not chart and not testbed
+unit: $(STAMP) ## The unit tests: no cluster, no PostgreSQL, no Go binaries (under a minute)
+	$(call pytest,-m '$(UNIT_MARKERS)')
 
 SEED ?=
 .PHONY: fuzz bench-isolation

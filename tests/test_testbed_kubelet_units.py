@@ -30,6 +30,9 @@ from testbed.kubelet import (
 from testbed.proxy import ready_endpoints, select_port
 from testbed.workloads import http_json
 
+# The test bed's own tests: `make unit` leaves them out, `make test` runs them.
+pytestmark = pytest.mark.testbed
+
 
 @pytest.mark.parametrize(
     ("text", "expected"),

@@ -3,6 +3,9 @@ import pytest
 
 from testbed.postgres import PostgresServer
 
+# The test bed's own tests: `make unit` leaves them out, `make test` runs them.
+pytestmark = pytest.mark.testbed
+
 
 def test_database_has_sequent_tables_and_rejects_wrong_password(
     database_url: str, postgres_server: PostgresServer

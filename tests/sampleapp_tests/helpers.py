@@ -96,7 +96,7 @@ def stage_env(database_url: str, release: str, **overrides: str) -> dict[str, st
         "DATABASE_URL": database_url,
         "SAMPLEAPP_RELEASE": release,
         "SEQUENT_ENV": "test",
-        "PATH": manifests.PATH,  # pg_dump and psql of the embedded PostgreSQL first
+        "PATH": manifests.search_path(),  # pg_dump and psql of the embedded PostgreSQL first
         **overrides,
     }
 
