@@ -77,6 +77,8 @@ clean: ## Remove the virtualenv, the lock tool and caches in the work tree
 	rm -rf $(VENV) $(UV_HOME) .pytest_cache .mypy_cache .ruff_cache
 
 # The local Kubernetes cluster of tests/testbed (binaries built from Go modules, cached outside the tree).
+# Each recipe below is one command, which bash execs: make passes a SIGTERM on to it, and the
+# command stops all it started (testbed/stopping.py). A `cmd; other` recipe would leave it orphaned.
 TESTBED := PYTHONPATH=tests:operator $(abspath $(BIN))/python
 .PHONY: tools
 

@@ -12,6 +12,7 @@ with many ProjectorSets for the operator's memory and API requests at rest.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import shutil
 import statistics
@@ -28,7 +29,7 @@ from kubernetes import client
 from sampleapp.config import Settings
 from sampleapp.releases import get_release
 from sampleapp.seed import seed
-from testbed import toolchain
+from testbed import stopping, toolchain
 from testbed.cluster import OPERATOR_USER, LocalCluster
 from testbed.kuberaw import load_api_client
 from testbed.postgres import PostgresServer
@@ -181,11 +182,13 @@ def main(argv: list[str] | None = None) -> int:
     counts = [int(part) for part in arguments.events.split(",") if part.strip()]
     toolchain.ensure_binaries()
     workdir = Path(tempfile.mkdtemp(prefix="projectorset-bench-"))
-    cluster = LocalCluster.start(workdir / "cluster", audit_log=True)
-    postgres = PostgresServer.start()
-    api = load_api_client(str(cluster.kubeconfig))
     runs: list[Run] = []
-    try:
+    # Each part is stopped even if the signal comes while the next one starts.
+    with contextlib.ExitStack() as started:
+        started.callback(shutil.rmtree, workdir, ignore_errors=True)
+        cluster = started.enter_context(LocalCluster.start(workdir / "cluster", audit_log=True))
+        postgres = started.enter_context(PostgresServer.start())
+        api = load_api_client(str(cluster.kubeconfig))
         for events in counts:
             for number in range(arguments.runs):
                 run = one_upgrade(cluster, api, postgres, events, number, workdir)
@@ -199,11 +202,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"{requests} API requests in {seconds:.0f} s at rest ({requests / seconds:.2f}/s)"
             )
         return 0 if all(run.result.lost == 0 for run in runs) else 1
-    finally:
-        cluster.stop()
-        postgres.stop()
-        shutil.rmtree(workdir, ignore_errors=True)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(stopping.run(main))

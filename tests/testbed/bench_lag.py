@@ -18,6 +18,7 @@ import time
 import psycopg
 
 from projectorset.adapters.database import SequentDatabase
+from testbed import stopping
 from testbed.postgres import PostgresServer
 from testbed.sequent_schema import create_sequent_tables
 
@@ -134,4 +135,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(stopping.run(main))

@@ -32,7 +32,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -41,7 +41,7 @@ from typing import Any
 import psycopg
 from kubernetes import client
 
-from testbed import toolchain
+from testbed import stopping, toolchain
 from testbed.cluster import OPERATOR_USER, LocalCluster
 from testbed.crowd import create_crowd, create_event_stores, wait_all_active
 from testbed.kuberaw import RawKube, load_api_client
@@ -156,17 +156,17 @@ def scale_environment(prefix: str, controller_qps: int, max_connections: int = 1
     the virtual node for cheap pods, and one PostgreSQL; all stopped and removed afterwards."""
     toolchain.ensure_binaries()
     workdir = Path(tempfile.mkdtemp(prefix=prefix))
-    cluster = LocalCluster.start(workdir / "cluster", audit_log=True, controller_qps=controller_qps or None)
-    postgres = PostgresServer.start(max_connections=max_connections)
-    api = load_api_client(str(cluster.kubeconfig))
-    virtual_node = VirtualNode(RawKube(api)).start()
-    try:
+    # Each part is stopped even if the signal comes while the next one starts.
+    with ExitStack() as started:
+        started.callback(shutil.rmtree, workdir, ignore_errors=True)
+        cluster = started.enter_context(
+            LocalCluster.start(workdir / "cluster", audit_log=True, controller_qps=controller_qps or None)
+        )
+        postgres = started.enter_context(PostgresServer.start(max_connections=max_connections))
+        api = load_api_client(str(cluster.kubeconfig))
+        virtual_node = VirtualNode(RawKube(api)).start()
+        started.callback(virtual_node.stop)
         yield ScaleEnvironment(workdir, cluster, postgres, api)
-    finally:
-        virtual_node.stop()
-        cluster.stop()
-        postgres.stop()
-        shutil.rmtree(workdir, ignore_errors=True)
 
 
 # ---- rollouts ------------------------------------------------------------------------------------------
@@ -287,4 +287,4 @@ def _measure(arguments: argparse.Namespace, crowd: int, env: ScaleEnvironment) -
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(stopping.run(main))

@@ -42,7 +42,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from testbed import toolchain
+from testbed import stopping, toolchain
 from testbed.ports import free_port
 
 NODE_NAME = "local-node"
@@ -697,4 +697,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(stopping.run(main))

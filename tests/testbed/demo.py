@@ -19,7 +19,7 @@ from pathlib import Path
 
 from kubernetes import client
 
-from testbed import toolchain
+from testbed import stopping, toolchain
 from testbed.cluster import LocalCluster
 from testbed.kuberaw import load_api_client
 from testbed.postgres import PostgresServer
@@ -134,4 +134,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(stopping.run(main))

@@ -34,6 +34,7 @@ from projectorset.domain.cluster import Owner
 from sampleapp.config import Settings
 from sampleapp.migrate import migrate
 from sampleapp.releases import get_release
+from testbed import stopping
 from testbed.manifests import sample_projectorset
 from testbed.postgres import PostgresServer
 from testbed.sequent_schema import create_sequent_tables
@@ -217,4 +218,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(stopping.run(main))

@@ -24,6 +24,7 @@ import time
 import urllib.request
 from pathlib import Path
 
+from testbed import stopping
 from testbed.bench_scale import ScaleEnvironment, audit_events, cpu_seconds, proc_status, scale_environment
 from testbed.cluster import OPERATOR_USER
 from testbed.crowd import create_crowd, create_event_stores, phases
@@ -125,4 +126,4 @@ def _profile(arguments: argparse.Namespace, env: ScaleEnvironment) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(stopping.run(main))
