@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: help venv lock lock-upgrade lint typecheck crds check-crds test unit run install uninstall demo bench bench-lag bench-scale profile-scale cluster-up cluster-down clean
+.PHONY: help venv lock lock-upgrade unit-lowest lint typecheck crds check-crds test unit run install uninstall demo bench bench-lag bench-scale profile-scale cluster-up cluster-down clean
 
 help:
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -45,17 +45,27 @@ crds: $(STAMP) ## Regenerate crds/ from the pydantic models, and the Helm chart'
 	$(BIN)/python -m projectorset.api.crd > crds/projectorsets.yaml
 	$(BIN)/python -m projectorset.api.crd --helm-template > $(CHART_CRD)
 
-# pytest with these arguments, where exit 5 (no test collected) fails: it means a broken suite.
-pytest = @$(BIN)/pytest $(1); rc=$$?; \
+# This pytest with these arguments, where exit 5 (no test collected) fails: it means a broken suite.
+pytest = @$(1) $(2); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: the suite is broken" >&2; exit 1; fi; \
 	exit $$rc
 
 test: lint ## The whole suite: lint, type checks, unit, database, chart, test bed and cluster tests
-	$(call pytest)
+	$(call pytest,$(BIN)/pytest)
 
 UNIT_MARKERS := not cluster and not database and not chart and not testbed
 unit: $(STAMP) ## The unit tests: no cluster, no PostgreSQL, no Go binaries (under a minute)
-	$(call pytest,-m '$(UNIT_MARKERS)')
+	$(call pytest,$(BIN)/pytest,-m '$(UNIT_MARKERS)')
+
+# The floors in pyproject.toml are the major.minor of the locked versions; this checks them.
+LOWEST := .venv-lowest
+unit-lowest: $(UV) ## The unit tests on the lowest versions pyproject.toml allows (its floors), in .venv-lowest
+	$(UV) venv --quiet --allow-existing --python $(PYTHON) $(LOWEST)
+	$(UV) pip compile --quiet --no-header --all-extras --resolution lowest-direct --python $(LOWEST)/bin/python \
+		-o $(LOWEST)/requirements.txt pyproject.toml
+	$(UV) pip sync --quiet --python $(LOWEST)/bin/python $(LOWEST)/requirements.txt
+	$(UV) pip install --quiet --python $(LOWEST)/bin/python --no-deps -e .
+	$(call pytest,$(LOWEST)/bin/pytest,-m '$(UNIT_MARKERS)' -p no:cacheprovider)
 
 SEED ?=
 .PHONY: fuzz bench-isolation
@@ -74,7 +84,7 @@ uninstall: ## Remove the CRD (and every ProjectorSet) from the current cluster
 	kubectl delete -f crds/ --ignore-not-found
 
 clean: ## Remove the virtualenv, the lock tool and caches in the work tree
-	rm -rf $(VENV) $(UV_HOME) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(UV_HOME) $(LOWEST) .pytest_cache .mypy_cache .ruff_cache
 
 # The local Kubernetes cluster of tests/testbed (binaries built from Go modules, cached outside the tree).
 # Each recipe below is one command, which bash execs: make passes a SIGTERM on to it, and the
