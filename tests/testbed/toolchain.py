@@ -36,6 +36,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from testbed import stopping
+
 MODULES_DIR = Path(__file__).resolve().parent / "toolchain"
 
 KUBERNETES_VERSION = "v1.36.3"
@@ -251,4 +253,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(stopping.run(main))
