@@ -653,7 +653,11 @@ def _up() -> int:
         existing.stop()  # leftovers of a cluster that died: clear them first
     shutil.rmtree(directory, ignore_errors=True)
     # Components lead their own sessions, so they outlive this command; `down` stops them.
-    cluster = LocalCluster.start(directory)
+    try:
+        cluster = LocalCluster.start(directory)
+    except BaseException:  # a failed or interrupted start (SIGTERM, Ctrl-C) stopped what it started
+        shutil.rmtree(directory, ignore_errors=True)
+        raise
     cluster.remove_workdir = True  # `down` removes the fixed directory too
     atexit.unregister(cluster.stop)  # this one outlives the command on purpose
     cluster._save_state()
