@@ -38,8 +38,8 @@ INNER_TESTS = textwrap.dedent(
 
     @pytest.mark.chart
     def test_marked_builds_helm(monkeypatch, tmp_path):
-        monkeypatch.setattr(toolchain, "bin_dir", lambda: tmp_path)
-        monkeypatch.setattr(toolchain, "_complete", lambda directory: True)
+        monkeypatch.setattr(toolchain, "bin_dir", lambda *toolset: tmp_path)
+        monkeypatch.setattr(toolchain, "_complete", lambda *toolset_and_directory: True)
         assert toolchain.binary("helm") == tmp_path / "helm"
     """
 )
