@@ -786,6 +786,11 @@ def test_get_piped_is_plain_text_with_whole_lines() -> None:
     title = "├── Projectors (plan, and versions in the database as the operator last read them)"
     assert title in lines and len(title) > 80
     assert all(line == line.rstrip() for line in lines)
+    # The documents are printed as they are.
+    document = json.loads(run_main(["get", "blog", "-o", "json"], FakeCluster([catching_up(4210)]))[1])
+    assert (document["phase"], document["replay"]["lag"]) == ("Replaying", 4210)
+    watched = run_main(["get", "blog", "-o", "yaml", "-w", "--interval", "0"], FakeCluster([snapshot(), snapshot()]))[1]
+    assert [d["name"] for d in yaml.safe_load_all(watched) if d] == ["blog", "blog"]
 
 
 def test_a_terminal_gets_colour_and_no_color_takes_it_away(

@@ -78,7 +78,7 @@ class _ImpersonatingClient(client.ApiClient):
         return method, url, lines, body, post_params
 
 
-def api_client(connection: Connection) -> tuple[client.ApiClient, str]:
+def client_for(connection: Connection) -> tuple[client.ApiClient, str]:
     """The client for the chosen context, and the namespace (the flag's, else the context's, else default)."""
     files = connection.kubeconfig_files()
     try:
@@ -98,31 +98,29 @@ def api_client(connection: Connection) -> tuple[client.ApiClient, str]:
     # per request), only a 429's Retry-After is waited for (client-go's retries).
     configuration.retries = Retry(total=10, connect=0, read=0, other=0)
     configuration.client_go_retries = True
-    made = (
+    kube = (
         _ImpersonatingClient(configuration, connection.groups) if connection.groups else client.ApiClient(configuration)
     )
     if connection.user:
-        made.set_default_header(IMPERSONATE_USER, connection.user)
+        kube.set_default_header(IMPERSONATE_USER, connection.user)
     namespace = connection.namespace or (chosen or {}).get("context", {}).get("namespace") or "default"
-    return made, namespace
+    return kube, namespace
 
 
 class Cluster:
-    def __init__(self, made: client.ApiClient, namespace: str, request_timeout: float | None = None) -> None:
-        self.api_client = made
+    def __init__(self, api_client: client.ApiClient, namespace: str, request_timeout: float | None = None) -> None:
+        self.api_client = api_client
         self.namespace = namespace
         self.request_timeout = request_timeout
-        self.core = client.CoreV1Api(made)
-        self.apps = client.AppsV1Api(made)
-        self.batch = client.BatchV1Api(made)
-        self.custom = client.CustomObjectsApi(made)
+        self.core = client.CoreV1Api(api_client)
+        self.apps = client.AppsV1Api(api_client)
+        self.batch = client.BatchV1Api(api_client)
+        self.custom = client.CustomObjectsApi(api_client)
 
     @classmethod
     def connect(cls, connection: Connection) -> Cluster:
-        if connection.groups and not connection.user:
-            raise PluginError("--as-group needs --as (the user to impersonate)")
-        made, namespace = api_client(connection)
-        return cls(made, namespace, connection.request_timeout)
+        api_client, namespace = client_for(connection)
+        return cls(api_client, namespace, connection.request_timeout)
 
     @property
     def server(self) -> str:
