@@ -249,7 +249,7 @@ def test_tree_reads_at_a_glance() -> None:
     assert "Service blog → v1" in tree
     assert "Replay id 7 · state catching_up · stage catchup (catch-up round 2)" in tree
     lag = next(line for line in lines if "lag 4,210 events" in line)
-    assert " 0%  lag" in lag and "ETA estimating" in lag  # one sample: no progress, no rate yet
+    assert "[" + " " * 24 + "]   0%  lag" in lag and "ETA estimating" in lag  # one sample: no progress, no rate
     assert "current Job blog-v2-a1-catchup-2" in tree
     stage = next(line for line in lines if "replay " in line and "Succeeded" in line)
     assert "1m27s" in stage and stage.lstrip("│ ├└─").startswith("✔ replay")
@@ -329,8 +329,8 @@ def test_duration_and_bar() -> None:
         "1d1h",
     ]
     # Off a terminal the bar's rest is blank: the percentage says it.
-    assert text(render.bar(0.5)) == "━" * 12 + " " * 14 + "50%\n"
-    assert text(render.bar(1.0)) == "━" * 24 + " 100%\n"
+    assert text(render.bar(0.5)) == "[" + "━" * 12 + " " * 12 + "]  50%\n"
+    assert text(render.bar(1.0)) == "[" + "━" * 24 + "] 100%\n"
 
 
 # ---- promote, abort, retry, pause, resume ----------------------------------------------------------

@@ -182,10 +182,10 @@ def run_get(cluster: Cluster, arguments: argparse.Namespace, screen: Console) ->
         return 0
     if screen.is_terminal:
         # Redrawn in place; on Ctrl-C the last frame stays on the screen.
-        with Live(console=screen, auto_refresh=False) as live:
+        with Live(draw(), console=screen, auto_refresh=False) as live:
             while True:
-                live.update(draw(), refresh=True)
                 time.sleep(arguments.interval)
+                live.update(draw(), refresh=True)
     # A file or a pipe gets each new frame after the last, a blank line between them.
     last = None
     while True:

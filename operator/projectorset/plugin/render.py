@@ -60,11 +60,11 @@ def _ago(value: Any, now: datetime) -> str:
 
 
 def bar(fraction: float) -> Table:
-    """A progress bar and its percentage, on one line."""
-    line = Table.grid(padding=(0, 1))
-    line.add_row(
-        ProgressBar(total=1.0, completed=max(0.0, min(1.0, fraction)), width=BAR_WIDTH), f"{fraction * 100:3.0f}%"
-    )
+    """A progress bar and its percentage, on one line. Without colour the bar's rest is blank: the
+    brackets show where it ends."""
+    line = Table.grid()
+    completed = max(0.0, min(1.0, fraction))
+    line.add_row("[", ProgressBar(total=1.0, completed=completed, width=BAR_WIDTH), "]", f" {fraction * 100:3.0f}%")
     return line
 
 
