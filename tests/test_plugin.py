@@ -738,32 +738,36 @@ COLOUR = re.compile(r"\x1b\[(?:[0-9;]*;)?(?:3[0-7]|4[0-7]|9[0-7]|10[0-7]|38|48)[
 
 
 class Terminal:
-    """A pseudo-terminal of a given size, and pyte reading what it shows."""
+    """A pseudo-terminal of a given size, read as it is written (a full terminal blocks its
+    writer), and pyte showing what a user would see on it."""
 
     def __init__(self, columns: int = 140, rows: int = 60) -> None:
         self.master, slave = pty.openpty()
         fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", rows, columns, 0, 0))
         self.file = os.fdopen(slave, "w", encoding="utf-8")
         self.screen = pyte.Screen(columns, rows)
-        self.stream = pyte.Stream(self.screen)
-        self.raw = ""
+        self.chunks: list[bytes] = []
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.reader.start()
 
-    def read(self) -> str:
-        """Everything written, once the writer is done (the slave is closed)."""
-        self.file.close()
-        chunks = []
+    def _read(self) -> None:
         while True:
             try:
                 chunk = os.read(self.master, 65536)
-            except OSError:  # EIO: the slave side is closed and drained
-                break
+            except OSError:  # EIO: the writer's side is closed and all was read
+                return
             if not chunk:
-                break
-            chunks.append(chunk)
+                return
+            self.chunks.append(chunk)
+
+    def read(self) -> str:
+        """Everything written, once the writer is done."""
+        self.file.close()
+        self.reader.join(10)
         os.close(self.master)
-        self.raw = b"".join(chunks).decode("utf-8").replace("\r\n", "\n").replace("\n", "\r\n")
-        self.stream.feed(self.raw)
-        return self.raw
+        raw = b"".join(self.chunks).decode("utf-8")
+        pyte.Stream(self.screen).feed(raw)
+        return raw
 
     def shown(self) -> list[str]:
         return [line.rstrip() for line in self.screen.display if line.strip()]
@@ -996,7 +1000,7 @@ def test_as_and_as_group_send_kubernetes_impersonation_headers(tmp_path: Path) -
 
 
 def test_request_timeout_gives_up_on_a_silent_server_with_a_clear_error(tmp_path: Path) -> None:
-    server = StandInApiServer(delay=3.0)
+    server = StandInApiServer(delay=1.5)
     try:
         config = server.kubeconfig(tmp_path / "config")
         cluster = Cluster.connect(Connection(kubeconfig=config, request_timeout=0.5))
