@@ -881,13 +881,16 @@ def test_a_command_that_patches_prints_what_it_did() -> None:
 
 
 def test_kubectls_flags_reach_the_connection_before_or_after_the_command() -> None:
-    cluster = FakeCluster([snapshot(), snapshot()])
+    cluster = FakeCluster([snapshot(), snapshot(), snapshot()])
     flags = ["--context", "prod", "--kubeconfig", "/k", "--request-timeout", "1m30s", "--as", "alice"]
     groups = ["--as-group", "viewers", "--as-group", "ops"]
     run_main([*flags, *groups, "-n", "shop", "get", "blog"], cluster)
     run_main(["get", "blog", *flags, *groups, "--namespace", "shop"], cluster)
     expected = Connection("/k", "prod", "shop", 90.0, "alice", ("viewers", "ops"))
     assert cluster.connections == [expected, expected]
+    # Groups on both sides of the command are all kept, as kubectl keeps every --as-group.
+    run_main(["--as", "alice", "--as-group", "viewers", "get", "blog", "--as-group", "ops"], cluster)
+    assert cluster.connections[-1].groups == ("viewers", "ops")
 
 
 @pytest.mark.parametrize(

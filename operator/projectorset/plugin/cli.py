@@ -44,8 +44,8 @@ def request_timeout(text: str) -> float:
     return sum(float(number) * DURATION_UNITS[unit] for number, unit in parts)
 
 
-def _connection_flags(default: Any) -> argparse.ArgumentParser:
-    """kubectl's own flags, with its names and meanings."""
+def _connection_flags(default: Any, groups: str) -> argparse.ArgumentParser:
+    """kubectl's own flags, with its names and meanings; ``--as-group`` collects into ``groups``."""
     flags = argparse.ArgumentParser(add_help=False)
     flags.add_argument(
         "-n", "--namespace", default=default, help="namespace of the ProjectorSet (default: the context's)"
@@ -64,7 +64,7 @@ def _connection_flags(default: Any) -> argparse.ArgumentParser:
     flags.add_argument("--as", dest="as_user", default=default, metavar="USER", help="the user to impersonate")
     flags.add_argument(
         "--as-group",
-        dest="as_group",
+        dest=groups,
         action="append",
         default=default,
         metavar="GROUP",
@@ -79,10 +79,11 @@ def parser() -> argparse.ArgumentParser:
         prog=_prog(),
         description="Operate ProjectorSets: watch a rollout, promote, abort, retry, pause, resume, "
         "look at the history and roll back, and plan an upgrade before applying it.",
-        parents=[_connection_flags(None)],
+        parents=[_connection_flags(None, "as_group")],
     )
     # Suppressed defaults: a flag given before the command is not reset by the command's parser.
-    common = _connection_flags(argparse.SUPPRESS)
+    # The command's --as-group go to a list of their own, added to those given before it.
+    common = _connection_flags(argparse.SUPPRESS, "as_group_after")
     commands = top.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     get = commands.add_parser(
@@ -131,6 +132,10 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
+def _groups(arguments: argparse.Namespace) -> tuple[str, ...]:
+    return (*(arguments.as_group or ()), *getattr(arguments, "as_group_after", ()))
+
+
 def _connection(arguments: argparse.Namespace) -> Connection:
     return Connection(
         kubeconfig=arguments.kubeconfig,
@@ -138,7 +143,7 @@ def _connection(arguments: argparse.Namespace) -> Connection:
         namespace=arguments.namespace,
         request_timeout=arguments.request_timeout or None,
         user=arguments.as_user or None,
-        groups=tuple(arguments.as_group or ()),
+        groups=_groups(arguments),
     )
 
 
@@ -252,7 +257,7 @@ def main(
     """Run one command; ``out`` and ``connect`` let tests give a terminal or a fake cluster."""
     top = parser()
     arguments = top.parse_args(argv)
-    if arguments.as_group and not arguments.as_user:
+    if _groups(arguments) and not arguments.as_user:
         top.error("--as-group needs --as (the user to impersonate)")
     if getattr(arguments, "all_namespaces", False) and arguments.name:
         top.error("-A/--all-namespaces lists the sets of every namespace: give no NAME with it")
