@@ -737,11 +737,14 @@ def run_main(argv: list[str], cluster: FakeCluster, out: Any = None) -> tuple[in
 COLOUR = re.compile(r"\x1b\[(?:[0-9;]*;)?(?:3[0-7]|4[0-7]|9[0-7]|10[0-7]|38|48)[;m]")
 
 
+TERMINAL_SIZE = (140, 60)
+
+
 class Terminal:
     """A pseudo-terminal of a given size, read as it is written (a full terminal blocks its
     writer), and pyte showing what a user would see on it."""
 
-    def __init__(self, columns: int = 140, rows: int = 60) -> None:
+    def __init__(self, columns: int = TERMINAL_SIZE[0], rows: int = TERMINAL_SIZE[1]) -> None:
         self.master, slave = pty.openpty()
         fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", rows, columns, 0, 0))
         self.file = os.fdopen(slave, "w", encoding="utf-8")
@@ -776,8 +779,12 @@ class Terminal:
 @pytest.fixture
 def colour_terminal(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("TERM", "xterm-256color")
-    for name in ("NO_COLOR", "FORCE_COLOR", "TTY_COMPATIBLE", "TTY_INTERACTIVE", "COLUMNS", "LINES"):
+    for name in ("NO_COLOR", "FORCE_COLOR", "TTY_COMPATIBLE", "TTY_INTERACTIVE"):
         monkeypatch.delenv(name, raising=False)
+    # rich asks the process's own stdin/stdout/stderr for the terminal's size, which are not the
+    # test's terminal: the size is told as a shell tells it.
+    monkeypatch.setenv("COLUMNS", str(TERMINAL_SIZE[0]))
+    monkeypatch.setenv("LINES", str(TERMINAL_SIZE[1]))
 
 
 def test_get_piped_is_plain_text_with_whole_lines() -> None:

@@ -63,6 +63,10 @@ def bar(fraction: float) -> Table:
     """A progress bar and its percentage, on one line. Without colour the bar's rest is blank: the
     brackets show where it ends."""
     line = Table.grid()
+    line.add_column()
+    line.add_column(min_width=BAR_WIDTH)
+    line.add_column()
+    line.add_column(no_wrap=True)
     completed = max(0.0, min(1.0, fraction))
     line.add_row("[", ProgressBar(total=1.0, completed=completed, width=BAR_WIDTH), "]", f" {fraction * 100:3.0f}%")
     return line
@@ -161,8 +165,11 @@ def tree(document: dict[str, Any], now: datetime) -> Tree:
         if replay["lag"] is not None:
             lag = f"lag {replay['lag']:,} events (golive at ≤ {replay['maxLag']:,})"
             if replay.get("catchingUp"):
+                # The bar keeps its width; the words wrap in a narrow terminal.
                 line = Table.grid(padding=(0, 2))
-                line.add_row(bar(replay["progress"] or 0.0), lag, f"ETA {replay['eta']}")
+                line.add_column(no_wrap=True)
+                line.add_column()
+                line.add_row(bar(replay["progress"] or 0.0), f"{lag}  ETA {replay['eta']}")
                 node.add(line)
             else:
                 node.add(Text(lag))
