@@ -1,26 +1,54 @@
 """The kubectl plugin without a cluster: the document and tree of ``get``, the patches of
-promote/abort/retry/pause/resume/undo and their refusals, ``history``, ``plan``, and the
-command line. The same commands run against the real local cluster in tests/cluster/test_plugin.py."""
+promote/abort/retry/pause/resume/undo and their refusals, ``history``, ``plan``, the command line
+and kubectl's flags, and what a terminal, a pipe and ``NO_COLOR`` get. A fake cluster (or a small
+HTTP server standing in for the API server) answers; the same commands run against the real local
+cluster in tests/cluster/test_plugin_cluster.py."""
 
 from __future__ import annotations
 
 import copy
+import fcntl
+import http.server
+import io
 import json
+import os
+import pty
+import re
+import struct
+import subprocess
+import sys
+import termios
+import threading
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import pyte
 import pytest
 import yaml
 
 from projectorset import api
 from projectorset.domain.resources import RELEASE_ANNOTATION
 from projectorset.plugin import actions, cli, render, view
-from projectorset.plugin.cluster import Cluster, Snapshot
+from projectorset.plugin.cluster import Cluster, Connection, Snapshot
 from projectorset.plugin.errors import PluginError
 from testbed.manifests import sample_projectorset
 
 NOW = datetime(2026, 11, 29, 17, 2, 0, tzinfo=UTC)
+
+
+@pytest.fixture(autouse=True)
+def frozen_clock(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The commands read the time at NOW (ages and elapsed times in the output)."""
+    monkeypatch.setattr(cli, "_now", lambda: NOW)
+
+
+def text(renderable: Any) -> str:
+    """What the renderable prints to a pipe."""
+    return render.plain(render.console(io.StringIO()), renderable)
+
+
 TEMPLATE_V1 = {"metadata": {"labels": {"app": "blog"}}, "spec": {"containers": [{"name": "web", "image": "blog:1"}]}}
 TEMPLATE_V2 = {
     "metadata": {"labels": {"app": "blog"}, "annotations": {"team": "a"}},
@@ -210,28 +238,32 @@ def test_document_has_versions_stages_replay_projectors_and_events() -> None:
 
 def test_tree_reads_at_a_glance() -> None:
     document = view.build(snapshot(), NOW, [view.LagSample(0, 4210)])
-    text = render.tree(document, NOW)
-    lines = text.splitlines()
+    tree = text(render.tree(document, NOW))
+    lines = tree.splitlines()
     assert lines[0] == "ProjectorSet shop/blog   ◌ Replaying · CatchingUp"
     serving = next(line for line in lines if "Deployment blog-v1" in line)
     assert "[serving]" in serving and "2/2 ready" in serving and "◀ Service" in serving
     target = next(line for line in lines if "Deployment blog-v2" in line)
     assert "[target]" in target and "1/2 ready" in target and "◀" not in target
     assert any("pod blog-v2-5d8-x1  Running  ready" in line for line in lines)
-    assert "Service blog → v1" in text
-    assert "Replay id 7 · state catching_up · stage catchup (catch-up round 2)" in text
+    assert "Service blog → v1" in tree
+    assert "Replay id 7 · state catching_up · stage catchup (catch-up round 2)" in tree
     lag = next(line for line in lines if "lag 4,210 events" in line)
-    assert "[" in lag and "ETA estimating" in lag  # one sample: no rate yet
-    assert "current Job blog-v2-a1-catchup-2" in text
+    assert "[" + " " * 24 + "]   0%  lag" in lag and "ETA estimating" in lag  # one sample: no progress, no rate
+    assert "current Job blog-v2-a1-catchup-2" in tree
     stage = next(line for line in lines if "replay " in line and "Succeeded" in line)
     assert "1m27s" in stage and stage.lstrip("│ ├└─").startswith("✔ replay")
     assert any(line.strip("│ ├└─").startswith("● catchup #2") for line in lines)
     accounts = next(line for line in lines if "Accounts" in line)
     assert "Changed" in accounts and "active 1" in accounts and "replaying 2" in accounts
-    assert "catch-up round 1: lag 9000 events (×2)" in text
-    assert "2m00s ago" in text
-    # The tree is drawn with box-drawing connectors, the last child of each level closed with └─.
-    assert lines[-1].startswith("   └─ ") and any(line.startswith("└─ Events") for line in lines)
+    assert "catch-up round 1: lag 9000 events (×2)" in tree
+    assert "2m00s ago" in tree
+    # Box-drawing connectors, the last child of each level closed with └──; a section's rows
+    # hang below its title in columns.
+    assert any(line.startswith("└── Events (last 3)") for line in lines)
+    assert lines[-1].startswith("    16s ago    Normal  CatchingUp")
+    assert "│   └── current Job blog-v2-a1-catchup-2" in lines
+    assert "│       └── pod blog-v2-5d8-x1  Running  ready" in lines
 
 
 def test_tree_after_the_rollout_shows_serving_since() -> None:
@@ -246,10 +278,10 @@ def test_tree_after_the_rollout_shows_serving_since() -> None:
     document = view.build(snapshot(body, serving="v2"), NOW)
     assert document["replay"]["catchingUp"] is False and "eta" not in document["replay"]
     assert document["rolloutElapsedSeconds"] is None
-    text = render.tree(document, NOW)
-    assert text.splitlines()[0].endswith("✔ Active · RolloutComplete")
-    assert "serving since 2026-11-29T17:01:00Z (1m00s ago)" in text
-    assert "v1  [previous]" in text and "v2  [serving]" in text
+    tree = text(render.tree(document, NOW))
+    assert tree.splitlines()[0].endswith("✔ Active · RolloutComplete")
+    assert "serving since 2026-11-29T17:01:00Z (1m00s ago)" in tree
+    assert "v1  [previous]" in tree and "v2  [serving]" in tree
 
 
 @pytest.mark.parametrize(
@@ -296,7 +328,9 @@ def test_duration_and_bar() -> None:
         "1h02m",
         "1d1h",
     ]
-    assert render.bar(0.5) == "[" + "█" * 12 + "░" * 12 + "]  50%"
+    # Off a terminal the bar's rest is blank: the percentage says it.
+    assert text(render.bar(0.5)) == "[" + "━" * 12 + " " * 12 + "]  50%\n"
+    assert text(render.bar(1.0)) == "[" + "━" * 24 + "] 100%\n"
 
 
 # ---- promote, abort, retry, pause, resume ----------------------------------------------------------
@@ -409,9 +443,9 @@ def test_history_lists_the_kept_releases_and_when_they_served() -> None:
         ("v1", {"Accounts": 1, "Audit": 1}, 2, "2026-11-29T10:01:00Z to 2026-11-29T17:01:00Z", ""),
     ]
     assert document["undoDefault"] == "v1"
-    text = render.history(document, NOW)
-    assert text.splitlines()[0].split() == ["VERSION", "PROJECTORS", "REPLICAS", "SERVED", "NOW"]
-    assert "Accounts 2, Audit 1" in text and "`undo blog` goes back to v1" in text
+    table = text(render.history(document, NOW))
+    assert table.splitlines()[0].split() == ["VERSION", "PROJECTORS", "REPLICAS", "SERVED", "NOW"]
+    assert "Accounts 2, Audit 1" in table and "`undo blog` goes back to v1" in table
 
 
 def test_undo_reapplies_the_previous_release_as_one_merge_patch() -> None:
@@ -494,9 +528,10 @@ def test_plan_uses_the_operators_planning_over_the_reported_database_state() -> 
     }
     assert document["replayed"] == ["AccountProjector"] and document["deactivated"] == ["LegacyProjector"]
     assert "status.projectors" in document["basedOn"]
-    text = render.plan(document)
-    assert "Based on: the projector versions the operator last reported in status.projectors" in text
-    assert "replay of AccountProjector" in text
+    table = text(render.plan(document))
+    assert "Based on: the projector versions the operator last reported in status.projectors" in table
+    assert "replay of AccountProjector" in table
+    assert table.splitlines()[3].split() == ["PROJECTOR", "PLAN", "RELEASE", "ACTIVE", "WHAT", "HAPPENS"]
 
 
 def test_a_required_projector_another_set_owns_is_shown_and_never_planned_as_removed() -> None:
@@ -520,8 +555,8 @@ def test_a_required_projector_another_set_owns_is_shown_and_never_planned_as_rem
         ],
     )
     body["metadata"]["name"] = "accounts"
-    text = render.tree(view.build(snapshot(body), NOW, []), NOW)
-    ledger = next(line for line in text.splitlines() if "LedgerProjector" in line)
+    tree = text(render.tree(view.build(snapshot(body), NOW, []), NOW))
+    ledger = next(line for line in tree.splitlines() if "LedgerProjector" in line)
     assert "Required" in ledger and "release 3" in ledger and "active 2" in ledger and "replaying 3" in ledger
     document = actions.plan(body, actions.read_manifest(manifest_text("v1"), "accounts"))
     assert "LedgerProjector" not in {p["name"] for p in document["projectors"]}
@@ -538,7 +573,7 @@ def test_plan_without_a_replay_and_a_blocked_plan() -> None:
     body["status"]["projectors"][0]["replayingVersion"] = 5
     blocked = actions.plan(body, actions.read_manifest(manifest_text("v3"), "accounts"))
     assert blocked["issues"][0]["reason"] == "ReplayInProgressForOtherTarget"
-    assert "blocked (ReplayInProgressForOtherTarget)" in render.plan(blocked)
+    assert "blocked (ReplayInProgressForOtherTarget)" in text(render.plan(blocked))
 
 
 def test_plan_refuses_a_bad_manifest() -> None:
@@ -591,13 +626,13 @@ def kubeconfig(path: Path) -> Path:
 
 def test_namespace_comes_from_the_flag_else_the_context_else_default(tmp_path: Path) -> None:
     config = str(kubeconfig(tmp_path / "config"))
-    assert Cluster.connect(config, None, None).namespace == "team-a"
-    assert Cluster.connect(config, None, "shop").namespace == "shop"
-    assert Cluster.connect(config, "prod", None).namespace == "default"
-    with pytest.raises(PluginError, match="context 'staging' is not in the kubeconfig"):
-        Cluster.connect(config, "staging", None)
+    assert Cluster.connect(Connection(kubeconfig=config)).namespace == "team-a"
+    assert Cluster.connect(Connection(kubeconfig=config, namespace="shop")).namespace == "shop"
+    assert Cluster.connect(Connection(kubeconfig=config, context="prod")).namespace == "default"
+    with pytest.raises(PluginError, match="--context: context 'staging' is not in the kubeconfig"):
+        Cluster.connect(Connection(kubeconfig=config, context="staging"))
     with pytest.raises(PluginError, match="cannot load the kubeconfig"):
-        Cluster.connect(str(tmp_path / "missing"), None, None)
+        Cluster.connect(Connection(kubeconfig=str(tmp_path / "missing")))
 
 
 def test_main_prints_errors_and_exits_1(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -643,11 +678,366 @@ def test_tree_shows_the_checks_before_golive_with_their_results() -> None:
         ("slugs-set", False),
         ("added-later", None),
     ]
-    lines = render.tree(document, NOW).splitlines()
-    assert any(line.startswith("├─ Checks before golive") for line in lines)
+    lines = text(render.tree(document, NOW)).splitlines()
+    assert any(line.startswith("├── Checks before golive") for line in lines)
     passed = next(line for line in lines if "posts-complete" in line)
     assert "✔ posts-complete" in passed and "true" in passed
     failed = next(line for line in lines if "slugs-set" in line)
     assert "✖ slugs-set" in failed and "false" in failed and "2026-11-29T17:01:55Z (v2, attempt 1)" in failed
     assert "◌ added-later" in next(line for line in lines if "added-later" in line)
     json.dumps(document)
+
+
+# ---- what a pipe, a terminal and NO_COLOR get ------------------------------------------------------
+
+
+class FakeCluster:
+    """Answers as ``Cluster`` does, from objects built here. ``get --watch`` draws one frame per
+    snapshot; when they run out, the user presses Ctrl-C."""
+
+    def __init__(self, snapshots: list[Snapshot], sets: list[dict[str, Any]] | None = None) -> None:
+        self.snapshots = snapshots
+        self.sets = sets or []
+        self.connections: list[Connection] = []
+        self.patches: list[dict[str, Any]] = []
+
+    def connect(self, connection: Connection) -> FakeCluster:
+        self.connections.append(connection)
+        return self
+
+    def snapshot(self, name: str) -> Snapshot:
+        if not self.snapshots:
+            raise KeyboardInterrupt
+        return self.snapshots.pop(0)
+
+    def read(self, name: str) -> dict[str, Any]:
+        return self.snapshots[0].projectorset
+
+    def patch_spec(self, name: str, patch: dict[str, Any]) -> dict[str, Any]:
+        self.patches.append(patch)
+        return self.read(name)
+
+    def projectorsets(self, all_namespaces: bool) -> list[dict[str, Any]]:
+        return [s for s in self.sets if all_namespaces or s["metadata"]["namespace"] == "shop"]
+
+
+def catching_up(lag: int) -> Snapshot:
+    body = projectorset()
+    body["status"]["replay"]["lag"] = lag
+    return snapshot(body)
+
+
+def run_main(argv: list[str], cluster: FakeCluster, out: Any = None) -> tuple[int, str]:
+    out = out if out is not None else io.StringIO()
+    code = cli.main(argv, out=out, connect=cluster.connect)  # type: ignore[arg-type]
+    return code, out.getvalue() if isinstance(out, io.StringIO) else ""
+
+
+# Any SGR sequence that sets a colour (foreground, background, 256 or true colour).
+COLOUR = re.compile(r"\x1b\[(?:[0-9;]*;)?(?:3[0-7]|4[0-7]|9[0-7]|10[0-7]|38|48)[;m]")
+
+
+TERMINAL_SIZE = (140, 60)
+
+
+class Terminal:
+    """A pseudo-terminal of a given size, read as it is written (a full terminal blocks its
+    writer), and pyte showing what a user would see on it."""
+
+    def __init__(self, columns: int = TERMINAL_SIZE[0], rows: int = TERMINAL_SIZE[1]) -> None:
+        self.master, slave = pty.openpty()
+        fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", rows, columns, 0, 0))
+        self.file = os.fdopen(slave, "w", encoding="utf-8")
+        self.screen = pyte.Screen(columns, rows)
+        self.chunks: list[bytes] = []
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.reader.start()
+
+    def _read(self) -> None:
+        while True:
+            try:
+                chunk = os.read(self.master, 65536)
+            except OSError:  # EIO: the writer's side is closed and all was read
+                return
+            if not chunk:
+                return
+            self.chunks.append(chunk)
+
+    def read(self) -> str:
+        """Everything written, once the writer is done."""
+        self.file.close()
+        self.reader.join(10)
+        os.close(self.master)
+        raw = b"".join(self.chunks).decode("utf-8")
+        pyte.Stream(self.screen).feed(raw)
+        return raw
+
+    def shown(self) -> list[str]:
+        return [line.rstrip() for line in self.screen.display if line.strip()]
+
+
+@pytest.fixture
+def colour_terminal(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TERM", "xterm-256color")
+    for name in ("NO_COLOR", "FORCE_COLOR", "TTY_COMPATIBLE", "TTY_INTERACTIVE"):
+        monkeypatch.delenv(name, raising=False)
+    # rich asks the process's own stdin/stdout/stderr for the terminal's size, which are not the
+    # test's terminal: the size is told as a shell tells it.
+    monkeypatch.setenv("COLUMNS", str(TERMINAL_SIZE[0]))
+    monkeypatch.setenv("LINES", str(TERMINAL_SIZE[1]))
+
+
+def test_get_piped_is_plain_text_with_whole_lines() -> None:
+    code, out = run_main(["get", "blog"], FakeCluster([catching_up(4210)]))
+    assert code == 0
+    assert "\x1b" not in out
+    lines = out.splitlines()
+    assert lines[0] == "ProjectorSet shop/blog   ◌ Replaying · CatchingUp"
+    # Wider than the 80 columns rich assumes off a terminal, and not wrapped.
+    title = "├── Projectors (plan, and versions in the database as the operator last read them)"
+    assert title in lines and len(title) > 80
+    assert all(line == line.rstrip() for line in lines)
+    # The documents are printed as they are.
+    document = json.loads(run_main(["get", "blog", "-o", "json"], FakeCluster([catching_up(4210)]))[1])
+    assert (document["phase"], document["replay"]["lag"]) == ("Replaying", 4210)
+    watched = run_main(["get", "blog", "-o", "yaml", "-w", "--interval", "0"], FakeCluster([snapshot(), snapshot()]))[1]
+    assert [d["name"] for d in yaml.safe_load_all(watched) if d] == ["blog", "blog"]
+
+
+def test_a_terminal_gets_colour_and_no_color_takes_it_away(
+    colour_terminal: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    terminal = Terminal()
+    assert run_main(["get", "blog"], FakeCluster([catching_up(4210)]), terminal.file)[0] == 0
+    raw = terminal.read()
+    assert COLOUR.search(raw), raw[:400]
+    assert terminal.shown()[0] == "ProjectorSet shop/blog   ◌ Replaying · CatchingUp"
+
+    monkeypatch.setenv("NO_COLOR", "1")
+    terminal = Terminal()
+    assert run_main(["get", "blog"], FakeCluster([catching_up(4210)]), terminal.file)[0] == 0
+    raw = terminal.read()
+    assert not COLOUR.search(raw), raw[:400]
+    assert terminal.shown()[0] == "ProjectorSet shop/blog   ◌ Replaying · CatchingUp"
+
+
+def test_watch_in_a_terminal_redraws_in_place(colour_terminal: None) -> None:
+    cluster = FakeCluster([catching_up(9000), catching_up(6000), catching_up(4210)])
+    terminal = Terminal()
+    assert run_main(["get", "blog", "--watch", "--interval", "0"], cluster, terminal.file)[0] == 0
+    raw = terminal.read()
+    # Each frame was drawn...
+    assert all(f"lag {lag} events" in raw for lag in ("9,000", "6,000", "4,210"))
+    # ...over the last one, without clearing the terminal: the screen shows one tree, the last.
+    assert "\x1b[2J" not in raw
+    shown = terminal.shown()
+    assert [line for line in shown if line.startswith("ProjectorSet ")] == [
+        "ProjectorSet shop/blog   ◌ Replaying · CatchingUp"
+    ]
+    lag = next(line for line in shown if "events (golive" in line)
+    assert "lag 4,210 events" in lag and "ETA" in lag
+    assert shown[-1].startswith("    16s ago")  # the frame's last line, the newest Event
+
+
+def test_watch_piped_prints_each_new_frame_after_the_last() -> None:
+    cluster = FakeCluster([catching_up(9000), catching_up(9000), catching_up(6000)])
+    code, out = run_main(["get", "blog", "-w", "--interval", "0"], cluster)
+    assert code == 0 and "\x1b" not in out
+    frames = out.split("\n\nProjectorSet ")
+    # The second frame showed nothing new: not printed again.
+    assert len(frames) == 2
+    assert "lag 9,000 events" in frames[0] and "lag 6,000 events" in frames[1]
+    assert all("└── Events (last 3)" in frame for frame in frames)
+
+
+def test_get_without_a_name_lists_the_namespace_or_every_namespace() -> None:
+    other = projectorset("Active", "RolloutComplete", activeVersion="v2")
+    other["metadata"].update(name="web", namespace="team-b", creationTimestamp="2026-11-29T16:02:00Z")
+    mine = projectorset()
+    mine["metadata"]["creationTimestamp"] = "2026-11-27T17:02:00Z"
+    cluster = FakeCluster([], sets=[mine, other])
+    code, out = run_main(["get", "-n", "shop"], cluster)
+    assert code == 0
+    assert [line.split() for line in out.splitlines()] == [
+        ["NAME", "VERSION", "SERVING", "PHASE", "REASON", "AGE"],
+        ["blog", "v2", "v1", "Replaying", "CatchingUp", "2d0h"],
+    ]
+    code, out = run_main(["get", "-A"], cluster)
+    assert [line.split()[:2] for line in out.splitlines()] == [
+        ["NAMESPACE", "NAME"],
+        ["shop", "blog"],
+        ["team-b", "web"],
+    ]
+    assert "1h00m" in out.splitlines()[2]
+    listed = json.loads(run_main(["get", "-A", "-o", "json"], cluster)[1])
+    assert [(s["name"], s["phase"], s["servingVersion"]) for s in listed["projectorsets"]] == [
+        ("blog", "Replaying", "v1"),
+        ("web", "Active", "v2"),
+    ]
+    assert run_main(["get", "-n", "empty"], FakeCluster([]))[1] == "No ProjectorSets found.\n"
+
+
+def test_a_command_that_patches_prints_what_it_did() -> None:
+    cluster = FakeCluster([snapshot()])
+    code, out = run_main(["pause", "blog"], cluster)
+    assert (code, out) == (0, "projectorset blog: paused (the rollout holds before its next step)\n")
+    assert cluster.patches == [{"spec": {"paused": True}}]
+
+
+# ---- kubectl's flags --------------------------------------------------------------------------------
+
+
+def test_kubectls_flags_reach_the_connection_before_or_after_the_command() -> None:
+    cluster = FakeCluster([snapshot(), snapshot(), snapshot()])
+    flags = ["--context", "prod", "--kubeconfig", "/k", "--request-timeout", "1m30s", "--as", "alice"]
+    groups = ["--as-group", "viewers", "--as-group", "ops"]
+    run_main([*flags, *groups, "-n", "shop", "get", "blog"], cluster)
+    run_main(["get", "blog", *flags, *groups, "--namespace", "shop"], cluster)
+    expected = Connection("/k", "prod", "shop", 90.0, "alice", ("viewers", "ops"))
+    assert cluster.connections == [expected, expected]
+    # Groups on both sides of the command are all kept, as kubectl keeps every --as-group.
+    run_main(["--as", "alice", "--as-group", "viewers", "get", "blog", "--as-group", "ops"], cluster)
+    assert cluster.connections[-1].groups == ("viewers", "ops")
+
+
+@pytest.mark.parametrize(
+    ("value", "seconds"), [("30", 30.0), ("30s", 30.0), ("500ms", 0.5), ("1m30s", 90.0), ("1h", 3600.0), ("1.5s", 1.5)]
+)
+def test_request_timeout_takes_kubectls_durations(value: str, seconds: float) -> None:
+    assert cli.parser().parse_args(["get", "blog", "--request-timeout", value]).request_timeout == seconds
+
+
+def test_request_timeout_of_zero_waits_as_long_as_the_server_takes() -> None:
+    cluster = FakeCluster([snapshot()])
+    run_main(["get", "blog", "--request-timeout", "0"], cluster)
+    assert cluster.connections[0].request_timeout is None
+
+
+@pytest.mark.parametrize(
+    ("argv", "complaint"),
+    [
+        (["get", "blog", "--request-timeout", "5x"], "argument --request-timeout: '5x' is not a duration"),
+        (["get", "blog", "--request-timeout=-1s"], "argument --request-timeout: '-1s' is not a duration"),
+        (["get", "blog", "--as-group", "ops"], "--as-group needs --as"),
+        (["get", "blog", "-A"], "-A/--all-namespaces lists the sets of every namespace: give no NAME"),
+        (["pause", "blog", "-A"], "unrecognized arguments: -A"),
+    ],
+)
+def test_a_bad_flag_is_refused_naming_it(argv: list[str], complaint: str, capsys: pytest.CaptureFixture[str]) -> None:
+    cluster = FakeCluster([snapshot()])
+    with pytest.raises(SystemExit) as exit_:
+        run_main(argv, cluster)
+    assert exit_.value.code == 2
+    assert complaint in capsys.readouterr().err
+    assert cluster.connections == []
+
+
+def test_kubeconfig_env_lists_files_merged_as_kubectl_does(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    first = kubeconfig(tmp_path / "first")
+    second = tmp_path / "second"
+    second.write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "clusters": [{"name": "staging", "cluster": {"server": "https://127.0.0.1:2"}}],
+                "users": [{"name": "ops", "user": {"token": "u"}}],
+                "contexts": [{"name": "staging", "context": {"cluster": "staging", "user": "ops", "namespace": "qa"}}],
+            }
+        )
+    )
+    monkeypatch.setenv("KUBECONFIG", f"{first}{os.pathsep}{second}")
+    assert Cluster.connect(Connection()).namespace == "team-a"  # the first file's current context
+    staging = Cluster.connect(Connection(context="staging"))
+    assert (staging.namespace, staging.server) == ("qa", "https://127.0.0.1:2")
+    # --kubeconfig wins over KUBECONFIG.
+    with pytest.raises(PluginError, match="--context: context 'staging' is not in the kubeconfig"):
+        Cluster.connect(Connection(kubeconfig=str(first), context="staging"))
+
+
+class StandInApiServer(http.server.ThreadingHTTPServer):
+    """Answers GET of any path with a ProjectorSet, after ``delay`` seconds, and keeps each request's headers."""
+
+    def __init__(self, delay: float = 0.0) -> None:
+        self.delay = delay
+        self.requests: list[Any] = []
+        server = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+                server.requests.append(self.headers)
+                time.sleep(server.delay)
+                body = json.dumps(projectorset()).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        super().__init__(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.serve_forever, daemon=True).start()
+
+    def kubeconfig(self, path: Path) -> str:
+        server = f"http://127.0.0.1:{self.server_address[1]}"
+        document = {
+            "apiVersion": "v1",
+            "kind": "Config",
+            "clusters": [{"name": "stand-in", "cluster": {"server": server}}],
+            "users": [{"name": "admin", "user": {"token": "t"}}],
+            "contexts": [{"name": "stand-in", "context": {"cluster": "stand-in", "user": "admin"}}],
+            "current-context": "stand-in",
+        }
+        path.write_text(yaml.safe_dump(document))
+        return str(path)
+
+
+def test_as_and_as_group_send_kubernetes_impersonation_headers(tmp_path: Path) -> None:
+    server = StandInApiServer()
+    try:
+        connection = Connection(kubeconfig=server.kubeconfig(tmp_path / "config"), user="alice", groups=("a,b", "ops"))
+        assert Cluster.connect(connection).read("blog")["metadata"]["name"] == "blog"
+        headers = server.requests[-1]
+        assert headers.get_all("Impersonate-User") == ["alice"]
+        # One line per group: the API server would read "a,b" on one line as one group.
+        assert headers.get_all("Impersonate-Group") == ["a,b", "ops"]
+        Cluster.connect(Connection(kubeconfig=connection.kubeconfig)).read("blog")
+        assert "Impersonate-User" not in server.requests[-1] and "Impersonate-Group" not in server.requests[-1]
+    finally:
+        server.shutdown()
+
+
+def test_request_timeout_gives_up_on_a_silent_server_with_a_clear_error(tmp_path: Path) -> None:
+    server = StandInApiServer(delay=1.5)
+    try:
+        config = server.kubeconfig(tmp_path / "config")
+        cluster = Cluster.connect(Connection(kubeconfig=config, request_timeout=0.5))
+        with pytest.raises(PluginError, match=r"did not answer within 0.5s \(--request-timeout\)"):
+            cluster.read("blog")
+        assert len(server.requests) == 1  # not sent again
+        # Without a timeout the slow answer is waited for.
+        assert Cluster.connect(Connection(kubeconfig=config)).read("blog")["metadata"]["name"] == "blog"
+    finally:
+        server.shutdown()
+
+
+def test_an_unreachable_server_is_named(tmp_path: Path) -> None:
+    cluster = Cluster.connect(Connection(kubeconfig=str(kubeconfig(tmp_path / "config"))))
+    with pytest.raises(PluginError, match="cannot reach the API server at https://127.0.0.1:1: .*refused"):
+        cluster.read("blog")
+
+
+def test_without_the_plugin_extra_the_command_says_what_to_install() -> None:
+    # rich missing, as in the operator's image: an import of it fails.
+    script = (
+        "import sys; sys.modules['rich'] = None; sys.argv = ['kubectl-projectorset', 'get', 'blog']\n"
+        "from projectorset.plugin.launcher import main; main()"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1
+    assert result.stderr == (
+        "error: the kubectl plugin needs the Python package 'rich', which is not installed: "
+        "pip install 'projectorset-operator[plugin]'\n"
+    )

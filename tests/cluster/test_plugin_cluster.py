@@ -1,31 +1,42 @@
 """The kubectl plugin on the local cluster, run the way a user runs it: ``kubectl projectorset ...``
 (and ``kubectl pjs``) found by kubectl's plugin mechanism on PATH, during real rollouts of the
-sample application by the operator (the scenario of test_upgrade.py)."""
+sample application by the operator (the scenario of test_upgrade.py); and kubectl's flags
+(``--kubeconfig``, ``--context``, ``--as``, ``--as-group``, ``--request-timeout``) against the real
+API server, its RBAC and a slow network; and what a terminal shows under ``--watch``."""
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
+import pty
+import re
+import select
 import signal
+import socket
+import struct
 import subprocess
 import sys
+import termios
 import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 
+import pyte
 import pytest
 import yaml
 from test_upgrade import install_v1_with_traffic
 
-from projectorset.plugin.cli import CLEAR
 from testbed import toolchain
 from testbed.cluster import LocalCluster
 from testbed.manifests import sample_projectorset
+from testbed.proxy import pipe
 from testbed.scenario import Scenario
 from testbed.sequent_schema import projector_rows
 
 Plugin = Callable[..., "subprocess.CompletedProcess[str]"]
+Kubectl = Plugin  # the conftest's kubectl fixture: run with arguments, get what it printed
 VENV_BIN = Path(sys.executable).parent
 
 
@@ -50,6 +61,8 @@ def plugin(local_cluster: LocalCluster) -> Plugin:
 
 def ok(result: subprocess.CompletedProcess[str]) -> str:
     assert result.returncode == 0, f"exit {result.returncode}: {result.stderr}{result.stdout}"
+    # Output to a pipe is plain text, as kubectl's.
+    assert "\x1b" not in result.stdout, result.stdout
     return result.stdout
 
 
@@ -61,7 +74,7 @@ def refused(result: subprocess.CompletedProcess[str], message: str) -> None:
 def watch_frames(
     local_cluster: LocalCluster, running: Scenario, enough: Callable[[list[str]], bool], timeout: float = 240
 ) -> list[str]:
-    """``kubectl projectorset get --watch`` until its frames are ``enough``, then Ctrl-C."""
+    """``kubectl projectorset get --watch`` into a pipe until its frames are ``enough``, then Ctrl-C."""
     command = [str(toolchain.binary("kubectl")), "projectorset", "get", running.name, "-n", running.namespace]
     process = subprocess.Popen(
         [*command, "--watch", "--interval", "0.5"],
@@ -83,8 +96,9 @@ def watch_frames(
     deadline = time.monotonic() + timeout
 
     def frames() -> list[str]:
-        # The last frame may still be being written: only those followed by the next one count.
-        return [frame for frame in "".join(out).split(CLEAR)[:-1] if frame.strip()]
+        # Each frame after the last, a blank line between them. The last may still be being
+        # written: only those followed by the next one count.
+        return "".join(out).split("\n\nProjectorSet ")[:-1]
 
     while not enough(frames()) and time.monotonic() < deadline and process.poll() is None:
         time.sleep(0.2)
@@ -92,6 +106,7 @@ def watch_frames(
     process.wait(timeout=20)
     reader.join(5)
     assert process.returncode == 0, process.stderr.read()
+    assert "\x1b" not in "".join(out)
     return frames()
 
 
@@ -159,8 +174,7 @@ def test_get_during_a_replay_and_after_then_history_and_undo_back_to_v1(
     print(f"\n--- kubectl projectorset get {name} --watch (first frame of catch-up) ---\n{catching_up[0]}")
     print(f"\n--- kubectl projectorset get {name} --watch (last frame of catch-up) ---\n{catching_up[-1]}")
     lag_line = next(line for line in catching_up[-1].splitlines() if "ETA" in line)
-    assert "█" in lag_line or "░" in lag_line
-    assert "golive at ≤ 1,500" in lag_line
+    assert re.search(r"\[[━╸╺ ]{24}\] +\d+%  lag [\d,]+ events \(golive at ≤ 1,500\)  ETA ", lag_line), lag_line
 
     scenario.wait_active("v2")
     after = ok(plugin("get", name, "-n", namespace))
@@ -331,3 +345,206 @@ def test_plan_and_errors_for_unknown_sets_bad_manifests_and_a_cluster_without_th
         refused(plugin("abort", name, kubeconfig=bare.kubeconfig), "the cluster has no ProjectorSet CRD")
     finally:
         bare.stop()
+
+
+# ---- kubectl's flags and a terminal -------------------------------------------------------------
+
+
+def kubeconfig_for(local_cluster: LocalCluster, path: Path, contexts: dict[str, tuple[str, str | None]]) -> Path:
+    """The local cluster's kubeconfig (its admin's certificates) with ``contexts``: name ->
+    (server, namespace). The first context is the current one."""
+    config = json.loads(local_cluster.kubeconfig.read_text())
+    cluster, user = config["clusters"][0]["cluster"], config["users"][0]["name"]
+    config["clusters"] = [
+        {"name": name, "cluster": {**cluster, "server": server}} for name, (server, _) in contexts.items()
+    ]
+    config["contexts"] = [
+        {"name": name, "context": {"cluster": name, "user": user, **({"namespace": ns} if ns else {})}}
+        for name, (_, ns) in contexts.items()
+    ]
+    config["current-context"] = next(iter(contexts))
+    path.write_text(json.dumps(config))
+    return path
+
+
+class SlowNetwork:
+    """A TCP relay to the API server that holds each new connection ``delay`` seconds first."""
+
+    def __init__(self, server: str, delay: float) -> None:
+        host, port = server.removeprefix("https://").rsplit(":", 1)
+        self.upstream = (host, int(port))
+        self.delay = delay
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.server = f"https://127.0.0.1:{self.listener.getsockname()[1]}"
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                downstream, _ = self.listener.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._relay, args=(downstream,), daemon=True).start()
+
+    def _relay(self, downstream: socket.socket) -> None:
+        time.sleep(self.delay)
+        with downstream, socket.create_connection(self.upstream) as upstream:
+            back = threading.Thread(target=pipe, args=(upstream, downstream), daemon=True)
+            back.start()
+            pipe(downstream, upstream)
+            back.join()
+
+    def close(self) -> None:
+        self.listener.close()
+
+
+def viewer_rbac(namespace: str, group: str) -> str:
+    """What the README says a user of `get` needs, granted to ``group``."""
+    rules = [
+        {"apiGroups": ["projectorset.io"], "resources": ["projectorsets"], "verbs": ["get", "list"]},
+        {"apiGroups": ["apps"], "resources": ["deployments"], "verbs": ["list"]},
+        {"apiGroups": ["batch"], "resources": ["jobs"], "verbs": ["list"]},
+        {"apiGroups": [""], "resources": ["pods", "events"], "verbs": ["list"]},
+        {"apiGroups": [""], "resources": ["services"], "verbs": ["get"]},
+    ]
+    role = {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role"}
+    binding = {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "RoleBinding",
+        "subjects": [{"kind": "Group", "name": group, "apiGroup": "rbac.authorization.k8s.io"}],
+        "roleRef": {"kind": "Role", "name": "projectorset-viewer", "apiGroup": "rbac.authorization.k8s.io"},
+    }
+    metadata = {"name": "projectorset-viewer", "namespace": namespace}
+    return yaml.safe_dump_all([{**role, "metadata": metadata, "rules": rules}, {**binding, "metadata": metadata}])
+
+
+def until_ok(attempt: Callable[[], subprocess.CompletedProcess[str]], timeout: float = 30) -> str:
+    """RBAC changes reach the API server's authorizer within moments, not at once."""
+    deadline = time.monotonic() + timeout
+    result = attempt()
+    while result.returncode != 0 and time.monotonic() < deadline:
+        time.sleep(0.5)
+        result = attempt()
+    return ok(result)
+
+
+def in_terminal(local_cluster: LocalCluster, args: list[str], frames: int, **env: str) -> tuple[str, list[str]]:
+    """``kubectl projectorset ARGS`` in a pseudo-terminal of 160x60 until ``frames`` trees were drawn,
+    then Ctrl-C: what it wrote, and the screen a user sees (read by the terminal emulator pyte)."""
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 60, 160, 0, 0))
+    environment = {k: v for k, v in plugin_env(local_cluster.kubeconfig).items() if k != "NO_COLOR"}
+    process = subprocess.Popen(
+        [str(toolchain.binary("kubectl")), "projectorset", *args],
+        stdin=slave,
+        stdout=slave,
+        stderr=slave,
+        env={**environment, "TERM": "xterm-256color", **env},
+        start_new_session=True,
+    )
+    os.close(slave)
+    written = b""
+    deadline = time.monotonic() + 60
+    while written.count(b"ProjectorSet ") < frames and time.monotonic() < deadline:
+        if select.select([master], [], [], 0.5)[0]:
+            written += os.read(master, 65536)
+    process.send_signal(signal.SIGINT)
+    while True:
+        try:
+            chunk = os.read(master, 65536)
+        except OSError:  # EIO: the plugin has exited and all is read
+            break
+        if not chunk:
+            break
+        written += chunk
+    os.close(master)
+    assert process.wait(timeout=20) == 0, written.decode(errors="replace")
+    raw = written.decode()
+    screen = pyte.Screen(160, 60)
+    pyte.Stream(screen).feed(raw)
+    return raw, [line.rstrip() for line in screen.display if line.strip()]
+
+
+# Any SGR sequence that sets a colour.
+COLOUR = re.compile(r"\x1b\[(?:[0-9;]*;)?(?:3[0-7]|4[0-7]|9[0-7]|10[0-7]|38|48)[;m]")
+
+
+def test_kubectls_flags_pick_the_context_impersonate_and_time_out(
+    plugin: Plugin,
+    kubectl: Kubectl,
+    local_cluster: LocalCluster,
+    projectorset_crd: None,
+    tmp_path: Path,
+) -> None:
+    namespace = f"plugin-flags-{int(time.time()) % 100000}"
+    kubectl("create", "namespace", namespace, check=True)
+    manifest = sample_projectorset("v1", name="blog", namespace=namespace, service="blog")
+    kubectl("apply", "-f", "-", input=yaml.safe_dump(manifest), check=True)
+
+    # --kubeconfig and --context: the file's current context points at a server that is down.
+    config = kubeconfig_for(
+        local_cluster,
+        tmp_path / "two-contexts",
+        {"gone": ("https://127.0.0.1:1", None), "local": (local_cluster.server, namespace)},
+    )
+    refused(plugin("--kubeconfig", str(config), "get", "blog"), "cannot reach the API server at https://127.0.0.1:1")
+    tree = ok(plugin("get", "blog", "--kubeconfig", str(config), "--context", "local"))
+    print(f"\n--- kubectl projectorset get blog --context local (a set no operator reconciled) ---\n{tree}")
+    lines = tree.splitlines()
+    assert lines[0] == f"ProjectorSet {namespace}/blog   ◌ Pending"  # the context's namespace
+    assert lines[1] == "version v1 · serving nothing · promotion Automatic"
+    assert "├── Service blog → no version of this set" in lines
+    assert "│   none reported yet" in lines and lines[-2:] == ["└── Events (last 0)", "    none"]
+    # KUBECONFIG names the file, as for kubectl; --context must be one of it.
+    assert ok(plugin("--context", "local", "get", "blog", kubeconfig=config)) == tree
+    refused(
+        plugin("get", "blog", "--context", "staging", kubeconfig=config),
+        "--context: context 'staging' is not in the kubeconfig",
+    )
+    listed = ok(plugin("get", "--context", "local", kubeconfig=config)).splitlines()
+    assert [line.split()[:5] for line in listed] == [
+        ["NAME", "VERSION", "SERVING", "PHASE", "REASON"],
+        ["blog", "v1", "-", "Pending", "-"],
+    ]
+    assert ["plugin-flags-" in line for line in ok(plugin("get", "-A")).splitlines()[1:]].count(True) == 1
+
+    # --as: the API server's RBAC refuses alice, then lets her group read; one line per group.
+    refused(
+        plugin("get", "blog", "-n", namespace, "--as", "alice"),
+        f'forbidden: projectorsets.projectorset.io "blog" is forbidden: User "alice" cannot get resource '
+        f'"projectorsets" in API group "projectorset.io" in the namespace "{namespace}"',
+    )
+    kubectl("apply", "-f", "-", input=viewer_rbac(namespace, "projectorset-viewers"), check=True)
+    as_viewer = ["-n", namespace, "--as", "alice", "--as-group", "others", "--as-group", "projectorset-viewers"]
+    assert until_ok(lambda: plugin("get", "blog", *as_viewer)).splitlines()[0] == lines[0]
+    refused(
+        plugin("pause", "blog", *as_viewer),
+        'User "alice" cannot patch resource "projectorsets" in API group "projectorset.io"',
+    )
+    refused(plugin("get", "blog", "-n", namespace, "--as", "alice", "--as-group", "others"), "forbidden")
+
+    # --request-timeout: the API server behind a network that holds each connection 5 s.
+    slow = SlowNetwork(local_cluster.server, delay=5)
+    try:
+        behind = kubeconfig_for(local_cluster, tmp_path / "slow", {"slow": (slow.server, namespace)})
+        refused(
+            plugin("get", "blog", "--request-timeout", "1s", kubeconfig=behind),
+            f"the API server at {slow.server} did not answer within 1s (--request-timeout)",
+        )
+        assert ok(plugin("get", "blog", "--request-timeout", "30s", kubeconfig=behind)) == tree
+    finally:
+        slow.close()
+    bad = plugin("get", "blog", "--request-timeout", "soon")
+    assert bad.returncode == 2 and "argument --request-timeout: 'soon' is not a duration" in bad.stderr
+
+    # --watch in a terminal: redrawn in place, in colour; NO_COLOR takes the colour away.
+    raw, screen = in_terminal(local_cluster, ["get", "blog", "-n", namespace, "-w", "--interval", "0.3"], frames=3)
+    print("\n--- the terminal under kubectl projectorset get blog --watch ---\n" + "\n".join(screen))
+    assert raw.count(f"ProjectorSet {namespace}/blog") >= 3 and "\x1b[2J" not in raw
+    assert [line for line in screen if line.startswith("ProjectorSet ")] == [lines[0]]
+    assert screen[-2:] == lines[-2:]
+    assert COLOUR.search(raw)
+    raw, screen = in_terminal(
+        local_cluster, ["get", "blog", "-n", namespace, "-w", "--interval", "0.3"], frames=2, NO_COLOR="1"
+    )
+    assert not COLOUR.search(raw) and [line for line in screen if line.startswith("ProjectorSet ")] == [lines[0]]

@@ -46,6 +46,20 @@ def ready_endpoints(slices: dict[str, JSON], port_name: str) -> list[tuple[str, 
     return sorted(found)
 
 
+def pipe(source: socket.socket, sink: socket.socket) -> None:
+    """Copy one direction; pass the half-close on so request/response protocols end cleanly."""
+    try:
+        while True:
+            data = source.recv(65536)
+            if not data:
+                break
+            sink.sendall(data)
+    except OSError:
+        pass
+    with contextlib.suppress(OSError):
+        sink.shutdown(socket.SHUT_WR)
+
+
 def select_port(service: JSON, wanted: int | str | None) -> JSON:
     """The Service port to proxy: by name or number, or the first one."""
     ports = service["spec"].get("ports") or []
@@ -197,28 +211,14 @@ class ServiceProxy:
         upstream.settimeout(None)
         with self._lock:
             self._connections.update((downstream, upstream))
-        pump = threading.Thread(target=self._pipe, args=(upstream, downstream), daemon=True)
+        pump = threading.Thread(target=pipe, args=(upstream, downstream), daemon=True)
         pump.start()
-        self._pipe(downstream, upstream)
+        pipe(downstream, upstream)
         pump.join()
         with self._lock:
             self._connections.difference_update((downstream, upstream))
         downstream.close()
         upstream.close()
-
-    @staticmethod
-    def _pipe(source: socket.socket, sink: socket.socket) -> None:
-        """Copy one direction; pass the half-close on so request/response protocols end cleanly."""
-        try:
-            while True:
-                data = source.recv(65536)
-                if not data:
-                    break
-                sink.sendall(data)
-        except OSError:
-            pass
-        with contextlib.suppress(OSError):
-            sink.shutdown(socket.SHUT_WR)
 
     # -- lifecycle ----------------------------------------------------------------------------
 

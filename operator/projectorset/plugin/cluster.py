@@ -1,23 +1,46 @@
-"""Reading and patching the cluster as kubectl would: the user's kubeconfig, context and namespace.
+"""Reading and patching the cluster as kubectl would: the user's kubeconfig and context, the
+namespace, impersonation (``--as``, ``--as-group``) and ``--request-timeout``.
 
 Everything read comes back as plain dicts (the API's camelCase JSON), so that the rest of the
-plugin works on data a test can build by hand.
+plugin works on data a test can build by hand. Every API call goes through ``Cluster._call``.
 """
 
 from __future__ import annotations
 
 import json
+import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, cast
 
+import urllib3
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 from kubernetes.config.config_exception import ConfigException
+from urllib3.util.retry import Retry
 
 from projectorset import api
 from projectorset.plugin.errors import PluginError
 
 Object = dict[str, Any]
+IMPERSONATE_USER = "Impersonate-User"
+IMPERSONATE_GROUP = "Impersonate-Group"
+
+
+@dataclass(frozen=True)
+class Connection:
+    """kubectl's connection flags as given (None: not given)."""
+
+    kubeconfig: str | None = None
+    context: str | None = None
+    namespace: str | None = None
+    request_timeout: float | None = None  # seconds; None: as long as the server takes
+    user: str | None = None  # --as
+    groups: tuple[str, ...] = ()  # --as-group
+
+    def kubeconfig_files(self) -> str | None:
+        """``--kubeconfig``, else KUBECONFIG (a list of files, merged), else the client's ~/.kube/config."""
+        return self.kubeconfig or os.environ.get("KUBECONFIG") or None
 
 
 @dataclass(frozen=True)
@@ -39,31 +62,91 @@ def _message(error: ApiException) -> str:
         return str(error.reason)
 
 
+class _ImpersonatingClient(client.ApiClient):
+    """Sends one ``Impersonate-Group`` line per group: the client's default headers are a dict (one
+    value per name), and the API server takes each line as one group name, commas and all."""
+
+    def __init__(self, configuration: client.Configuration, groups: tuple[str, ...]) -> None:
+        super().__init__(configuration)
+        self.groups = groups
+
+    def param_serialize(self, *args: Any, **kwargs: Any) -> Any:
+        method, url, headers, body, post_params = super().param_serialize(*args, **kwargs)
+        lines = urllib3.HTTPHeaderDict(headers)
+        for group in self.groups:
+            lines.add(IMPERSONATE_GROUP, group)
+        return method, url, lines, body, post_params
+
+
+def client_for(connection: Connection) -> tuple[client.ApiClient, str]:
+    """The client for the chosen context, and the namespace (the flag's, else the context's, else default)."""
+    files = connection.kubeconfig_files()
+    try:
+        contexts, current = config.list_kube_config_contexts(config_file=files)
+        chosen = current
+        if connection.context is not None:
+            chosen = next((c for c in contexts if c["name"] == connection.context), None)
+            if chosen is None:
+                raise PluginError(f"--context: context {connection.context!r} is not in the kubeconfig")
+        configuration = client.Configuration()
+        config.load_kube_config(
+            config_file=files, context=connection.context, client_configuration=configuration, persist_config=False
+        )
+    except (ConfigException, OSError) as error:
+        raise PluginError(f"cannot load the kubeconfig: {error}") from None
+    # One try per request, as kubectl: a read timing out is not sent again (--request-timeout is
+    # per request), only a 429's Retry-After is waited for (client-go's retries).
+    configuration.retries = Retry(total=10, connect=0, read=0, other=0)
+    configuration.client_go_retries = True
+    kube = (
+        _ImpersonatingClient(configuration, connection.groups) if connection.groups else client.ApiClient(configuration)
+    )
+    if connection.user:
+        kube.set_default_header(IMPERSONATE_USER, connection.user)
+    namespace = connection.namespace or (chosen or {}).get("context", {}).get("namespace") or "default"
+    return kube, namespace
+
+
 class Cluster:
-    def __init__(self, api_client: client.ApiClient, namespace: str) -> None:
+    def __init__(self, api_client: client.ApiClient, namespace: str, request_timeout: float | None = None) -> None:
         self.api_client = api_client
         self.namespace = namespace
+        self.request_timeout = request_timeout
         self.core = client.CoreV1Api(api_client)
         self.apps = client.AppsV1Api(api_client)
         self.batch = client.BatchV1Api(api_client)
         self.custom = client.CustomObjectsApi(api_client)
 
     @classmethod
-    def connect(cls, kubeconfig: str | None, context: str | None, namespace: str | None) -> Cluster:
-        """Like kubectl: ``--kubeconfig``, else KUBECONFIG (a list of files), else ~/.kube/config;
-        ``--context``, else the current one; ``--namespace``, else the context's, else default."""
+    def connect(cls, connection: Connection) -> Cluster:
+        api_client, namespace = client_for(connection)
+        return cls(api_client, namespace, connection.request_timeout)
+
+    @property
+    def server(self) -> str:
+        return str(self.api_client.configuration.host)
+
+    def _call(self, request: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """One API request within --request-timeout; an unreachable or silent server is a PluginError
+        (the API's own refusals stay ApiException, for the caller to explain)."""
+        if self.request_timeout:
+            kwargs["_request_timeout"] = self.request_timeout
         try:
-            contexts, current = config.list_kube_config_contexts(config_file=kubeconfig)
-            chosen = current
-            if context is not None:
-                chosen = next((c for c in contexts if c["name"] == context), None)
-                if chosen is None:
-                    raise PluginError(f"context {context!r} is not in the kubeconfig")
-            api_client = config.new_client_from_config(config_file=kubeconfig, context=context)
-        except (ConfigException, OSError) as error:
-            raise PluginError(f"cannot load the kubeconfig: {error}") from None
-        namespace = namespace or (chosen or {}).get("context", {}).get("namespace") or "default"
-        return cls(api_client, namespace)
+            return request(*args, **kwargs)
+        except urllib3.exceptions.HTTPError as error:
+            reason = getattr(error, "reason", None) or error
+            # (urllib3's NewConnectionError, a refused connection, is a kind of timeout error.)
+            silent = isinstance(reason, urllib3.exceptions.TimeoutError) and not isinstance(
+                reason, urllib3.exceptions.NewConnectionError
+            )
+            if silent and self.request_timeout:
+                waited = f"{self.request_timeout:g}s (--request-timeout)"
+                raise PluginError(f"the API server at {self.server} did not answer within {waited}") from None
+            raise PluginError(f"cannot reach the API server at {self.server}: {reason}") from None
+        except ApiException as error:
+            if error.status == 0:  # the client's own wrapping of a TLS failure
+                raise PluginError(f"cannot reach the API server at {self.server}: {error.reason}") from None
+            raise
 
     def _plain(self, obj: Any) -> Object:
         return cast(Object, self.api_client.sanitize_for_serialization(obj))
@@ -72,26 +155,43 @@ class Cluster:
 
     def read(self, name: str) -> Object:
         try:
-            found = self.custom.get_namespaced_custom_object(api.GROUP, api.VERSION, self.namespace, api.PLURAL, name)
+            found = self._call(
+                self.custom.get_namespaced_custom_object, api.GROUP, api.VERSION, self.namespace, api.PLURAL, name
+            )
         except ApiException as error:
-            raise self._explain(error, name) from None
+            raise self._explain(error, f'projectorset "{name}"', f'in namespace "{self.namespace}"') from None
         return cast(Object, found)
 
-    def _explain(self, error: ApiException, name: str) -> PluginError:
+    def projectorsets(self, all_namespaces: bool) -> list[Object]:
+        """The ProjectorSets of the namespace, or of every namespace (-A)."""
+        try:
+            if all_namespaces:
+                found = self._call(self.custom.list_cluster_custom_object, api.GROUP, api.VERSION, api.PLURAL)
+            else:
+                found = self._call(
+                    self.custom.list_namespaced_custom_object, api.GROUP, api.VERSION, self.namespace, api.PLURAL
+                )
+        except ApiException as error:
+            raise self._explain(error, "projectorsets", "") from None
+        return list(found.get("items") or [])
+
+    def _explain(self, error: ApiException, what: str, where: str) -> PluginError:
         if error.status == 404:
             if not self.crd_installed():
                 return PluginError(
                     f"the cluster has no ProjectorSet CRD ({api.PLURAL}.{api.GROUP}/{api.VERSION}): "
                     "install it first (kubectl apply -f crds/, or the Helm chart)"
                 )
-            return PluginError(f'projectorset "{name}" not found in namespace "{self.namespace}"')
+            return PluginError(f"{what} not found {where}".rstrip())
+        if error.status == 401:
+            return PluginError(f"the API server at {self.server} did not accept the kubeconfig's credentials")
         if error.status == 403:
             return PluginError(f"forbidden: {_message(error)}")
         return PluginError(f"the API server answered {error.status}: {_message(error)}")
 
     def crd_installed(self) -> bool:
         try:
-            self.custom.get_api_resources(api.GROUP, api.VERSION)
+            self._call(self.custom.get_api_resources, api.GROUP, api.VERSION)
         except ApiException as error:
             if error.status == 404:
                 return False
@@ -101,7 +201,8 @@ class Cluster:
     def patch_spec(self, name: str, patch: Object) -> Object:
         """One JSON merge patch of the ProjectorSet (``{"spec": ...}``, maybe with a resourceVersion)."""
         try:
-            patched = self.custom.patch_namespaced_custom_object(
+            patched = self._call(
+                self.custom.patch_namespaced_custom_object,
                 api.GROUP,
                 api.VERSION,
                 self.namespace,
@@ -117,47 +218,43 @@ class Cluster:
                 ) from None
             if error.status == 422:
                 raise PluginError(f"the API server refused the change: {_message(error)}") from None
-            raise self._explain(error, name) from None
+            raise self._explain(error, f'projectorset "{name}"', f'in namespace "{self.namespace}"') from None
         return cast(Object, patched)
 
     # -- what belongs to it --
 
-    def deployments(self, name: str) -> list[Object]:
-        listed = self.apps.list_namespaced_deployment(self.namespace, label_selector=f"{api.NAME_LABEL}={name}")
+    def _owned(self, request: Callable[..., Any], name: str, **query: Any) -> list[Object]:
+        try:
+            listed = self._call(request, self.namespace, **query)
+        except ApiException as error:
+            raise PluginError(f"reading what belongs to projectorset {name}: {_message(error)}") from None
         return [self._plain(item) for item in listed.items]
+
+    def deployments(self, name: str) -> list[Object]:
+        return self._owned(self.apps.list_namespaced_deployment, name, label_selector=f"{api.NAME_LABEL}={name}")
+
+    def events(self, name: str) -> list[Object]:
+        selector = f"involvedObject.name={name},involvedObject.kind={api.KIND}"
+        return self._owned(self.core.list_namespaced_event, name, field_selector=selector)
 
     def snapshot(self, name: str) -> Snapshot:
         projectorset = self.read(name)
         selector = f"{api.NAME_LABEL}={name}"
-        try:
-            jobs = self.batch.list_namespaced_job(self.namespace, label_selector=selector).items
-            pods = self.core.list_namespaced_pod(self.namespace, label_selector=selector).items
-            events = self.events(name)
-            service = self.service((projectorset.get("spec") or {}).get("service", {}).get("name"))
-            deployments = self.deployments(name)
-        except ApiException as error:
-            raise PluginError(f"reading what belongs to projectorset {name}: {_message(error)}") from None
         return Snapshot(
             projectorset=projectorset,
-            deployments=deployments,
-            jobs=[self._plain(item) for item in jobs],
-            pods=[self._plain(item) for item in pods],
-            service=service,
-            events=events,
+            deployments=self.deployments(name),
+            jobs=self._owned(self.batch.list_namespaced_job, name, label_selector=selector),
+            pods=self._owned(self.core.list_namespaced_pod, name, label_selector=selector),
+            service=self.service(name, (projectorset.get("spec") or {}).get("service", {}).get("name")),
+            events=self.events(name),
         )
 
-    def service(self, name: str | None) -> Object | None:
-        if not name:
+    def service(self, name: str, service: str | None) -> Object | None:
+        if not service:
             return None
         try:
-            return self._plain(self.core.read_namespaced_service(name, self.namespace))
+            return self._plain(self._call(self.core.read_namespaced_service, service, self.namespace))
         except ApiException as error:
             if error.status == 404:
                 return None
-            raise
-
-    def events(self, name: str) -> list[Object]:
-        listed = self.core.list_namespaced_event(
-            self.namespace, field_selector=f"involvedObject.name={name},involvedObject.kind={api.KIND}"
-        )
-        return [self._plain(item) for item in listed.items]
+            raise PluginError(f"reading what belongs to projectorset {name}: {_message(error)}") from None

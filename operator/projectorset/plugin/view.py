@@ -326,3 +326,19 @@ def build(snapshot: Snapshot, now: datetime, samples: Sequence[LagSample] = ()) 
         "conditions": list(status.get("conditions") or []),
         "events": _events(snapshot),
     }
+
+
+def summary(body: Object) -> dict[str, Any]:
+    """One row of ``get`` without a name: what ``kubectl get`` would list for the set."""
+    spec = body.get("spec") or {}
+    status = body.get("status") or {}
+    metadata = body["metadata"]
+    return {
+        "name": metadata["name"],
+        "namespace": metadata.get("namespace"),
+        "version": spec.get("version"),
+        "servingVersion": status.get("activeVersion"),
+        "phase": status.get("phase", "Pending"),
+        "reason": progressing(status).get("reason"),
+        "createdAt": metadata.get("creationTimestamp"),
+    }
