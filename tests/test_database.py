@@ -459,7 +459,7 @@ def test_lag_counts_a_long_transaction_whose_events_commit_late(
         assert (state.replay_lag, state.replay_lag_at_least) == (310, False)
         # The walk stops only past more transactions below the position than can be open at once:
         # trusting fewer than the 20 open beside the late one would stop above its first command.
-        monkeypatch.setattr(database, "_concurrent_transactions", lambda configured: 5)
+        monkeypatch.setattr(database, "_concurrent_transactions", lambda conn: 5)
         assert db.replay_lag(since) == (309, True)
     finally:
         for conn in [*older, late]:

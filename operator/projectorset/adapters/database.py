@@ -569,29 +569,30 @@ def _lag(conn: psycopg.Connection, events: sql.Composable, since_xact_id: int) -
     One REPEATABLE READ transaction, so every range sees the same events. Without an index on
     ``command_id`` (a schema older than Sequent's) the count is exact: a scan of the table."""
     conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-    row = conn.execute(
+    indexed = conn.execute(
         sql.SQL(
             "SELECT EXISTS (SELECT 1 FROM pg_index i JOIN pg_attribute a "
             "ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0] "
-            "WHERE i.indrelid = {table}::regclass AND i.indisvalid AND a.attname = 'command_id'), "
-            # The most transactions open at one instant: every backend, worker and prepared one.
-            "current_setting('max_connections')::int + current_setting('max_prepared_transactions')::int "
-            "+ current_setting('max_worker_processes')::int + current_setting('autovacuum_max_workers')::int"
-        ).format(table=sql.Literal(events.as_string(conn)))
+            "WHERE i.indrelid = {}::regclass AND i.indisvalid AND a.attname = 'command_id')"
+        ).format(sql.Literal(events.as_string(conn)))
     ).fetchone()
-    assert row is not None
-    indexed, open_at_once = bool(row[0]), int(row[1])
-    if not indexed:
+    if not (indexed and indexed[0]):
         count = conn.execute(
             sql.SQL("SELECT count(*) FROM {} WHERE xact_id >= %s").format(events), (since_xact_id,)
         ).fetchone()
         return (int(count[0]) if count else 0), True
-    return _walk_commands(conn, events, since_xact_id, _concurrent_transactions(open_at_once))
+    return _walk_commands(conn, events, since_xact_id, _concurrent_transactions(conn))
 
 
-def _concurrent_transactions(configured: int) -> int:
-    """How many transactions the walk assumes can be open at once (a seam for tests)."""
-    return configured
+def _concurrent_transactions(conn: psycopg.Connection) -> int:
+    """The most transactions the server can have open at one instant: every backend, background
+    worker and prepared transaction."""
+    row = conn.execute(
+        "SELECT current_setting('max_connections')::int + current_setting('max_prepared_transactions')::int "
+        "+ current_setting('max_worker_processes')::int + current_setting('autovacuum_max_workers')::int"
+    ).fetchone()
+    assert row is not None
+    return int(row[0])
 
 
 def _walk_commands(
