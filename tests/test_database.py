@@ -440,7 +440,7 @@ def test_lag_counts_a_long_transaction_whose_events_commit_late(
             "SELECT xact_id, command_id FROM sequent_schema.events WHERE xact_id = pg_current_xact_id()::text::bigint"
         ).fetchone()
         for conn, aggregate in zip(older, aggregates, strict=False):
-            write_event(conn, aggregate, count=60)
+            write_event(conn, aggregate, count=300)
             conn.commit()
         with psycopg.connect(database_url, autocommit=True) as conn:
             since = catch_up_position(conn)  # the late transaction is the oldest one open

@@ -614,7 +614,7 @@ def _walk_commands(
     if ends is None or ends[0] is None:
         return 0, True
     lowest, upper = int(ends[0]), int(ends[1]) + 1
-    span = max(LAG_FIRST_RANGE, 4 * (open_at_once + 1))
+    first = span = max(LAG_FIRST_RANGE, 4 * (open_at_once + 1))
     query = sql.SQL(
         "SELECT count(*) FILTER (WHERE xact_id >= %(since)s), count(*), "
         # Enough of the range's transactions below C to tell whether more than open_at_once were seen.
@@ -632,8 +632,16 @@ def _walk_commands(
         lag += int(found)
         rows_read += int(read)
         older.update(seen or ())
-        if len(older) > open_at_once or lower == lowest:
+        if lower == lowest:
             return lag, True
+        if len(older) > open_at_once:
+            # One more first range below: Sequent draws a transaction's first command id in the
+            # INSERT that then gives it its xact id, a moment early. Only if more commands than
+            # this were drawn while one such INSERT ran could one of its events lie lower still.
+            margin = max(lowest, lower - first)
+            params = {**params, "lower": margin, "upper": lower}
+            row = conn.execute(query, params).fetchone()
+            return lag + (int(row[0]) if row else 0), True
         upper, span = lower, span * 2
     if lag >= LAG_MAX_ROWS // 2:
         return lag, False
