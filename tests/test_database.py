@@ -670,3 +670,69 @@ def test_lag_past_its_budget_among_a_few_huge_transactions_counts_the_rest_exact
         late.close()
     assert counted_lag(database_url, since) == 5
     assert db.replay_lag(since) == (5, True)
+
+
+def test_lag_counts_a_first_command_drawn_a_moment_before_its_xact_id(
+    db: SequentDatabase, database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Sequent's store_events first runs INSERT INTO commands, whose identity default draws the
+    command id before the row is written, which is when the transaction gets its xact id. Held
+    between the two (here a trigger waits on a lock), a writer's command id is older than
+    commands of transactions that commit before the catch-up position is taken, while its xact id
+    is after it. The range read below the stop still finds its events, even with a bound of open
+    transactions small enough to stop just above them."""
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        # A logged sequence gives the caller an xact id every 32 values (to WAL-log ahead); an
+        # unlogged one never does, so the held writer surely has none until its row is written.
+        conn.execute("ALTER SEQUENCE sequent_schema.commands_id_seq SET UNLOGGED")
+        conn.execute(
+            "CREATE TABLE sequent_schema.commands (id bigint PRIMARY KEY "
+            "DEFAULT nextval('sequent_schema.commands_id_seq'), held boolean NOT NULL DEFAULT false)"
+        )
+        conn.execute(
+            "CREATE FUNCTION sequent_schema.hold() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+            "IF NEW.held THEN PERFORM pg_advisory_xact_lock(42); END IF; RETURN NEW; END $$"
+        )
+        conn.execute(
+            "CREATE TRIGGER hold BEFORE INSERT ON sequent_schema.commands "
+            "FOR EACH ROW EXECUTE FUNCTION sequent_schema.hold()"
+        )
+        aggregate = new_aggregate(conn)
+    write_events(database_url, 100)
+    with psycopg.connect(database_url, autocommit=True) as lock:
+        lock.execute("SELECT pg_advisory_lock(42)")
+
+        def held_writer() -> None:
+            with psycopg.connect(database_url) as conn:
+                command = conn.execute(
+                    "INSERT INTO sequent_schema.commands (held) VALUES (true) RETURNING id"
+                ).fetchone()[0]
+                conn.execute(
+                    "INSERT INTO sequent_schema.events "
+                    "(aggregate_id, sequence_number, event_type, event_json, command_id) "
+                    "VALUES (%s, 1, 'PostAdded', '{}', %s)",
+                    (aggregate, command),
+                )
+
+        writer = threading.Thread(target=held_writer)
+        writer.start()
+        waiting = "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
+        while not lock.execute(waiting).fetchone()[0]:
+            time.sleep(0.01)
+        for _ in range(50):  # commands drawn after the held one, xact ids before the position
+            older_events(database_url, 25)
+        since = catch_up_position(lock)
+        lock.execute("SELECT pg_advisory_unlock(42)")
+        writer.join()
+    write_events(database_url, 20)
+    with psycopg.connect(database_url) as conn:
+        held = conn.execute(
+            "SELECT command_id, xact_id FROM sequent_schema.events WHERE sequence_number = 1 AND aggregate_id = %s",
+            (aggregate,),
+        ).fetchone()
+        highest_before = conn.execute(
+            "SELECT max(command_id) FROM sequent_schema.events WHERE xact_id < %s", (since,)
+        ).fetchone()[0]
+    assert held[1] >= since and held[0] < highest_before  # its command is older than its xact id
+    monkeypatch.setattr(database, "_concurrent_transactions", lambda conn: 5)
+    assert assert_upper_bound(db, database_url, since) == 21
