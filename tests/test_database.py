@@ -297,6 +297,13 @@ def assert_upper_bound(db: SequentDatabase, url: str, since: int) -> int:
     return exact
 
 
+def walk_trusting(url: str, since: int, open_at_once: int) -> tuple[int, bool]:
+    """The operator's walk, told that at most ``open_at_once`` transactions can be open at once."""
+    with psycopg.connect(url) as conn, conn.transaction():
+        conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+        return database._walk_commands(conn, sql.Identifier("sequent_schema", "events"), since, open_at_once)
+
+
 def heap_pages(url: str, since: int, table: str = "sequent_schema.events_default") -> tuple[int, int]:
     """(the lowest page holding an event >= since, the highest page holding one before it)."""
     with psycopg.connect(url) as conn:
@@ -421,9 +428,7 @@ def test_lag_counts_every_partition_of_sequents_events_table(db: SequentDatabase
     assert assert_upper_bound(db, database_url, since) == 120
 
 
-def test_lag_counts_a_long_transaction_whose_events_commit_late(
-    db: SequentDatabase, database_url: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_lag_counts_a_long_transaction_whose_events_commit_late(db: SequentDatabase, database_url: str) -> None:
     """A transaction takes its xact id and first command id early and commits late. Older
     transactions open beside it go on writing above its first command, so neither command order
     nor heap order is xact id order; its events are part of the lag once they are visible."""
@@ -459,8 +464,7 @@ def test_lag_counts_a_long_transaction_whose_events_commit_late(
         assert (state.replay_lag, state.replay_lag_at_least) == (310, False)
         # The walk stops only past more transactions below the position than can be open at once:
         # trusting fewer than the 20 open beside the late one would stop above its first command.
-        monkeypatch.setattr(database, "_concurrent_transactions", lambda conn: 5)
-        assert db.replay_lag(since) == (309, True)
+        assert walk_trusting(database_url, since, open_at_once=5) == (309, True)
     finally:
         for conn in [*older, late]:
             conn.close()
@@ -672,15 +676,13 @@ def test_lag_past_its_budget_among_a_few_huge_transactions_counts_the_rest_exact
     assert db.replay_lag(since) == (5, True)
 
 
-def test_lag_counts_a_first_command_drawn_a_moment_before_its_xact_id(
-    db: SequentDatabase, database_url: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_lag_counts_a_first_command_drawn_a_moment_before_its_xact_id(db: SequentDatabase, database_url: str) -> None:
     """Sequent's store_events first runs INSERT INTO commands, whose identity default draws the
     command id before the row is written, which is when the transaction gets its xact id. Held
     between the two (here a trigger waits on a lock), a writer's command id is older than
     commands of transactions that commit before the catch-up position is taken, while its xact id
-    is after it. The range read below the stop still finds its events, even with a bound of open
-    transactions small enough to stop just above them."""
+    is after it. The range read below the stop still finds its events, even when the walk is told
+    a bound of open transactions small enough to stop just above them."""
     with psycopg.connect(database_url, autocommit=True) as conn:
         # A logged sequence gives the caller an xact id every 32 values (to WAL-log ahead); an
         # unlogged one never does, so the held writer surely has none until its row is written.
@@ -719,7 +721,7 @@ def test_lag_counts_a_first_command_drawn_a_moment_before_its_xact_id(
         waiting = "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
         while not lock.execute(waiting).fetchone()[0]:
             time.sleep(0.01)
-        for _ in range(50):  # commands drawn after the held one, xact ids before the position
+        for _ in range(15):  # commands drawn after the held one, xact ids before the position
             older_events(database_url, 25)
         since = catch_up_position(lock)
         lock.execute("SELECT pg_advisory_unlock(42)")
@@ -734,5 +736,5 @@ def test_lag_counts_a_first_command_drawn_a_moment_before_its_xact_id(
             "SELECT max(command_id) FROM sequent_schema.events WHERE xact_id < %s", (since,)
         ).fetchone()[0]
     assert held[1] >= since and held[0] < highest_before  # its command is older than its xact id
-    monkeypatch.setattr(database, "_concurrent_transactions", lambda conn: 5)
     assert assert_upper_bound(db, database_url, since) == 21
+    assert walk_trusting(database_url, since, open_at_once=5) == (21, True)

@@ -556,10 +556,11 @@ def _set_timeouts(conn: psycopg.Connection, lock_timeout_ms: int, statement_time
 
 
 # The lag read walks events down Sequent's index on command_id, newest commands first, in ranges
-# of command ids that double from the first (at least this many ids). Past LAG_MAX_ROWS rows it
+# of command ids that double from the first (at least this many ids, and twice as many as the
+# server can have transactions open at once). Past LAG_MAX_ROWS rows it
 # stops: with at least half of them behind, it says "at least" that many; with fewer (a few huge
 # transactions below the position fill the ranges) it counts the rest of the table exactly.
-LAG_FIRST_RANGE = 1024
+LAG_FIRST_RANGE = 256
 LAG_MAX_ROWS = 500_000
 
 
@@ -569,30 +570,24 @@ def _lag(conn: psycopg.Connection, events: sql.Composable, since_xact_id: int) -
     One REPEATABLE READ transaction, so every range sees the same events. Without an index on
     ``command_id`` (a schema older than Sequent's) the count is exact: a scan of the table."""
     conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-    indexed = conn.execute(
+    row = conn.execute(
         sql.SQL(
             "SELECT EXISTS (SELECT 1 FROM pg_index i JOIN pg_attribute a "
             "ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0] "
-            "WHERE i.indrelid = {}::regclass AND i.indisvalid AND a.attname = 'command_id')"
+            "WHERE i.indrelid = {}::regclass AND i.indisvalid AND a.attname = 'command_id'), "
+            # The most transactions the server can have open at one instant: every backend,
+            # background worker and prepared transaction.
+            "current_setting('max_connections')::int + current_setting('max_prepared_transactions')::int "
+            "+ current_setting('max_worker_processes')::int + current_setting('autovacuum_max_workers')::int"
         ).format(sql.Literal(events.as_string(conn)))
     ).fetchone()
-    if not (indexed and indexed[0]):
+    assert row is not None
+    if not row[0]:
         count = conn.execute(
             sql.SQL("SELECT count(*) FROM {} WHERE xact_id >= %s").format(events), (since_xact_id,)
         ).fetchone()
         return (int(count[0]) if count else 0), True
-    return _walk_commands(conn, events, since_xact_id, _concurrent_transactions(conn))
-
-
-def _concurrent_transactions(conn: psycopg.Connection) -> int:
-    """The most transactions the server can have open at one instant: every backend, background
-    worker and prepared transaction."""
-    row = conn.execute(
-        "SELECT current_setting('max_connections')::int + current_setting('max_prepared_transactions')::int "
-        "+ current_setting('max_worker_processes')::int + current_setting('autovacuum_max_workers')::int"
-    ).fetchone()
-    assert row is not None
-    return int(row[0])
+    return _walk_commands(conn, events, since_xact_id, int(row[1]))
 
 
 def _walk_commands(
@@ -614,7 +609,7 @@ def _walk_commands(
     if ends is None or ends[0] is None:
         return 0, True
     lowest, upper = int(ends[0]), int(ends[1]) + 1
-    first = span = max(LAG_FIRST_RANGE, 4 * (open_at_once + 1))
+    first = span = max(LAG_FIRST_RANGE, 2 * (open_at_once + 1))
     query = sql.SQL(
         "SELECT count(*) FILTER (WHERE xact_id >= %(since)s), count(*), "
         # Enough of the range's transactions below C to tell whether more than open_at_once were seen.
@@ -638,10 +633,13 @@ def _walk_commands(
             # One more first range below: Sequent draws a transaction's first command id in the
             # INSERT that then gives it its xact id, a moment early. Only if more commands than
             # this were drawn while one such INSERT ran could one of its events lie lower still.
-            margin = max(lowest, lower - first)
-            params = {**params, "lower": margin, "upper": lower}
-            row = conn.execute(query, params).fetchone()
-            return lag + (int(row[0]) if row else 0), True
+            below = conn.execute(
+                sql.SQL("SELECT count(*) FROM {} WHERE command_id >= %s AND command_id < %s AND xact_id >= %s").format(
+                    events
+                ),
+                (max(lowest, lower - first), lower, since_xact_id),
+            ).fetchone()
+            return lag + (int(below[0]) if below else 0), True
         upper, span = lower, span * 2
     if lag >= LAG_MAX_ROWS // 2:
         return lag, False
