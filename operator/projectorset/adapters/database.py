@@ -557,9 +557,9 @@ def _set_timeouts(conn: psycopg.Connection, lock_timeout_ms: int, statement_time
 
 # The lag read walks events down Sequent's index on command_id, newest commands first, in ranges
 # of command ids that double from the first (at least this many ids, and twice as many as the
-# server can have transactions open at once). Past LAG_MAX_ROWS rows it
-# stops: with at least half of them behind, it says "at least" that many; with fewer (a few huge
-# transactions below the position fill the ranges) it counts the rest of the table exactly.
+# server can have transactions open at once). Past LAG_MAX_ROWS rows it stops: with at least half
+# of them behind, it says "at least" that many; with fewer (a few huge transactions below the
+# position fill the ranges) it counts the rest of the table exactly.
 LAG_FIRST_RANGE = 256
 LAG_MAX_ROWS = 500_000
 
@@ -616,6 +616,16 @@ def _walk_commands(
         "(array_agg(DISTINCT xact_id) FILTER (WHERE xact_id < %(since)s))[1:%(wanted)s] "
         "FROM {} WHERE command_id >= %(lower)s AND command_id < %(upper)s"
     ).format(events)
+
+    def behind_between(low: int, high: int) -> int:
+        row = conn.execute(
+            sql.SQL("SELECT count(*) FROM {} WHERE command_id >= %s AND command_id < %s AND xact_id >= %s").format(
+                events
+            ),
+            (low, high, since_xact_id),
+        ).fetchone()
+        return int(row[0]) if row else 0
+
     lag, rows_read = 0, 0
     older: set[int] = set()
     while rows_read < LAG_MAX_ROWS:
@@ -633,21 +643,11 @@ def _walk_commands(
             # One more first range below: Sequent draws a transaction's first command id in the
             # INSERT that then gives it its xact id, a moment early. Only if more commands than
             # this were drawn while one such INSERT ran could one of its events lie lower still.
-            below = conn.execute(
-                sql.SQL("SELECT count(*) FROM {} WHERE command_id >= %s AND command_id < %s AND xact_id >= %s").format(
-                    events
-                ),
-                (max(lowest, lower - first), lower, since_xact_id),
-            ).fetchone()
-            return lag + (int(below[0]) if below else 0), True
+            return lag + behind_between(max(lowest, lower - first), lower), True
         upper, span = lower, span * 2
     if lag >= LAG_MAX_ROWS // 2:
         return lag, False
-    rest = conn.execute(
-        sql.SQL("SELECT count(*) FROM {} WHERE command_id < %s AND xact_id >= %s").format(events),
-        (upper, since_xact_id),
-    ).fetchone()
-    return lag + (int(rest[0]) if rest else 0), True
+    return lag + behind_between(lowest, upper), True
 
 
 class _Keep:
