@@ -8,6 +8,7 @@ from collections.abc import Iterator
 
 import psycopg
 import pytest
+from psycopg import sql
 
 from projectorset.adapters import database
 from projectorset.adapters.database import (
@@ -174,9 +175,9 @@ def counted_lag(url: str, since: int) -> int:
 
 
 @pytest.mark.parametrize("behind", [0, 1, 37, 900, 4000])
-def test_lag_reads_the_tail_and_matches_a_full_count(db: SequentDatabase, database_url: str, behind: int) -> None:
-    """5,000 events over ~100 pages: however many are behind (one page, or tens), the tail read
-    finds exactly what a count over the whole table finds."""
+def test_lag_matches_a_full_count(db: SequentDatabase, database_url: str, behind: int) -> None:
+    """5,000 events: however many are behind (none, one, or most), the lag read finds exactly
+    what a count over the whole table finds."""
     insert_events(database_url, 5000, first_xact_id=10_000)
     since = 10_000 + 5000 - behind
     start_replay(database_url, "optimized", since)
@@ -185,8 +186,9 @@ def test_lag_reads_the_tail_and_matches_a_full_count(db: SequentDatabase, databa
     assert state.replay_lag == behind and not state.replay_lag_at_least
 
 
-def test_lag_counts_every_partition_of_a_partitioned_events_table(database_url: str) -> None:
-    """Sequent partitions events by partition_key: each partition has a tail of its own."""
+def test_lag_without_a_command_id_index_is_an_exact_count_over_every_partition(database_url: str) -> None:
+    """An events table without Sequent's command_id index (an older schema) gets a full count:
+    exact, at the cost of a scan."""
     with psycopg.connect(database_url, autocommit=True) as conn:
         create_sequent_tables(conn, "parted")
         conn.execute("DROP TABLE parted.events")
@@ -235,10 +237,237 @@ def test_lag_read_is_bounded_and_then_a_lower_bound(
 ) -> None:
     insert_events(database_url, 5000, first_xact_id=1)
     start_replay(database_url, "optimized", 1)
-    monkeypatch.setattr(database, "LAG_MAX_PAGES", 20)
+    monkeypatch.setattr(database, "LAG_MAX_ROWS", 1000)
     state = db.read_state()
     assert state.replay_lag is not None and 0 < state.replay_lag < 5000
     assert state.replay_lag_at_least
+
+
+# ---- the lag is never below the truth -----------------------------------------------------------
+# Events below are written as Sequent writes them: one transaction each, xact_id and command_id
+# from their defaults; the replay's position is taken as Sequent's catch-up takes it.
+
+
+def catch_up_position(conn: psycopg.Connection) -> int:
+    """What Sequent's catch-up records as continue_replay_at_xact_id: its snapshot's xmin."""
+    return int(conn.execute("SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint").fetchone()[0])
+
+
+def new_aggregate(conn: psycopg.Connection, partition_key: str = "") -> str:
+    row = conn.execute(
+        "INSERT INTO sequent_schema.aggregates (aggregate_id, aggregate_type, events_partition_key) "
+        "VALUES (gen_random_uuid(), 'Post', %s) RETURNING aggregate_id",
+        (partition_key,),
+    ).fetchone()
+    return str(row[0])
+
+
+def write_event(conn: psycopg.Connection, aggregate: str, partition_key: str = "", count: int = 1) -> None:
+    """``count`` events at the aggregate's next sequence numbers, in the caller's transaction;
+    about 7 a page, so a few hundred fill tens of pages."""
+    conn.execute(
+        "INSERT INTO sequent_schema.events (partition_key, aggregate_id, sequence_number, event_type, event_json) "
+        "SELECT %(key)s, %(agg)s, m.seq + g, 'PostAdded', jsonb_build_object('title', repeat('x', 1000)) "
+        "FROM generate_series(1, %(count)s) g, (SELECT coalesce(max(sequence_number), 0) AS seq "
+        "FROM sequent_schema.events WHERE partition_key = %(key)s AND aggregate_id = %(agg)s) m",
+        {"key": partition_key, "agg": aggregate, "count": count},
+    )
+
+
+def older_events(url: str, count: int) -> None:
+    """``count`` events in one transaction."""
+    with psycopg.connect(url) as conn:
+        write_event(conn, new_aggregate(conn), count=count)
+
+
+def write_events(url: str, count: int, partition_key: str = "") -> None:
+    """``count`` events, each in a transaction of its own."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        aggregate = new_aggregate(conn, partition_key)
+        for _ in range(count):
+            write_event(conn, aggregate, partition_key)
+
+
+def assert_upper_bound(db: SequentDatabase, url: str, since: int) -> int:
+    """The operator's lag is complete, never below an exact count, and not far above it."""
+    lag, complete = db.replay_lag(since)
+    exact = counted_lag(url, since)
+    assert complete
+    assert exact <= lag <= exact + 10, f"lag read {lag}, exact count {exact}"
+    return exact
+
+
+def walk_trusting(url: str, since: int, open_at_once: int) -> tuple[int, bool]:
+    """The operator's walk, told that at most ``open_at_once`` transactions can be open at once."""
+    with psycopg.connect(url) as conn, conn.transaction():
+        conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+        return database._walk_commands(conn, sql.Identifier("sequent_schema", "events"), since, open_at_once)
+
+
+def heap_pages(url: str, since: int, table: str = "sequent_schema.events_default") -> tuple[int, int]:
+    """(the lowest page holding an event >= since, the highest page holding one before it)."""
+    with psycopg.connect(url) as conn:
+        row = conn.execute(
+            sql.SQL(
+                "SELECT min((ctid::text::point)[0]) FILTER (WHERE xact_id >= %(since)s), "
+                "max((ctid::text::point)[0]) FILTER (WHERE xact_id < %(since)s) FROM {}"
+            ).format(sql.SQL(table)),
+            {"since": since},
+        ).fetchone()
+        return int(row[0]), int(row[1])
+
+
+def test_lag_counts_new_events_that_landed_in_vacuumed_pages(db: SequentDatabase, database_url: str) -> None:
+    """Writes rolled back in the middle of the table leave dead rows; VACUUM frees them and later
+    events fill those pages, far below pages holding older events: the end of the table is not
+    where the new events are."""
+    older_events(database_url, 100)
+    with psycopg.connect(database_url) as conn:
+        write_event(conn, new_aggregate(conn), count=300)
+        conn.rollback()
+    older_events(database_url, 1500)
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute("VACUUM sequent_schema.events_default")
+        since = catch_up_position(conn)
+    start_replay(database_url, "optimized", since)
+    assert assert_upper_bound(db, database_url, since) == 0
+    write_events(database_url, 150)
+    lowest_new, highest_old = heap_pages(database_url, since)
+    assert lowest_new + 100 < highest_old  # the new events sit in freed pages, not at the end
+    assert assert_upper_bound(db, database_url, since) == 150
+    state = db.read_state()
+    assert (state.replay_lag, state.replay_lag_at_least) == (150, False)
+
+
+def race_writers(url: str, contested: list[str], events: int, *, vacuum: bool) -> int:
+    """Four writers, each writing 10 events to an aggregate of its own and one to a contested
+    aggregate, in one transaction. Sequent's optimistic locking lets two of them read the same next
+    sequence number there: the loser fails on the primary key, its whole transaction rolls back
+    (11 dead rows, burnt xact and command ids) and it retries. With ``vacuum``, VACUUM runs
+    meanwhile and frees dead rows for the next inserts. Returns how many conflicts happened."""
+    stop = threading.Event()
+    conflicts = [0]
+
+    def writer(seed: int) -> None:
+        with psycopg.connect(url) as conn:
+            own = new_aggregate(conn)
+            conn.commit()
+            for n in range(events):
+                while True:
+                    try:
+                        with conn.transaction():
+                            write_event(conn, own, count=10)
+                            time.sleep(0.002)  # the others read the same next sequence number meanwhile
+                            write_event(conn, contested[(seed + n) % len(contested)])
+                        break
+                    except psycopg.errors.UniqueViolation:
+                        conflicts[0] += 1
+
+    def vacuum_loop() -> None:
+        with psycopg.connect(url, autocommit=True) as conn:
+            while not stop.wait(0.05):
+                conn.execute("VACUUM sequent_schema.events_default")
+
+    threads = [threading.Thread(target=writer, args=(seed,)) for seed in range(4)]
+    if vacuum:
+        threads.append(threading.Thread(target=vacuum_loop))
+    for thread in threads:
+        thread.start()
+    for thread in threads[:4]:
+        thread.join()
+    stop.set()
+    for thread in threads[4:]:
+        thread.join()
+    return conflicts[0]
+
+
+def test_lag_counts_writers_that_retry_after_conflicts_while_vacuum_runs(
+    db: SequentDatabase, database_url: str
+) -> None:
+    """What a real Sequent application showed (issue 20): retried writes leave dead rows, VACUUM
+    frees them, and the events written after the catch-up position land in those pages."""
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        contested = [new_aggregate(conn) for _ in range(2)]
+    assert race_writers(database_url, contested, 20, vacuum=False) > 0
+    older_events(database_url, 1500)
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute("VACUUM sequent_schema.events_default")
+        since = catch_up_position(conn)
+    start_replay(database_url, "optimized", since)
+    assert race_writers(database_url, contested, 20, vacuum=True) > 0
+    lowest_new, highest_old = heap_pages(database_url, since)
+    assert lowest_new + 100 < highest_old  # the first new events filled the freed pages
+    assert assert_upper_bound(db, database_url, since) == 4 * 20 * 11
+
+
+def test_lag_counts_every_partition_of_sequents_events_table(db: SequentDatabase, database_url: str) -> None:
+    """Sequent partitions events by partition_key; its command_id index is partitioned alike."""
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        for year in ("2025", "2026"):
+            conn.execute(
+                sql.SQL(
+                    "CREATE TABLE sequent_schema.{} PARTITION OF sequent_schema.events FOR VALUES FROM ({}) TO ({})"
+                ).format(sql.Identifier(f"events_{year}"), sql.Literal(f"Y{year}"), sql.Literal(f"Y{int(year) + 1}"))
+            )
+        aggregates = {key: new_aggregate(conn, key) for key in ("Y2025", "Y2026", "")}
+        for n in range(300):
+            key = ("Y2025", "Y2026", "")[n % 3]
+            write_event(conn, aggregates[key], key)
+        since = catch_up_position(conn)
+        for n in range(120):
+            key = ("Y2025", "Y2026", "")[n % 2]  # none in the default partition
+            write_event(conn, aggregates[key], key)
+        per_partition = dict(
+            conn.execute(
+                "SELECT tableoid::regclass::text, count(*) FROM sequent_schema.events WHERE xact_id >= %s GROUP BY 1",
+                (since,),
+            ).fetchall()
+        )
+    start_replay(database_url, "optimized", since)
+    assert per_partition == {"sequent_schema.events_2025": 60, "sequent_schema.events_2026": 60}
+    assert assert_upper_bound(db, database_url, since) == 120
+
+
+def test_lag_counts_a_long_transaction_whose_events_commit_late(db: SequentDatabase, database_url: str) -> None:
+    """A transaction takes its xact id and first command id early and commits late. Older
+    transactions open beside it go on writing above its first command, so neither command order
+    nor heap order is xact id order; its events are part of the lag once they are visible."""
+    write_events(database_url, 200)
+    with psycopg.connect(database_url, autocommit=True) as setup:
+        aggregates = [new_aggregate(setup) for _ in range(21)]
+    older = [psycopg.connect(database_url) for _ in range(20)]
+    late = psycopg.connect(database_url)
+    try:
+        for conn, aggregate in zip(older, aggregates, strict=False):
+            write_event(conn, aggregate)  # each takes its xact id before the late one
+        write_event(late, aggregates[20])
+        late_xact, late_command = late.execute(
+            "SELECT xact_id, command_id FROM sequent_schema.events WHERE xact_id = pg_current_xact_id()::text::bigint"
+        ).fetchone()
+        for conn, aggregate in zip(older, aggregates, strict=False):
+            write_event(conn, aggregate, count=300)
+            conn.commit()
+        with psycopg.connect(database_url, autocommit=True) as conn:
+            since = catch_up_position(conn)  # the late transaction is the oldest one open
+            highest_older = conn.execute(
+                "SELECT max(command_id) FROM sequent_schema.events WHERE xact_id < %s", (late_xact,)
+            ).fetchone()[0]
+        assert since == late_xact
+        assert late_command < highest_older  # older transactions' commands lie above its first one
+        start_replay(database_url, "optimized", since)
+        write_events(database_url, 300)
+        assert assert_upper_bound(db, database_url, since) == 300  # its events are not visible yet
+        write_event(late, aggregates[20], count=9)
+        late.commit()
+        assert assert_upper_bound(db, database_url, since) == 310
+        state = db.read_state()
+        assert (state.replay_lag, state.replay_lag_at_least) == (310, False)
+        # The walk stops only past more transactions below the position than can be open at once:
+        # trusting fewer than the 20 open beside the late one would stop above its first command.
+        assert walk_trusting(database_url, since, open_at_once=5) == (309, True)
+    finally:
+        for conn in [*older, late]:
+            conn.close()
 
 
 def test_read_state_does_not_wait_behind_a_lock_on_projector_states(db: SequentDatabase, database_url: str) -> None:
@@ -418,3 +647,94 @@ def test_missing_sequent_tables_are_reported(postgres_server: PostgresServer) ->
     with pytest.raises(SequentTablesMissing, match="sequent_schema"):
         db.read_state()
     db.close()
+
+
+def test_lag_past_its_budget_among_a_few_huge_transactions_counts_the_rest_exactly(
+    db: SequentDatabase, database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A bulk transaction open beside a late one writes thousands of events above the late one's
+    first command: the rows read run out before enough distinct transactions were seen, and the
+    rest of the table is counted instead of guessed."""
+    monkeypatch.setattr(database, "LAG_MAX_ROWS", 2000)
+    older_events(database_url, 200)
+    bulk, late = psycopg.connect(database_url), psycopg.connect(database_url)
+    try:
+        with psycopg.connect(database_url, autocommit=True) as setup:
+            bulk_aggregate, late_aggregate = new_aggregate(setup), new_aggregate(setup)
+        write_event(bulk, bulk_aggregate)
+        write_event(late, late_aggregate)
+        write_event(bulk, bulk_aggregate, count=3000)
+        bulk.commit()
+        with psycopg.connect(database_url, autocommit=True) as conn:
+            since = catch_up_position(conn)
+        write_event(late, late_aggregate, count=4)
+        late.commit()
+    finally:
+        bulk.close()
+        late.close()
+    assert counted_lag(database_url, since) == 5
+    assert db.replay_lag(since) == (5, True)
+
+
+def test_lag_counts_a_first_command_drawn_a_moment_before_its_xact_id(db: SequentDatabase, database_url: str) -> None:
+    """Sequent's store_events first runs INSERT INTO commands, whose identity default draws the
+    command id before the row is written, which is when the transaction gets its xact id. Held
+    between the two (here a trigger waits on a lock), a writer's command id is older than
+    commands of transactions that commit before the catch-up position is taken, while its xact id
+    is after it. The range read below the stop still finds its events, even when the walk is told
+    a bound of open transactions small enough to stop just above them."""
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        # A logged sequence gives the caller an xact id every 32 values (to WAL-log ahead); an
+        # unlogged one never does, so the held writer surely has none until its row is written.
+        conn.execute("ALTER SEQUENCE sequent_schema.commands_id_seq SET UNLOGGED")
+        conn.execute(
+            "CREATE TABLE sequent_schema.commands (id bigint PRIMARY KEY "
+            "DEFAULT nextval('sequent_schema.commands_id_seq'), held boolean NOT NULL DEFAULT false)"
+        )
+        conn.execute(
+            "CREATE FUNCTION sequent_schema.hold() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+            "IF NEW.held THEN PERFORM pg_advisory_xact_lock(42); END IF; RETURN NEW; END $$"
+        )
+        conn.execute(
+            "CREATE TRIGGER hold BEFORE INSERT ON sequent_schema.commands "
+            "FOR EACH ROW EXECUTE FUNCTION sequent_schema.hold()"
+        )
+        aggregate = new_aggregate(conn)
+    write_events(database_url, 100)
+    with psycopg.connect(database_url, autocommit=True) as lock:
+        lock.execute("SELECT pg_advisory_lock(42)")
+
+        def held_writer() -> None:
+            with psycopg.connect(database_url) as conn:
+                command = conn.execute(
+                    "INSERT INTO sequent_schema.commands (held) VALUES (true) RETURNING id"
+                ).fetchone()[0]
+                conn.execute(
+                    "INSERT INTO sequent_schema.events "
+                    "(aggregate_id, sequence_number, event_type, event_json, command_id) "
+                    "VALUES (%s, 1, 'PostAdded', '{}', %s)",
+                    (aggregate, command),
+                )
+
+        writer = threading.Thread(target=held_writer)
+        writer.start()
+        waiting = "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
+        while not lock.execute(waiting).fetchone()[0]:
+            time.sleep(0.01)
+        for _ in range(15):  # commands drawn after the held one, xact ids before the position
+            older_events(database_url, 25)
+        since = catch_up_position(lock)
+        lock.execute("SELECT pg_advisory_unlock(42)")
+        writer.join()
+    write_events(database_url, 20)
+    with psycopg.connect(database_url) as conn:
+        held = conn.execute(
+            "SELECT command_id, xact_id FROM sequent_schema.events WHERE sequence_number = 1 AND aggregate_id = %s",
+            (aggregate,),
+        ).fetchone()
+        highest_before = conn.execute(
+            "SELECT max(command_id) FROM sequent_schema.events WHERE xact_id < %s", (since,)
+        ).fetchone()[0]
+    assert held[1] >= since and held[0] < highest_before  # its command is older than its xact id
+    assert assert_upper_bound(db, database_url, since) == 21
+    assert walk_trusting(database_url, since, open_at_once=5) == (21, True)

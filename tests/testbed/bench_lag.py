@@ -1,7 +1,8 @@
 """``make bench-lag``: what one read of the replay lag costs on a large event store.
 
 Seeds ``--events`` events (default 10 million) into Sequent's events table (``xact_id`` nullable
-and not indexed, as in Sequent master), one transaction id per ``--per-xact`` events, then times
+and not indexed, ``command_id`` indexed, as in Sequent master), one transaction id per
+``--per-xact`` events and one command id per event, rising together, then times
 ``--reads`` calls of the operator's ``read_state`` (projector_states, the replay, and the lag)
 while a replay is ``optimized`` with a given number of events still to catch up. For comparison it
 times a few ``count(*) ... WHERE xact_id >= ...``: the full scan the lag used to be.
@@ -27,7 +28,8 @@ FIRST_XACT_ID = 1_000
 
 def seed(url: str, events: int, per_xact: int, aggregates: int = 10_000) -> None:
     """Bulk-load ``events`` events set-wise: aggregates first, then the events in batches of a
-    million (each batch one INSERT ... SELECT generate_series), xact_id rising with the position."""
+    million (each batch one INSERT ... SELECT generate_series), xact_id and command_id rising with
+    the position."""
     with psycopg.connect(url, autocommit=True) as conn:
         create_sequent_tables(conn)
         # As in Sequent master: no index on xact_id (an older test schema had one).
@@ -45,15 +47,16 @@ def seed(url: str, events: int, per_xact: int, aggregates: int = 10_000) -> None
             stop = min(events, start + batch)
             conn.execute(
                 "INSERT INTO sequent_schema.events "
-                "(aggregate_id, sequence_number, event_type, event_json, xact_id) "
+                "(aggregate_id, sequence_number, event_type, event_json, command_id, xact_id) "
                 "SELECT ('00000000-0000-0000-0000-' || lpad(to_hex(g %% %(aggs)s), 12, '0'))::uuid, "
                 "       g / %(aggs)s + 1, 'Deposited', "
                 "       jsonb_build_object('account_id', 'seed-' || (g %% %(aggs)s), 'amount', 1 + g %% 100), "
-                "       %(first)s + g / %(per)s "
+                "       g + 1, %(first)s + g / %(per)s "
                 "FROM generate_series(%(start)s, %(stop)s - 1) g",
                 {"aggs": aggregates, "first": FIRST_XACT_ID, "per": per_xact, "start": start, "stop": stop},
             )
             print(f"[bench-lag] seeded {stop:,} events", flush=True)
+        conn.execute("SELECT setval('sequent_schema.commands_id_seq', %s)", (events,))
         conn.execute("VACUUM ANALYZE sequent_schema.events")
 
 

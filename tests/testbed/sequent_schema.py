@@ -36,6 +36,11 @@ CREATE TABLE IF NOT EXISTS {schema}.aggregates (
 ) PARTITION BY RANGE (aggregate_id);
 CREATE TABLE IF NOT EXISTS {schema}.aggregates_default PARTITION OF {schema}.aggregates DEFAULT;
 
+-- Sequent's commands.id is an identity column (CACHE 1) and every event names its command in
+-- command_id, indexed. The sample app stores no commands: an event draws its command id from the
+-- same sequence, in the INSERT that stores it, as Sequent's store_events does.
+CREATE SEQUENCE IF NOT EXISTS {schema}.commands_id_seq;
+
 -- xact_id is nullable and has no index, as in Sequent: "events at or after an xact_id" is a
 -- scan of the whole table.
 CREATE TABLE IF NOT EXISTS {schema}.events (
@@ -45,6 +50,7 @@ CREATE TABLE IF NOT EXISTS {schema}.events (
     event_type text NOT NULL,
     event_json jsonb NOT NULL,
     created_at timestamptz NOT NULL DEFAULT now(),
+    command_id bigint NOT NULL DEFAULT nextval({commands_seq}),
     xact_id bigint DEFAULT pg_current_xact_id()::text::bigint,
     PRIMARY KEY (partition_key, aggregate_id, sequence_number),
     FOREIGN KEY (partition_key, aggregate_id) REFERENCES {schema}.aggregates (events_partition_key, aggregate_id)
@@ -52,6 +58,7 @@ CREATE TABLE IF NOT EXISTS {schema}.events (
 ) PARTITION BY RANGE (partition_key);
 CREATE TABLE IF NOT EXISTS {schema}.events_default PARTITION OF {schema}.events DEFAULT;
 CREATE INDEX IF NOT EXISTS events_event_type_idx ON {schema}.events (event_type);
+CREATE INDEX IF NOT EXISTS events_command_id_idx ON {schema}.events (command_id);
 
 CREATE TABLE IF NOT EXISTS {schema}.projector_states (
     name text PRIMARY KEY,
@@ -83,6 +90,7 @@ def create_sequent_tables(conn: psycopg.Connection, schema: str = "sequent_schem
     """Create the event store, ``projector_states`` and ``replay_states`` in ``schema``."""
     statement = sql.SQL(_DDL).format(
         schema=sql.Identifier(schema),
+        commands_seq=sql.Literal(sql.Identifier(schema, "commands_id_seq").as_string(conn)),
         states=sql.SQL(", ").join(sql.Literal(state) for state in REPLAY_STATES),
     )
     with conn.transaction():

@@ -305,14 +305,14 @@ class SequentDatabase:
     def replay_lag(self, since_xact_id: int) -> tuple[int, bool]:
         """Events a catch-up would still replay: those with ``xact_id >= since_xact_id``.
 
-        ``events.xact_id`` has no index and the table is Sequent's largest, so this reads only
-        the tail of each partition: events are appended, so the newest ones sit in its last
-        pages. Chunks of pages are read backwards (TID range scans, doubling) until one holds
-        older events too, and one more chunk; at most ``LAG_MAX_PAGES`` pages. Returns the count
-        and whether it is complete (else a lower bound). Events that PostgreSQL placed in free
-        space further back are missed (an append-only table has little).
-        See docs/sequent-protocol.md ("lag")."""
-        return self._read(lambda conn: _tail_lag(conn, self._table("events"), since_xact_id))
+        ``events.xact_id`` has no index and the table is Sequent's largest, so this walks
+        Sequent's index on ``events.command_id`` from the newest command down until no lower
+        command can belong to a transaction at or after ``since_xact_id`` (``_walk_commands``);
+        past ``LAG_MAX_ROWS`` rows it stops. Returns the count and whether it is complete (else a
+        lower bound, and at least ``LAG_MAX_ROWS // 2``). Never below the truth when complete; it
+        reads events only, so ``projector_states`` is never held meanwhile.
+        See docs/sequent-protocol.md ("Lag")."""
+        return self._read(lambda conn: _lag(conn, self._table("events"), since_xact_id))
 
     # -- checks before golive --
 
@@ -555,74 +555,99 @@ def _set_timeouts(conn: psycopg.Connection, lock_timeout_ms: int, statement_time
     )
 
 
-# The lag read: the chunk of pages first read at the end of each partition, and the most pages one
-# read may cover (8 kB each: 2048 pages are 16 MB, about 100,000 small events).
-LAG_FIRST_CHUNK_PAGES = 32
-LAG_MAX_PAGES = 2048
+# The lag read walks events down Sequent's index on command_id, newest commands first, in ranges
+# of command ids that double from the first (at least this many ids, and twice as many as the
+# server can have transactions open at once). Past LAG_MAX_ROWS rows it stops: with at least half
+# of them behind, it says "at least" that many; with fewer (a few huge transactions below the
+# position fill the ranges) it counts the rest of the table exactly.
+LAG_FIRST_RANGE = 256
+LAG_MAX_ROWS = 500_000
 
 
-@dataclass
-class _Tail:
-    """The part of one partition not read yet: pages [0, end)."""
+def _lag(conn: psycopg.Connection, events: sql.Composable, since_xact_id: int) -> tuple[int, bool]:
+    """(events with xact_id >= since_xact_id, whether that count is complete).
 
-    table: sql.Composable
-    end: int
-    chunk: int = LAG_FIRST_CHUNK_PAGES
-    # A chunk already held events from before the window: one more small chunk, then done.
-    boundary_seen: bool = False
-
-
-def _tail_lag(conn: psycopg.Connection, events: sql.Composable, since_xact_id: int) -> tuple[int, bool]:
-    """(events with xact_id >= since_xact_id found at the partitions' ends, whether every
-    partition was read back to where its events get older than that)."""
-    leaves = conn.execute(
+    One REPEATABLE READ transaction, so every range sees the same events. Without an index on
+    ``command_id`` (a schema older than Sequent's) the count is exact: a scan of the table."""
+    conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+    row = conn.execute(
         sql.SQL(
-            "SELECT n.nspname, c.relname, pg_relation_size(c.oid) / current_setting('block_size')::bigint "
-            "FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
-            # Sequent's events table is partitioned; an older or test schema may have a plain one.
-            "WHERE c.relkind = 'r' AND c.oid IN "
-            "(SELECT relid FROM pg_partition_tree({events}::regclass) WHERE isleaf UNION SELECT {events}::regclass)"
-        ).format(events=sql.Literal(events.as_string(conn)))
-    ).fetchall()
-    tails = [_Tail(sql.Identifier(schema, name), int(pages)) for schema, name, pages in leaves if pages]
-    lag = 0
-    budget = LAG_MAX_PAGES
-    while tails and budget > 0:
-        # One statement a round: the next chunk of every partition not done yet.
-        parts = []
-        for tail in tails:
-            if budget <= 0:
-                break
-            start = max(0, tail.end - min(tail.chunk, budget))
-            budget -= tail.end - start
-            parts.append(
-                sql.SQL(
-                    "SELECT count(*) FILTER (WHERE xact_id >= {since}), count(*) FROM {table} "
-                    "WHERE ctid >= {start}::tid AND ctid < {end}::tid"
-                ).format(
-                    since=sql.Literal(since_xact_id),
-                    table=tail.table,
-                    start=sql.Literal(f"({start},0)"),
-                    end=sql.Literal(f"({tail.end},0)"),
-                )
-            )
-            tail.end = start
-        rows = conn.execute(sql.SQL(" UNION ALL ").join(parts)).fetchall()
-        remaining = []
-        for tail, (new, total) in zip(tails, rows, strict=False):
-            lag += int(new)
-            # Done: nothing new in this chunk, the first page reached, or the chunk after the one
-            # where older events began (writers filling pages side by side blur that line a little).
-            if int(new) == 0 or tail.end == 0 or tail.boundary_seen:
-                continue
-            if int(new) < int(total):
-                tail.boundary_seen, tail.chunk = True, LAG_FIRST_CHUNK_PAGES
-            else:
-                tail.chunk *= 2
-            remaining.append(tail)
-        # Partitions the budget left unread this round are not done either.
-        tails = remaining + tails[len(rows) :]
-    return lag, not tails
+            "SELECT EXISTS (SELECT 1 FROM pg_index i JOIN pg_attribute a "
+            "ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0] "
+            "WHERE i.indrelid = {}::regclass AND i.indisvalid AND a.attname = 'command_id'), "
+            # The most transactions the server can have open at one instant: every backend,
+            # background worker and prepared transaction.
+            "current_setting('max_connections')::int + current_setting('max_prepared_transactions')::int "
+            "+ current_setting('max_worker_processes')::int + current_setting('autovacuum_max_workers')::int"
+        ).format(sql.Literal(events.as_string(conn)))
+    ).fetchone()
+    assert row is not None
+    if not row[0]:
+        count = conn.execute(
+            sql.SQL("SELECT count(*) FROM {} WHERE xact_id >= %s").format(events), (since_xact_id,)
+        ).fetchone()
+        return (int(count[0]) if count else 0), True
+    return _walk_commands(conn, events, since_xact_id, int(row[1]))
+
+
+def _walk_commands(
+    conn: psycopg.Connection, events: sql.Composable, since_xact_id: int, open_at_once: int
+) -> tuple[int, bool]:
+    """Count events with xact_id >= C over ranges of command ids from the newest down, until no
+    lower command can belong to a transaction with an xact id >= C (docs/sequent-protocol.md, "Lag").
+
+    Why stopping is safe: a transaction draws its command ids (one sequence, CACHE 1) while it
+    holds its xact id, so every command of a transaction with an xact id >= C is drawn after the
+    moment xact id C was handed out. A transaction with an xact id < C that was not open at that
+    moment had ended before it, so its commands are all lower than any of theirs. At most
+    ``open_at_once`` transactions were open at that moment: once the ranges read hold events of
+    more distinct transactions below C than that, one of them had ended, and every command of a
+    transaction >= C lies within the ranges read. Nothing here relies on where rows lie in the
+    heap (VACUUM lets new rows land in old pages) or on commit order (a long transaction's early
+    commands are found however late it commits)."""
+    ends = conn.execute(sql.SQL("SELECT min(command_id), max(command_id) FROM {}").format(events)).fetchone()
+    if ends is None or ends[0] is None:
+        return 0, True
+    lowest, upper = int(ends[0]), int(ends[1]) + 1
+    first = span = max(LAG_FIRST_RANGE, 2 * (open_at_once + 1))
+    query = sql.SQL(
+        "SELECT count(*) FILTER (WHERE xact_id >= %(since)s), count(*), "
+        # Enough of the range's transactions below C to tell whether more than open_at_once were seen.
+        "(array_agg(DISTINCT xact_id) FILTER (WHERE xact_id < %(since)s))[1:%(wanted)s] "
+        "FROM {} WHERE command_id >= %(lower)s AND command_id < %(upper)s"
+    ).format(events)
+
+    def behind_between(low: int, high: int) -> int:
+        row = conn.execute(
+            sql.SQL("SELECT count(*) FROM {} WHERE command_id >= %s AND command_id < %s AND xact_id >= %s").format(
+                events
+            ),
+            (low, high, since_xact_id),
+        ).fetchone()
+        return int(row[0]) if row else 0
+
+    lag, rows_read = 0, 0
+    older: set[int] = set()
+    while rows_read < LAG_MAX_ROWS:
+        lower = max(lowest, upper - span)
+        params = {"since": since_xact_id, "wanted": open_at_once + 1, "lower": lower, "upper": upper}
+        row = conn.execute(query, params).fetchone()
+        assert row is not None
+        found, read, seen = row
+        lag += int(found)
+        rows_read += int(read)
+        older.update(seen or ())
+        if lower == lowest:
+            return lag, True
+        if len(older) > open_at_once:
+            # One more first range below: Sequent draws a transaction's first command id in the
+            # INSERT that then gives it its xact id, a moment early. Only if more commands than
+            # this were drawn while one such INSERT ran could one of its events lie lower still.
+            return lag + behind_between(max(lowest, lower - first), lower), True
+        upper, span = lower, span * 2
+    if lag >= LAG_MAX_ROWS // 2:
+        return lag, False
+    return lag + behind_between(lowest, upper), True
 
 
 class _Keep:
