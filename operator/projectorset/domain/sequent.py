@@ -137,7 +137,8 @@ class DatabaseState:
     replay: ReplayState | None = None
     # Events with xact_id >= replay.continue_replay_at_xact_id; None when no replay is in progress.
     replay_lag: int | None = None
-    # The lag read stopped at its page budget: the lag is at least replay_lag.
+    # The lag read stopped at its row budget with at least half of the rows behind: the lag is at
+    # least replay_lag (only past 250,000 events, far above any sensible maxLag).
     replay_lag_at_least: bool = False
 
     @property
