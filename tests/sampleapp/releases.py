@@ -1,9 +1,12 @@
 """The releases of the sample application: which projectors, at which versions, with which tables.
 
 A projector turns ``Deposited`` events into its view tables. Every projector applies events
-set-wise from the event store (``SELECT ... FROM events WHERE <filter>``), so live publishing
-(filter: the one event just written), the initial replay, catch-ups and golive (filter: an
-``xact_id`` window) share one code path and cannot drift apart.
+from the event store with the same statements (``SELECT ... FROM events WHERE <filter>``), so
+every path shares them and cannot drift apart: live publishing, catch-ups and golive apply one
+event at a time (``project_event``: the filter selects one event by its key, as Sequent's
+default ``ActiveRecordPersistor`` writes each event by itself), the initial replay and the seed
+apply many at once (the filter is an ``xact_id`` window or a group, as a bulk replay persistor
+would).
 
 | release | AccountProjector | AuditProjector | view-schema migrations |
 |---------|------------------|----------------|------------------------|
@@ -19,6 +22,7 @@ from the view schema, as Sequent does with ``pg_dump``.
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -48,6 +52,24 @@ class Migration:
 
 
 @dataclass(frozen=True)
+class EventKey:
+    """An event's primary key in the event store."""
+
+    partition_key: str
+    aggregate_id: uuid.UUID
+    sequence_number: int
+
+    @property
+    def params(self) -> dict[str, Any]:
+        """The parameters ONE_EVENT binds."""
+        return {"key": self.partition_key, "agg": self.aggregate_id, "seq": self.sequence_number}
+
+
+# The filter selecting the one event of an EventKey (bound by Projector.project_event).
+ONE_EVENT = sql.SQL("e.partition_key = %(key)s AND e.aggregate_id = %(agg)s AND e.sequence_number = %(seq)s")
+
+
+@dataclass(frozen=True)
 class Projector:
     name: str
     version: int
@@ -57,6 +79,18 @@ class Projector:
     # Statements applying the events selected by {filter} from {events}.events to the tables
     # in schema {target}; placeholders in the filter are bound from the params given to apply().
     apply_statements: tuple[str, ...]
+
+    def project_event(
+        self, conn: psycopg.Connection, *, target_schema: str, event_store_schema: str, key: EventKey
+    ) -> None:
+        """Apply one event, found by its key (the live path, catch-up and golive)."""
+        self.apply(
+            conn,
+            target_schema=target_schema,
+            event_store_schema=event_store_schema,
+            event_filter=ONE_EVENT,
+            params=key.params,
+        )
 
     def apply(
         self,

@@ -39,7 +39,8 @@ import os
 import shutil
 import subprocess
 import threading
-from collections.abc import Callable, Iterator, Sequence
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from datetime import datetime
@@ -53,12 +54,14 @@ from psycopg.types.json import Jsonb
 
 from sampleapp import projector_states
 from sampleapp.config import Settings
-from sampleapp.releases import DEPOSITED, Projector, Release, UnknownName
+from sampleapp.releases import DEPOSITED, ONE_EVENT, EventKey, Projector, Release, UnknownName
 
 IN_PROGRESS = "state NOT IN ('live', 'aborted')"
 # Sequent's configuration defaults (replay_group_target_size, number_of_replay_processes).
 DEFAULT_GROUP_SIZE = 250_000
 DEFAULT_PROCESSES = 4
+# Sequent's replay_events fetches the events from its cursor in blocks of this many.
+CURSOR_BLOCK_SIZE = 1000
 # Every projector of the sample app handles this one event type.
 EVENT_TYPES = [DEPOSITED]
 # libpq parameters handed to pg_dump and psql as environment variables, as Sequent does.
@@ -250,14 +253,46 @@ class Replayer:
             groups.append(sql.SQL(" AND ").join([xact_filter, *bounds]))
         return estimate, groups or [xact_filter]
 
-    def _apply(self, conn: psycopg.Connection, projectors: Sequence[Projector], event_filter: sql.Composable) -> None:
+    def _project_events(
+        self, conn: psycopg.Connection, projectors: Sequence[Projector], event_filter: sql.Composable
+    ) -> int:
+        """Sequent's ``replay_events`` with its default offline persistor (``ActiveRecordPersistor``),
+        as catch-up and golive use it: the events in Sequent's order, fetched through a cursor
+        ``CURSOR_BLOCK_SIZE`` at a time, each applied by itself by every projector (the statements
+        and the one-event filter of the live path, ``Projector.project_event``), plus the configured
+        per-event overhead. Needs a transaction; returns the number of events."""
+        query = sql.SQL(
+            "SELECT e.partition_key, e.aggregate_id, e.sequence_number FROM {}.events e "
+            "WHERE e.event_type = ANY({}) AND {} ORDER BY e.partition_key, e.aggregate_id, e.sequence_number"
+        ).format(self.es, sql.Literal(EVENT_TYPES), event_filter)
+        overhead = EventOverhead(self.settings.replay_event_overhead_ms / 1000)
+        count = 0
+        with conn.cursor(name="replay_events") as cursor:
+            cursor.execute(query)
+            while batch := cursor.fetchmany(CURSOR_BLOCK_SIZE):
+                for partition_key, aggregate_id, sequence_number in batch:
+                    self._apply(
+                        conn, projectors, ONE_EVENT, EventKey(partition_key, aggregate_id, sequence_number).params
+                    )
+                    overhead.add_event()
+                count += len(batch)
+        overhead.settle()
+        return count
+
+    def _apply(
+        self,
+        conn: psycopg.Connection,
+        projectors: Sequence[Projector],
+        event_filter: sql.Composable,
+        params: Mapping[str, Any] | None = None,
+    ) -> None:
         for projector in projectors:
             projector.apply(
                 conn,
                 target_schema=self.settings.replay_schema,
                 event_store_schema=self.settings.event_store_schema,
                 event_filter=event_filter,
-                params={},
+                params=params or {},
             )
 
     def _replay(
@@ -271,18 +306,26 @@ class Replayer:
         replay_id: int,
     ) -> None:
         """Sequent's ``replay!``: every group in its own transaction, ``processes`` at a time on
-        connections of their own; the first failure stops the others (Parallel::Kill)."""
+        connections of their own; the first failure stops the others (Parallel::Kill). The initial
+        replay applies each group at once (a bulk persistor's cost); catch-up applies its events one
+        by one, as Sequent's default offline persistor does (see ``_project_events``)."""
         label = f"{stage} {replay_id}"
+        started = time.monotonic()
         estimate, groups = self._groups(self._xact_filter(minimum, maximum), group_size, processes)
         self.out(f"{label}: start replaying an estimated {estimate} events in {len(groups)} groups")
         failed = threading.Event()
+        one_by_one = stage == "catchup"
+        replayed: list[int] = []
 
         def work(index: int, group: sql.Composable) -> None:
             if failed.is_set():
                 return
             try:
                 with psycopg.connect(self.settings.database_url, autocommit=True) as conn, conn.transaction():
-                    self._apply(conn, projectors, group)
+                    if one_by_one:
+                        replayed.append(self._project_events(conn, projectors, group))
+                    else:
+                        self._apply(conn, projectors, group)
                     if self.settings.replay_fault == stage and index == len(groups) - 1:
                         conn.execute("SELECT 1 / 0")  # SAMPLEAPP_REPLAY_FAULT: a real database error
             except Exception:
@@ -294,7 +337,14 @@ class Replayer:
             futures = [pool.submit(work, index, group) for index, group in enumerate(groups)]
             for future in futures:
                 future.result()
-        self.out(f"{label}: {len(groups)} groups replayed")
+        elapsed = time.monotonic() - started
+        if one_by_one:
+            self.out(
+                f"{label}: {len(groups)} groups replayed: {sum(replayed)} events one by one in {elapsed:.3f} s "
+                f"with {max(1, min(processes, len(groups)))} at a time"
+            )
+        else:
+            self.out(f"{label}: {len(groups)} groups replayed in {elapsed:.3f} s")
 
     # --- stages ---------------------------------------------------------------------------------
 
@@ -477,12 +527,18 @@ class Replayer:
             projectors = self._projectors(row["projectors"])
             self._verify_replaying_versions(projectors)
             versions = {p.name: p.version for p in projectors}
+            # Writers wait from here (a queued ACCESS EXCLUSIVE request already holds them back) to the commit.
+            locking = time.monotonic()
             projector_states.register_activating(self.conn, self.settings.event_store_schema, versions)
             relations = self._managed_relations(projectors, view)
             present = [name for name in relations if self._relation_exists(view, name)]
             if present:
                 projector_states.lock_exclusively(self.conn, [sql.Identifier(view, name) for name in present])
-            self._apply(self.conn, projectors, self._xact_filter(row["continue_replay_at_xact_id"], None))
+            locked = time.monotonic()
+            # The tail: every event from the mark on, up to the newest (no upper bound), one by one.
+            tail_filter = self._xact_filter(row["continue_replay_at_xact_id"], None)
+            tail = self._project_events(self.conn, projectors, tail_filter)
+            replayed = time.monotonic()
             self.conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(archive)))
             self.conn.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(archive)))
             self._move_relations(projectors, view, archive)
@@ -491,7 +547,17 @@ class Replayer:
             self.conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(replay_schema)))
             projector_states.register_active(self.conn, self.settings.event_store_schema, versions)
             self._set(replay_id, state="live")
+        committed = time.monotonic()
         self.out(f"replay {replay_id}: live; active: {', '.join(f'{n} v{v}' for n, v in versions.items())}")
+
+        def ms(start: float, end: float) -> str:
+            return f"{(end - start) * 1000:.0f} ms"
+
+        self.out(
+            f"golive {replay_id}: replayed the tail of {tail} events one by one in {ms(locked, replayed)}; "
+            f"writers held back {ms(locking, committed)} (locks {ms(locking, locked)}, "
+            f"tables swapped and committed in {ms(replayed, committed)})"
+        )
 
     def abort(self) -> None:
         """Sequent's ``abort!``: from any state in progress; does not stop a running stage."""
@@ -621,6 +687,30 @@ class Replayer:
             raise ReplayError(
                 f"dependent objects still exist for archived view tables: {error.diag.message_primary}. {detail}"
             ) from None
+
+
+class EventOverhead:
+    """The per-event time Sequent spends beyond the SQL the sample app runs (see
+    ``Settings.replay_event_overhead_ms``): owed per event, slept off in steps of a few
+    milliseconds (a sleep of a fraction of a millisecond per event would overshoot), with an
+    overshoot counted against what is owed next."""
+
+    STEP_S = 0.005
+
+    def __init__(self, per_event_s: float) -> None:
+        self.per_event_s = per_event_s
+        self.owed_s = 0.0
+
+    def add_event(self) -> None:
+        self.owed_s += self.per_event_s
+        if self.owed_s >= self.STEP_S:
+            self.settle()
+
+    def settle(self) -> None:
+        if self.owed_s > 0:
+            started = time.monotonic()
+            time.sleep(self.owed_s)
+            self.owed_s -= time.monotonic() - started
 
 
 def _locate(command: str) -> str:

@@ -14,7 +14,7 @@ from psycopg.types.json import Jsonb
 
 from sampleapp import projector_states
 from sampleapp.gate import projectors_to_run
-from sampleapp.releases import DEPOSITED, Release
+from sampleapp.releases import DEPOSITED, EventKey, Release
 
 ACCOUNT_ID = re.compile(r"^[A-Za-z0-9_.\-]{1,100}$")
 AGGREGATE_NAMESPACE = uuid.UUID("6f1c1b7e-5d2a-4c55-9d0e-3a4b6a1f2c01")
@@ -83,14 +83,10 @@ def _deposit_once(
         ).fetchone()
         assert row is not None
         sequence_number, xact_id, created_at = row
-        event_filter = sql.SQL("e.partition_key = %(key)s AND e.aggregate_id = %(agg)s AND e.sequence_number = %(seq)s")
+        key = EventKey(PARTITION_KEY, agg, sequence_number)
         for name in run:
-            release.projector(name).apply(
-                conn,
-                target_schema=schemas.view,
-                event_store_schema=schemas.event_store,
-                event_filter=event_filter,
-                params={"key": PARTITION_KEY, "agg": agg, "seq": sequence_number},
+            release.projector(name).project_event(
+                conn, target_schema=schemas.view, event_store_schema=schemas.event_store, key=key
             )
     return {
         "account_id": account_id,

@@ -3,14 +3,20 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import psycopg
+import pytest
 from sampleapp_tests.helpers import projector_state_rows, run_migrate, stage_env
 
 from sampleapp import store
+from sampleapp.config import ConfigurationError, Settings
+from sampleapp.gate import PublishRefused
 from sampleapp.load import LoadGenerator, verify
 from sampleapp.releases import get_release
 
@@ -318,3 +324,121 @@ def test_a_new_projector_is_replayed_and_then_old_code_is_unknown(database_url: 
     with psycopg.connect(database_url) as conn:
         totals = conn.execute("SELECT sum(total), sum(deposits) FROM view_schema.daily_deposit_totals").fetchone()
     assert totals == (sum(range(1, 10)) + 2 + 1, 11)
+
+
+SCHEMAS = store.Schemas("sequent_schema", "view_schema")
+
+
+def deposit_on_own_connection(database_url: str, release: str, account_id: str, amount: int) -> dict[str, Any] | str:
+    """One deposit by ``release``'s code; a refusal is returned as Sequent's error name."""
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        try:
+            return store.deposit(conn, get_release(release), SCHEMAS, account_id, amount)
+        except PublishRefused as refused:
+            return refused.error
+
+
+def locks_held_by_golive(observer: psycopg.Connection) -> set[tuple[str, str]]:
+    """The table locks of the session holding ``projector_states`` exclusively (only golive does)."""
+    rows = observer.execute(
+        "SELECT l.relation::regclass::text, l.mode FROM pg_locks l WHERE l.granted AND l.locktype = 'relation' "
+        "AND l.pid IN (SELECT pid FROM pg_locks WHERE relation = 'sequent_schema.projector_states'::regclass "
+        "AND mode = 'AccessExclusiveLock' AND granted)"
+    ).fetchall()
+    return {(relation, mode) for relation, mode in rows}
+
+
+def writers_waiting_for_projector_states(observer: psycopg.Connection) -> int:
+    row = observer.execute(
+        "SELECT count(*) FROM pg_locks WHERE relation = 'sequent_schema.projector_states'::regclass AND NOT granted"
+    ).fetchone()
+    return int(row[0]) if row else 0
+
+
+def until(condition, what: str, process: subprocess.Popen[str], timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert process.poll() is None, f"golive ended before {what}: {process.communicate()}"
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.01)
+
+
+def test_golive_replays_exactly_the_tail_under_its_locks_while_writers_wait_for_its_commit(
+    database_url: str, stage
+) -> None:
+    run_migrate(database_url, "v1", activate=True)
+    for n in range(20):
+        deposit_on_own_connection(database_url, "v1", ACCOUNTS[n % 7], n + 1)
+    migrate_view_schema(stage, "v2")
+    ok(stage("v2", "prepare", "AccountProjector"))
+    ok(stage("v2", "replay"))
+    for n in range(10):
+        deposit_on_own_connection(database_url, "v1", ACCOUNTS[n % 7], 100 + n)
+    # Catch-up replays the events since the replay's mark one by one, as golive will.
+    assert "10 events one by one" in ok(stage("v2", "catchup"))
+    ok(stage("v2", "optimize"))
+    tail = 40  # committed after the last catch-up: golive's to replay
+    for n in range(tail):
+        deposit_on_own_connection(database_url, "v1", ACCOUNTS[n % 7], 1000 + n)
+
+    # 50 ms per event keeps golive inside its locks for at least 2 s, time to watch it.
+    overhead_ms = 50
+    golive = subprocess.Popen(
+        [sys.executable, "-m", "sampleapp.replay", "golive"],
+        env=stage_env(database_url, "v2", SAMPLEAPP_REPLAY_EVENT_OVERHEAD_MS=str(overhead_ms)),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        with psycopg.connect(database_url, autocommit=True) as observer, ThreadPoolExecutor(3) as pool:
+            # Sequent's activate!: the replay row (FOR NO KEY UPDATE takes ROW SHARE on its table),
+            # then projector_states and the view tables in ACCESS EXCLUSIVE mode, held while it replays.
+            expected = {
+                ("sequent_schema.replay_states", "RowShareLock"),
+                ("sequent_schema.projector_states", "AccessExclusiveLock"),
+                ("view_schema.account_balances", "AccessExclusiveLock"),
+            }
+            until(lambda: expected <= locks_held_by_golive(observer), "golive to hold its locks", golive)
+            writers = [
+                pool.submit(deposit_on_own_connection, database_url, "v2", ACCOUNTS[0], 5),
+                pool.submit(deposit_on_own_connection, database_url, "v2", "new-account", 9),
+                pool.submit(deposit_on_own_connection, database_url, "v1", ACCOUNTS[1], 7),
+            ]
+            until(lambda: writers_waiting_for_projector_states(observer) == 3, "the writers to queue", golive)
+            assert not any(writer.done() for writer in writers)
+            observer.execute("SET lock_timeout = '50ms'")
+            with pytest.raises(psycopg.errors.LockNotAvailable):  # readers of the view tables wait too
+                observer.execute("SELECT count(*) FROM view_schema.account_balances")
+            observer.execute("RESET lock_timeout")
+            results = [writer.result(timeout=60) for writer in writers]
+        stdout, stderr = golive.communicate(timeout=60)
+    finally:
+        if golive.poll() is None:
+            golive.kill()
+            golive.wait()
+    assert golive.returncode == 0, stderr
+    replayed = re.search(r"replayed the tail of (\d+) events one by one .* writers held back (\d+) ms", stdout)
+    assert replayed is not None, stdout
+    assert int(replayed.group(1)) == tail
+    assert int(replayed.group(2)) >= tail * overhead_ms
+    # The writers read projector_states only after golive's commit: v2's code, refused before,
+    # is now projected by version 2 into the new tables; v1's, accepted before, is now refused.
+    assert [r if isinstance(r, str) else r["projected_by"] for r in results] == [
+        ["AccountProjector", "AuditProjector"],
+        ["AccountProjector", "AuditProjector"],
+        "DifferentProjectorVersionIsActiveError",
+    ]
+    # Nothing lost, nothing twice: deposit_count and the audit log's primary key would show it.
+    assert_projections_match_events(database_url, "v2")
+    with psycopg.connect(database_url) as conn:
+        row = conn.execute(
+            "SELECT balance, deposit_count FROM view_schema.account_balances WHERE account_id = 'new-account'"
+        ).fetchone()
+    assert row == (9, 1)
+
+
+@pytest.mark.parametrize("value", ["fast", "-1", "1001"])
+def test_replay_event_overhead_must_be_milliseconds(value: str) -> None:
+    with pytest.raises(ConfigurationError, match="SAMPLEAPP_REPLAY_EVENT_OVERHEAD_MS"):
+        Settings.from_env({"DATABASE_URL": "postgresql:///x", "SAMPLEAPP_REPLAY_EVENT_OVERHEAD_MS": value})
