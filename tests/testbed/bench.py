@@ -6,7 +6,8 @@ and writers going through the Service. Per run: the total upgrade time, the time
 the replay Jobs (their own start-to-completion times), the operator's overhead (the rest),
 the time from "active in the database" to "Service switched", the refused-write window, the
 operator's peak memory and its API requests (from the API server's audit log), and what the
-golive Job printed: the tail it replayed under its locks and how long it held writers back.
+stage Jobs printed: each catch-up's events and seconds, golive's tail replayed under its locks
+and how long it held writers back.
 Per event count: the median and p95 of the refused-write windows and of golive's locked time.
 Then one run with many ProjectorSets for the operator's memory and API requests at rest.
 """
@@ -70,34 +71,53 @@ def api_requests(cluster: LocalCluster, since: float) -> int:
     return count
 
 
-# The sample app's golive prints this line after its commit (tests/sampleapp/replay.py, golive).
+# What the sample app's catch-up and golive print (tests/sampleapp/replay.py, _replay and golive).
+CATCHUP_LINE = re.compile(r"(\d+) events one by one in ([\d.]+) s with (\d+) at a time")
 GOLIVE_LINE = re.compile(r"replayed the tail of (\d+) events one by one .*; writers held back (\d+) ms")
 
 
 @dataclass
-class Golive:
-    tail_events: int
-    locked_ms: float
+class Replayed:
+    """What one catch-up or golive replayed one by one, and in how long."""
+
+    events: int
+    seconds: float
+    workers: int = 1
+
+    def __str__(self) -> str:
+        return f"{self.events}/{self.seconds:.2f}s"
 
 
-def golive_figures(api: client.ApiClient, namespace: str, version: str) -> Golive | None:
-    """The tail and locked time the version's golive Job printed (its last successful pod), if any."""
+def stage_outputs(api: client.ApiClient, namespace: str, version: str, stage: str) -> list[str]:
+    """The logs of the version's Jobs of one stage, oldest Job first."""
     batch, core = client.BatchV1Api(api), client.CoreV1Api(api)
-    jobs = batch.list_namespaced_job(
-        namespace, label_selector=f"projectorset.io/version={version},projectorset.io/stage=golive"
+    selector = f"projectorset.io/version={version},projectorset.io/stage={stage}"
+    jobs = sorted(
+        batch.list_namespaced_job(namespace, label_selector=selector).items, key=lambda j: j.metadata.creation_timestamp
     )
-    found = None
-    for job in jobs.items:
-        selector = ",".join(f"{key}={value}" for key, value in (job.spec.selector.match_labels or {}).items())
-        for pod in core.list_namespaced_pod(namespace, label_selector=selector).items:
+    outputs = []
+    for job in jobs:
+        pods = ",".join(f"{key}={value}" for key, value in (job.spec.selector.match_labels or {}).items())
+        for pod in core.list_namespaced_pod(namespace, label_selector=pods).items:
             try:
-                text = core.read_namespaced_pod_log(pod.metadata.name, namespace)
+                outputs.append(core.read_namespaced_pod_log(pod.metadata.name, namespace) or "")
             except client.ApiException:
                 continue
-            match = GOLIVE_LINE.search(text or "")
-            if match:
-                found = Golive(int(match.group(1)), float(match.group(2)))
-    return found
+    return outputs
+
+
+def replayed(api: client.ApiClient, namespace: str, version: str) -> tuple[list[Replayed], Replayed | None]:
+    """Each catch-up's events and seconds, and golive's tail and the time it held writers back."""
+    catchups = [
+        Replayed(int(m.group(1)), float(m.group(2)), int(m.group(3)))
+        for text in stage_outputs(api, namespace, version, "catchup")
+        if (m := CATCHUP_LINE.search(text))
+    ]
+    golive = None
+    for text in stage_outputs(api, namespace, version, "golive"):
+        if m := GOLIVE_LINE.search(text):
+            golive = Replayed(int(m.group(1)), float(m.group(2)) / 1000)
+    return catchups, golive
 
 
 @dataclass
@@ -107,7 +127,8 @@ class Run:
     jobs_s: float
     peak_memory_mib: float
     api_requests: int
-    golive: Golive | None = None
+    catchups: list[Replayed]
+    golive: Replayed | None
 
     @property
     def overhead_s(self) -> float:
@@ -131,13 +152,15 @@ def one_upgrade(
         time.sleep(2)
         since = time.time()
         result = scenario.upgrade("v1", "v2", timeout=3600)
+        catchups, golive = replayed(api, namespace, "v2")
         return Run(
             events=events,
             result=result,
             jobs_s=job_seconds(api, namespace, "v2"),
             peak_memory_mib=operator.peak_memory_kib() / 1024,
             api_requests=api_requests(cluster, since),
-            golive=golive_figures(api, namespace, "v2"),
+            catchups=catchups,
+            golive=golive,
         )
     finally:
         scenario.close()
@@ -184,28 +207,29 @@ def percentile(values: list[float], fraction: float) -> float:
 
 def report(runs: list[Run]) -> None:
     header = "events   run  total_s  jobs_s  overhead_s  active_to_switch_ms  refused_window_ms  lost"
-    print(f"\n{header}  peak_MiB  api_requests  golive_tail  golive_locked_ms")
+    print(f"\n{header}  peak_MiB  api_requests  golive_tail  golive_locked_ms  catchups(events/s)")
     for index, run in enumerate(runs):
         r = run.result
         switch = float("nan") if r.active_to_switch_ms is None else r.active_to_switch_ms
-        tail, locked = (run.golive.tail_events, run.golive.locked_ms) if run.golive else ("n/a", float("nan"))
+        tail, locked = (run.golive.events, run.golive.seconds * 1000) if run.golive else ("n/a", float("nan"))
         print(
             f"{run.events:>7} {index:>4} {r.total_s:>8.1f} {run.jobs_s:>7.1f} {run.overhead_s:>11.1f} "
             f"{switch:>20.0f} {r.refused_window_ms:>18.0f} {r.lost:>5} "
-            f"{run.peak_memory_mib:>9.1f} {run.api_requests:>13} {tail:>12} {locked:>17.0f}"
+            f"{run.peak_memory_mib:>9.1f} {run.api_requests:>13} {tail:>12} {locked:>17.0f}  "
+            f"{' '.join(map(str, run.catchups)) or '-'}"
         )
     for events in sorted({run.events for run in runs}):
         group = [run for run in runs if run.events == events]
         switches = [run.result.active_to_switch_ms for run in group if run.result.active_to_switch_ms is not None]
         windows = [run.result.refused_window_ms for run in group]
-        locked = [run.golive.locked_ms for run in group if run.golive is not None]
+        locked_ms = [run.golive.seconds * 1000 for run in group if run.golive is not None]
         print(
             f"events={events}: total_s median {statistics.median(r.result.total_s for r in group):.1f}, "
             f"jobs_s median {statistics.median(r.jobs_s for r in group):.1f}, "
             f"overhead_s median {statistics.median(r.overhead_s for r in group):.1f}, "
             f"active_to_switch_ms p50 {percentile(switches, 0.5):.0f} p95 {percentile(switches, 0.95):.0f}, "
             f"refused_window_ms median {statistics.median(windows):.0f} p95 {percentile(windows, 0.95):.0f}, "
-            f"golive_locked_ms median {percentile(locked, 0.5):.0f} p95 {percentile(locked, 0.95):.0f}, "
+            f"golive_locked_ms median {percentile(locked_ms, 0.5):.0f} p95 {percentile(locked_ms, 0.95):.0f}, "
             f"lost total {sum(r.result.lost for r in group)}, "
             f"peak_MiB max {max(r.peak_memory_mib for r in group):.1f}, "
             f"api_requests median {statistics.median(r.api_requests for r in group):.0f}"
