@@ -98,10 +98,10 @@ def test_a_retry_that_fixes_the_template_goes_live_with_it_and_no_write_gets_a_5
     writes = load.snapshot()
     statuses = Counter(w.status for w in writes)
     refused = Counter(f"{w.status} {w.error}".strip() for w in writes if w.status != 201)
-    updated_at = next((f"{at - retry_began:.1f}" for at, updated, _ in polls if updated), "never")
-    live_at = next((f"{at - retry_began:.1f}" for at, _, live in polls if live), "n/a")
+    updated_at = next((f"{at - retry_began:.1f} s" for at, updated, _ in polls if updated), "never")
+    live_at = next((f"{at - retry_began:.1f} s" for at, _, live in polls if live), "never")
     print(f"first try: Failed after {failed_s:.1f} s, aborted after {aborted_s:.1f} s")
-    print(f"retry: Deployment on the fixed template seen at {updated_at} s, golive seen at {live_at} s")
+    print(f"retry: Deployment on the fixed template seen at {updated_at}, golive seen at {live_at}")
     print(result.summary())
     print(f"all {len(writes)} writes: {dict(sorted(statuses.items()))}; refused: {dict(refused)}")
     switch = "n/a" if result.active_to_switch_ms is None else f"{result.active_to_switch_ms:.0f} ms"
