@@ -333,6 +333,24 @@ def test_replay_marked_failed_fails_the_rollout_aborts_it_and_a_retry_goes_live(
     assert world.golive_runs == 1
 
 
+def test_replay_failure_seen_while_its_job_ran_is_told_again_with_the_jobs_error() -> None:
+    """Sequent marks the replay failed, then the stage's process exits: the operator sees the
+    failure first, and the error only once the Job has failed. The condition and an Event say it."""
+    world = upgraded_world()
+    advance_to(world, "replay")
+    job = world.running_job("replay")
+    world.stage_raises(job, job_ends=False)
+    world.step()
+    assert f"(seen while replay Job {job} was running)" in world.status.message
+    world.finish_job(job, succeed=False)
+    world.run(passes=4)
+    assert reason(world) == "ReplayFailed" and condition(world, "ReplayAborted") == ("True", "Aborted")
+    told = f"a stage raised (replay Job {job} failed: BackoffLimitExceeded)"
+    assert told in world.status.message and "seen while" not in world.status.message
+    warnings = [e for d in world.history for e in d.events if e.reason is Reason.REPLAY_FAILED]
+    assert [told in e.message for e in warnings] == [False, True]
+
+
 def test_failed_replay_of_another_target_blocks_until_it_is_aborted() -> None:
     world = upgraded_world()
     world.replay = ReplayState(3, "failed", ("TagProjector",), 10)

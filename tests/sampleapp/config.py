@@ -24,6 +24,24 @@ class ConfigurationError(Exception):
     pass
 
 
+# Read by release v2-currency's AccountProjector whenever it projects (replay, catch-up, golive and
+# every write it projects), as a Rails application's projector reading ENV.fetch would: the web
+# process starts and is ready without it, its projected writes fail, and so does its replay.
+ACCOUNT_CURRENCY = "ACCOUNT_CURRENCY"
+
+
+class MissingConfiguration(ConfigurationError):
+    """A variable the release's code reads is not set: Ruby's ``KeyError`` from ``ENV.fetch``."""
+
+
+def fetch_env(name: str, reader: str) -> str:
+    """``ENV.fetch(name)``, read when the code needs it (not at boot), by ``reader``."""
+    value = os.environ.get(name)
+    if not value:
+        raise MissingConfiguration(f'KeyError: key not found: "{name}" ({reader} reads it from the environment)')
+    return value
+
+
 @dataclass(frozen=True)
 class Settings:
     database_url: str

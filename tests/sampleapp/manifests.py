@@ -12,10 +12,13 @@ from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
+from sampleapp.config import ACCOUNT_CURRENCY
 from sampleapp.releases import get_release
 from testbed.postgres import _binaries as postgres_binaries
 
 TESTS_DIR = str(Path(__file__).resolve().parent.parent)
+# What a pod template gives the variables a release's code reads (``Release.reads_env``).
+CONFIGURATION = {ACCOUNT_CURRENCY: "EUR"}
 
 
 def search_path() -> str:
@@ -91,6 +94,7 @@ def container(
             {"name": "PATH", "value": search_path()},
             {"name": "SEQUENT_ENV", "value": "production"},
             *({"name": name, "value": value} for name, value in schema_env.items()),
+            *({"name": name, "value": CONFIGURATION[name]} for name in get_release(release).reads_env),
         ],
         "ports": [{"name": "http", "containerPort": port}],
         "readinessProbe": {

@@ -14,6 +14,11 @@ would).
 | v2      | 2 (new columns: replay) | 1       | + 3 (columns for version 2) |
 | v3      | 2 (no change: activation only) | 1 | same as v2           |
 | v4      | 2                | 1              | + 4 (a table for the new DailyTotalsProjector 1: replay) |
+| v2-currency | 2, reading ``ACCOUNT_CURRENCY`` | 1 | same as v2                  |
+
+v2-currency is v2 whose AccountProjector reads a configuration variable when it projects: a pod
+template without it fails the replay (Sequent marks it failed) and answers 500 to every write
+that projector handles, as a Rails application missing an ``ENV.fetch`` variable does.
 
 Each release's migrations run (``python -m sampleapp.rake db:migrate``) while the previous
 release still serves, before ``prepare``: ``prepare`` copies the view tables' definitions
@@ -22,6 +27,7 @@ from the view schema, as Sequent does with ``pg_dump``.
 
 from __future__ import annotations
 
+import dataclasses
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -29,6 +35,8 @@ from typing import Any
 
 import psycopg
 from psycopg import sql
+
+from sampleapp.config import ACCOUNT_CURRENCY, fetch_env
 
 DEPOSITED = "Deposited"
 
@@ -79,6 +87,9 @@ class Projector:
     # Statements applying the events selected by {filter} from {events}.events to the tables
     # in schema {target}; placeholders in the filter are bound from the params given to apply().
     apply_statements: tuple[str, ...]
+    # Environment variables its code reads each time it projects (Ruby's ENV.fetch): missing, they
+    # fail the replay and every write it projects, not the process's start.
+    reads_env: tuple[str, ...] = ()
 
     def project_event(
         self, conn: psycopg.Connection, *, target_schema: str, event_store_schema: str, key: EventKey
@@ -101,6 +112,8 @@ class Projector:
         event_filter: sql.Composable,
         params: Mapping[str, Any],
     ) -> None:
+        for name in self.reads_env:
+            fetch_env(name, f"{self.name} v{self.version}")
         for statement in self.apply_statements:
             conn.execute(
                 sql.SQL(statement).format(
@@ -194,6 +207,9 @@ ACCOUNT_PROJECTOR_V2 = Projector(
     ),
 )
 
+# The same projector, whose code also reads the currency from the environment.
+ACCOUNT_PROJECTOR_V2_CURRENCY = dataclasses.replace(ACCOUNT_PROJECTOR_V2, reads_env=(ACCOUNT_CURRENCY,))
+
 # One row per event, primary key on the event's identity: applying an event twice fails loudly.
 AUDIT_PROJECTOR_V1 = Projector(
     name="AuditProjector",
@@ -246,6 +262,11 @@ class Release:
         return {p.name: p.version for p in self.projectors}
 
     @property
+    def reads_env(self) -> tuple[str, ...]:
+        """The environment variables its projectors read: a pod template must set them."""
+        return tuple(sorted({name for p in self.projectors for name in p.reads_env}))
+
+    @property
     def schema_version(self) -> int:
         """Sequent's ``migrations_class.version``: the view schema this code expects."""
         return self.migrations[-1].version
@@ -262,6 +283,7 @@ RELEASES: dict[str, Release] = {
         (ACCOUNT_PROJECTOR_V2, AUDIT_PROJECTOR_V1, DAILY_TOTALS_PROJECTOR_V1),
         (*_V2_SCHEMA, CREATE_DAILY_DEPOSIT_TOTALS),
     ),
+    "v2-currency": Release("v2-currency", (ACCOUNT_PROJECTOR_V2_CURRENCY, AUDIT_PROJECTOR_V1), _V2_SCHEMA),
 }
 
 

@@ -518,7 +518,10 @@ def _rollout(run: _Pass, plan: Plan, db: DatabaseState) -> Decision:
         return _switch_when_required_active(run, db)
 
     if finished:
-        return _clean_up(run, db, previous.phase, _ended_reason(previous), progress_message(previous))
+        message = _told_once_failed(progress_message(previous), cluster.jobs_for(target, attempt))
+        if message != progress_message(previous):
+            run.event(_ended_reason(previous), message, warning=True)
+        return _clean_up(run, db, previous.phase, _ended_reason(previous), message)
 
     if spec.abort:
         if golive is not None and golive.state is JobState.RUNNING:
@@ -754,10 +757,27 @@ def _replay_failed_message(replay: ReplayState, jobs: Sequence[JobView]) -> str:
     failed = [job for job in jobs if job.state is JobState.FAILED and job.stage != Stage.ABORT]
     running = [job for job in jobs if job.state is JobState.RUNNING and job.stage != Stage.ABORT]
     if failed:
-        return message + f" ({failed[-1].stage} Job {failed[-1].name} failed: {failed[-1].message})"
+        return message + _job_failed(failed[-1])
     if running:
-        # Said when the failure was seen: the final condition keeps it after the Job has exited.
-        return message + f" (seen while {running[-1].stage} Job {running[-1].name} was running)"
+        # Said when the failure was seen; once the Job has failed, _told_once_failed says that instead.
+        return message + _seen_running(running[-1])
+    return message
+
+
+def _job_failed(job: JobView) -> str:
+    return f" ({job.stage} Job {job.name} failed: {job.message})"
+
+
+def _seen_running(job: JobView) -> str:
+    return f" (seen while {job.stage} Job {job.name} was running)"
+
+
+def _told_once_failed(message: str, jobs: Sequence[JobView]) -> str:
+    """A failure seen while its stage still ran (Sequent marks the replay failed, then the process
+    exits) told again once the stage's Job has failed: with the error its output gives."""
+    for job in jobs:
+        if job.state is JobState.FAILED and _seen_running(job) in message:
+            return message.replace(_seen_running(job), _job_failed(job))
     return message
 
 
