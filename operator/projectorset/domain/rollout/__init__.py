@@ -37,7 +37,9 @@ from projectorset.domain.rollout.decision import (
 )
 from projectorset.domain.rollout.gates import check_results, promotion_gate, with_check_results
 from projectorset.domain.rollout.queries import (
+    golives_running,
     latest,
+    latest_attempt,
     owned_projectors,
     pods_ready,
     release_is_active,
@@ -98,7 +100,7 @@ def decide(
     if cluster.secret_problem is not None:
         return _blocked(run, Reason.SECRET_NOT_FOUND, cluster.secret_problem)
     if database.state is None:
-        golive = [job for job in cluster.jobs if job.stage == Stage.GOLIVE and job.state is JobState.RUNNING]
+        golive = golives_running(cluster)
         if golive and database.error_reason == Reason.PROJECTOR_STATES_LOCKED:
             # golive holds projector_states until it commits: expected, and watched closely.
             run.poll(ROLLOUT_POLL_SECONDS)
@@ -116,18 +118,17 @@ def decide(
     )
 
     db = database.state
-    owned = owned_projectors(cluster)
-    plan = plan_upgrade(spec.projector_versions, db, owned, spec.required_versions)
+    plan = plan_upgrade(spec.projector_versions, db, run.owned, spec.required_versions)
     run.remember(
         projectors=projector_statuses(plan, spec.required_versions, db),
         replay=replay_status(status.replay, db, cluster, target, status.attempt),
     )
 
     if status.target_version == target:
-        latest_attempt = max((job.attempt for job in cluster.jobs if job.version == target), default=0)
-        if latest_attempt > status.attempt:
+        newest = latest_attempt(cluster, target)
+        if newest > status.attempt:
             # A stale status (a lost patch, a restart): the Jobs say which attempt this rollout is at.
-            run.remember(attempt=latest_attempt)
+            run.remember(attempt=newest)
     # Whatever the spec says now: pods the database refuses writes from must not keep the Service.
     live = deployed_active_release(run, db)
     if live is not None:
@@ -185,10 +186,10 @@ def _rollout(run: Pass, plan: Plan, db: DatabaseState) -> Decision:
     attempt = run.memory.attempt
 
     # The database is the gate: once the release is active there, traffic moves in this very pass.
-    if release_is_active(spec, db, owned_projectors(cluster)):
+    if release_is_active(spec, db, run.owned):
         return switch_when_required_active(run, db)
     golive = latest(cluster.jobs_for(target, attempt, Stage.GOLIVE))
-    if golive is not None and plan.to_deactivate and release_is_live(spec, db, owned_projectors(cluster)):
+    if golive is not None and plan.to_deactivate and release_is_live(spec, db, run.owned):
         # golive committed. Only now are the projectors the release removed deactivated (a golive
         # that fails leaves them as they were); the new code refuses every write while a projector
         # it does not know is active, so this comes right before the switch, in the same pass.
@@ -213,13 +214,7 @@ def _rollout(run: Pass, plan: Plan, db: DatabaseState) -> Decision:
     # while it ran) either lands, and the Service follows the database, or leaves nothing behind.
     # Meanwhile the new version's pods start, outside the Service.
     run.ensure_deployment()
-    other = [
-        job
-        for job in cluster.jobs
-        if job.stage == Stage.GOLIVE
-        and job.state is JobState.RUNNING
-        and (job.version, job.attempt) != (target, attempt)
-    ]
+    other = [job for job in golives_running(cluster) if (job.version, job.attempt) != (target, attempt)]
     if other:
         run.poll(ROLLOUT_POLL_SECONDS)
         return run.finish(

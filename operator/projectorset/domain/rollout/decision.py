@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import cached_property
 from typing import Any
 
 from projectorset.api import Condition, Phase, ProjectorSetSpec, ProjectorSetStatus
@@ -18,6 +19,7 @@ from projectorset.domain.observation import (
     Event,
 )
 from projectorset.domain.resources import stale_template
+from projectorset.domain.rollout.queries import owned_projectors
 
 # How often the database is read while a rollout runs, and while it waits for a human or an outage.
 ROLLOUT_POLL_SECONDS = 2.0
@@ -69,6 +71,11 @@ class Pass:
     events: list[Event] = field(default_factory=list)
     requeue_after: float | None = None
     activated: bool = False
+
+    @cached_property
+    def owned(self) -> set[str] | None:
+        """The projectors of every release this set deployed (``owned_projectors``), taken once a pass."""
+        return owned_projectors(self.cluster)
 
     def __post_init__(self) -> None:
         self.memory = self.previous

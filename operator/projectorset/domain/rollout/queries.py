@@ -109,14 +109,30 @@ def pods_ready(deployment: DeploymentView | None, spec: ProjectorSetSpec) -> boo
     return deployment.available or (spec.replicas == 0 and deployment.replicas == 0)
 
 
+# ---- Jobs --------------------------------------------------------------------------------------
+
+
+def still_running(job: JobView) -> bool:
+    """The Job's pods may still write: it runs, its pods terminate, or it is being deleted (a Job
+    is over only when its pods are gone; a deleted one terminates in the foreground)."""
+    return job.state is JobState.RUNNING or job.active > 0 or job.deleting
+
+
 def stages_still_running(cluster: ClusterView) -> list[JobView]:
-    """Stage Jobs (abort aside) whose pods may still write: running, terminating, or being deleted."""
-    return [
-        job
-        for job in cluster.jobs
-        if job.stage != Stage.ABORT and (job.state is JobState.RUNNING or job.active > 0 or job.deleting)
-    ]
+    """Stage Jobs (abort aside) whose pods may still write."""
+    return [job for job in cluster.jobs if job.stage != Stage.ABORT and still_running(job)]
+
+
+def golives_running(cluster: ClusterView) -> list[JobView]:
+    """golive Jobs that run: one transaction each, which either lands or leaves nothing behind."""
+    return [job for job in cluster.jobs if job.stage == Stage.GOLIVE and job.state is JobState.RUNNING]
+
+
+def latest_attempt(cluster: ClusterView, version: str) -> int:
+    """The highest attempt among ``version``'s Jobs; 0 when it has none."""
+    return max((job.attempt for job in cluster.jobs if job.version == version), default=0)
 
 
 def latest(jobs: Sequence[JobView]) -> JobView | None:
+    """The Job of the highest round."""
     return max(jobs, key=lambda job: job.round, default=None)

@@ -7,7 +7,7 @@ from projectorset.api.conditions import Reason
 from projectorset.domain.observation import ClusterView, JobState, RunStageJob
 from projectorset.domain.rollout.decision import WATCHED_POLL_SECONDS, Decision, Pass
 from projectorset.domain.rollout.gates import paused
-from projectorset.domain.rollout.queries import latest
+from projectorset.domain.rollout.queries import latest, latest_attempt
 from projectorset.domain.rollout.teardown import fail
 from projectorset.domain.sequent import DatabaseState, Stage
 
@@ -37,14 +37,14 @@ def attempt_for(cluster: ClusterView, target: str, lowest: int, *, adopt: bool) 
     rollout's Jobs by name). With ``adopt`` (the status was lost), the latest attempt while one
     of its stage Jobs still runs: the rollout that status recorded carries on. An abort Job, or a
     Job being deleted, means that attempt is being torn down: never adopted."""
-    latest_attempt = max((job.attempt for job in cluster.jobs if job.version == target), default=0)
+    newest = latest_attempt(cluster, target)
     carrying_on = any(
         job.state is JobState.RUNNING and not job.deleting and job.stage != Stage.ABORT
-        for job in cluster.jobs_for(target, latest_attempt)
+        for job in cluster.jobs_for(target, newest)
     )
-    if adopt and latest_attempt >= lowest and carrying_on:
-        return latest_attempt
-    return max(lowest, latest_attempt + 1)
+    if adopt and newest >= lowest and carrying_on:
+        return newest
+    return max(lowest, newest + 1)
 
 
 def current_attempt(run: Pass) -> int:

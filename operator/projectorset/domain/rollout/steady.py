@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from projectorset.api import Phase
 from projectorset.api.conditions import ConditionType, Reason
-from projectorset.domain.observation import ClearReplaying, DeleteDeployment, DeleteJob, JobState, ScaleDeployment
+from projectorset.domain.observation import ClearReplaying, DeleteDeployment, DeleteJob, ScaleDeployment
 from projectorset.domain.planning import Change, Plan
 from projectorset.domain.rollout.decision import BLOCKED_POLL_SECONDS, Decision, Pass, parse_time
-from projectorset.domain.rollout.queries import required_missing, shows
+from projectorset.domain.rollout.queries import required_missing, shows, still_running
 from projectorset.domain.sequent import DatabaseState
 
 
@@ -48,9 +48,7 @@ def _clear_stale_registrations(run: Pass, db: DatabaseState) -> None:
     """Replaying or activating versions with no replay in progress and no stage Job at work are
     what an abandoned rollout registered before its prepare Job ever ran (its creation failed,
     or the spec moved back first): cleared, for this ProjectorSet's projectors only."""
-    if db.replay_in_progress is not None or any(
-        job.state is JobState.RUNNING or job.active > 0 or job.deleting for job in run.cluster.jobs
-    ):
+    if db.replay_in_progress is not None or any(still_running(job) for job in run.cluster.jobs):
         return
     ours = set(run.spec.projector_versions)
     for deployment in run.cluster.deployments.values():

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
-
 from projectorset.api import Phase
 from projectorset.api.conditions import ConditionType, Reason, timestamp
-from projectorset.domain.observation import DeleteJob, JobState, JobView, RunStageJob
+from projectorset.domain.observation import JobState, JobView, RunStageJob
 from projectorset.domain.rollout.decision import ROLLOUT_POLL_SECONDS, Decision, Pass
-from projectorset.domain.rollout.queries import latest, owned_projectors
+from projectorset.domain.rollout.queries import latest, latest_attempt, still_running
 from projectorset.domain.rollout.start import current_attempt
-from projectorset.domain.rollout.teardown import ABORT_RETRY_MAX_SECONDS, ABORT_RETRY_SECONDS
+from projectorset.domain.rollout.teardown import next_abort_at, stop
 from projectorset.domain.sequent import DatabaseState, ReplayState, Stage
 
 
@@ -25,12 +23,7 @@ def superseded_work(run: Pass, db: DatabaseState) -> Decision | None:
     def current(job: JobView) -> bool:
         return job.version == spec.version and job.attempt == attempt
 
-    # A Job is over only when its pods are gone (a deleted one terminates in the foreground).
-    running = [
-        job
-        for job in cluster.jobs
-        if not current(job) and (job.state is JobState.RUNNING or job.active > 0 or job.deleting)
-    ]
+    running = [job for job in cluster.jobs if not current(job) and still_running(job)]
     stages = [job for job in running if job.stage != Stage.ABORT]
     aborting = [job for job in running if job.stage == Stage.ABORT]
     replay = db.replay_in_progress
@@ -55,7 +48,7 @@ def superseded_work(run: Pass, db: DatabaseState) -> Decision | None:
             f"golive of version {golive.version} is running in Job {golive.name} and cannot be stopped; "
             f"version {spec.version} rolls out once it has landed or failed",
         )
-    run.act(*(DeleteJob(job.name) for job in stages if job.state is JobState.RUNNING and not job.deleting))
+    stop(run, stages)
     if aborting:
         return run.finish(
             phase, Reason.SUPERSEDED, f"replay {replay.id if replay else ''} is being aborted in Job {aborting[0].name}"
@@ -71,8 +64,7 @@ def superseded_work(run: Pass, db: DatabaseState) -> Decision | None:
         run.condition(
             ConditionType.REPLAY_ABORTED, False, Reason.ABORT_FAILED, f"abort Job {last.name}: {last.message}"
         )
-        delay = min(ABORT_RETRY_MAX_SECONDS, ABORT_RETRY_SECONDS * 2 ** (len(aborts) - 1))
-        due = (last.finished_at or run.now) + timedelta(seconds=delay)
+        due = next_abort_at(aborts, run.now)
         if run.now < due:
             run.poll((due - run.now).total_seconds())
             return run.finish(
@@ -101,9 +93,8 @@ def _replay_owner(run: Pass, replay: ReplayState, db: DatabaseState) -> tuple[st
         if replay.projectors and all(
             name in release and replaying.get(name) == release[name] for name in replay.projectors
         ):
-            attempts = [job.attempt for job in cluster.jobs if job.version == version]
-            return version, max(attempts, default=0)
-    owned = owned_projectors(cluster)
+            return version, latest_attempt(cluster, version)
+    owned = run.owned
     ours = owned is not None and set(replay.projectors) <= {*run.spec.projector_versions, *owned}
     prepares = [job for job in cluster.jobs if job.stage == Stage.PREPARE]
     if prepares and ours:

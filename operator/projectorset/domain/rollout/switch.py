@@ -9,7 +9,6 @@ from projectorset.domain.rollout.decision import ROLLOUT_POLL_SECONDS, Decision,
 from projectorset.domain.rollout.queries import (
     counted_projectors,
     in_flight,
-    owned_projectors,
     pods_ready,
     required_missing,
     shows,
@@ -20,7 +19,7 @@ from projectorset.domain.sequent import DatabaseState
 def _active_projectors(run: Pass, db: DatabaseState) -> dict[str, int] | None:
     """This set's projector versions the database shows active, when none of them is replaying or
     activating (other applications' projectors on a shared event store do not count)."""
-    mine = counted_projectors(run.spec, db, owned_projectors(run.cluster))
+    mine = counted_projectors(run.spec, db, run.owned)
     if db.empty or in_flight(db, mine):
         return None
     active = {

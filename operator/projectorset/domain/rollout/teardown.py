@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from datetime import datetime, timedelta
 
 from projectorset.api import Phase
 from projectorset.api.conditions import ConditionType, Reason, find_condition, progress_message
-from projectorset.domain.observation import ClearReplaying, DeleteJob, JobState, RunStageJob, ScaleDeployment
+from projectorset.domain.observation import ClearReplaying, DeleteJob, JobState, JobView, RunStageJob, ScaleDeployment
 from projectorset.domain.rollout.decision import ROLLOUT_POLL_SECONDS, Decision, Pass, ended_reason, parse_time
-from projectorset.domain.rollout.queries import in_flight, latest, own_projectors, stages_still_running
+from projectorset.domain.rollout.queries import golives_running, in_flight, latest, own_projectors, stages_still_running
 from projectorset.domain.sequent import DatabaseState, ReplayState, ReplayStateName, Stage
 
 # How long a stage Job that failed inside Sequent may take to exit by itself before it is deleted.
@@ -30,6 +31,20 @@ def cleanup_pending(run: Pass, db: DatabaseState) -> bool:
     )
 
 
+def stop(run: Pass, jobs: Iterable[JobView]) -> None:
+    """Delete the Jobs of ``jobs`` that run and are not being deleted yet."""
+    run.act(*(DeleteJob(job.name) for job in jobs if job.state is JobState.RUNNING and not job.deleting))
+
+
+def next_abort_at(aborts: Sequence[JobView], now: datetime) -> datetime:
+    """When an abort Job runs again after ``aborts`` (tried, the last one over): a back-off from
+    the last one's end that doubles with each try, up to ABORT_RETRY_MAX_SECONDS."""
+    last = latest(aborts)
+    assert last is not None, "a back-off follows a try"
+    delay = min(ABORT_RETRY_MAX_SECONDS, ABORT_RETRY_SECONDS * 2 ** (len(aborts) - 1))
+    return (last.finished_at or now) + timedelta(seconds=delay)
+
+
 def fail(run: Pass, db: DatabaseState, reason: Reason, message: str) -> Decision:
     return clean_up(run, db, Phase.FAILED, reason, message)
 
@@ -41,7 +56,7 @@ def clean_up(run: Pass, db: DatabaseState, phase: Phase, reason: Reason, message
     target = spec.version
     warning = phase is Phase.FAILED
     run.poll(ROLLOUT_POLL_SECONDS)
-    if any(job.stage == Stage.GOLIVE and job.state is JobState.RUNNING for job in cluster.jobs):
+    if golives_running(cluster):
         # golive is one transaction: it either lands (and traffic moves) or leaves nothing behind.
         return run.finish(Phase.ACTIVATING, Reason.GOING_LIVE, f"{message}; waiting for golive to finish first")
 
@@ -55,7 +70,7 @@ def clean_up(run: Pass, db: DatabaseState, phase: Phase, reason: Reason, message
         failed_since = _failed_since(run) or run.now
         grace_over = run.now >= failed_since + timedelta(seconds=STAGE_EXIT_GRACE_SECONDS)
         if phase is not Phase.FAILED or grace_over:
-            run.act(*(DeleteJob(job.name) for job in running if job.state is JobState.RUNNING and not job.deleting))
+            stop(run, running)
             what = f"stopping {names}"
         else:
             what = f"waiting for {names} to exit"
@@ -124,8 +139,7 @@ def _abort_replay(run: Pass, replay: ReplayState, phase: Phase, reason: Reason, 
         if last.state is JobState.FAILED
         else f"abort Job {last.name} succeeded but replay {replay.id} is still {replay.state!r}"
     )
-    delay = min(ABORT_RETRY_MAX_SECONDS, ABORT_RETRY_SECONDS * 2 ** (tries - 1))
-    due = (last.finished_at or run.now) + timedelta(seconds=delay)
+    due = next_abort_at(aborts, run.now)
     if run.now >= due:
         run.act(RunStageJob(spec.version, attempt, Stage.ABORT, round=last.round + 1, projectors=projectors))
         run.event(Reason.ABORT_FAILED, f"{why}; running abort again (try {tries + 1})", warning=True)
