@@ -1,15 +1,39 @@
-"""The gates before golive (or a direct activation): the checks, the promotion and spec.paused."""
+"""The gates before golive (or a direct activation): states that block a rollout, the checks, the promotion
+and spec.paused."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
 from projectorset.api import CheckResult, Phase, ProjectorSetSpec, ProjectorSetStatus, Promotion
-from projectorset.api.conditions import Reason, progress_reason
+from projectorset.api.conditions import ConditionType, Reason, progress_reason
 from projectorset.domain.observation import RunChecks
+from projectorset.domain.planning import Plan
 from projectorset.domain.rollout.decision import BLOCKED_POLL_SECONDS, Decision, Pass
 from projectorset.domain.rollout.teardown import fail
 from projectorset.domain.sequent import DatabaseState
+
+
+def blocking_state(run: Pass, plan: Plan) -> Decision | None:
+    """States of the database the operator must not paper over: the plan says why."""
+    serving = run.memory.active_version
+    if plan.first_install and serving is not None:
+        run.poll(BLOCKED_POLL_SECONDS)
+        return run.finish(
+            Phase.PENDING,
+            Reason.PROJECTOR_STATES_EMPTY,
+            f"version {serving} serves but projector_states is empty, so nothing says which projector "
+            f"versions are live: activate version {serving}'s configuration with its own code, e.g. "
+            f"kubectl exec deploy/<its Deployment> -- bin/rails runner 'Sequent.activate_current_configuration!' "
+            "(sequent:migrate:offline activates only when a view-schema migration is pending)",
+            warning=True,
+        )
+    if plan.blocked:
+        run.poll(BLOCKED_POLL_SECONDS)
+        return run.finish(Phase.PENDING, plan.issues[0].reason, "; ".join(i.message for i in plan.issues), warning=True)
+    for notice in plan.notices:
+        run.condition(ConditionType.PLANNED, True, Reason.ROLLBACK_BY_REPLAY, notice)
+    return None
 
 
 def check_results(status: ProjectorSetStatus, spec: ProjectorSetSpec, attempt: int) -> dict[str, CheckResult]:

@@ -9,12 +9,12 @@ from collections.abc import Mapping, Sequence
 
 from projectorset.api import Phase
 from projectorset.api.conditions import Reason
-from projectorset.domain.observation import JobState, JobView, RegisterReplaying, RunStageJob
+from projectorset.domain.observation import Activate, JobState, JobView, RegisterReplaying, RunStageJob
 from projectorset.domain.planning import Plan
 from projectorset.domain.rollout.decision import ROLLOUT_POLL_SECONDS, Decision, Pass
 from projectorset.domain.rollout.gates import failed_checks, paused, promotion_gate, run_checks
 from projectorset.domain.rollout.queries import latest
-from projectorset.domain.rollout.teardown import fail
+from projectorset.domain.rollout.teardown import fail, job_failed, seen_running
 from projectorset.domain.sequent import (
     STAGES,
     DatabaseState,
@@ -33,6 +33,19 @@ STAGE_REASONS: Mapping[str, Reason] = {
     Stage.CATCHUP: Reason.CATCHING_UP,
     Stage.GOLIVE: Reason.GOING_LIVE,
 }
+
+
+def activate_without_replay(run: Pass, plan: Plan) -> Decision | None:
+    """Nothing to replay: the current configuration is activated directly (after the promotion gate)."""
+    if plan.needs_replay:
+        return None
+    gate = None if plan.first_install else promotion_gate(run)
+    if gate is not None:
+        return gate
+    run.act(Activate(run.spec.projector_versions, tuple(plan.to_deactivate)))
+    run.poll(ROLLOUT_POLL_SECONDS)
+    what = "first install" if plan.first_install else "no projector needs a replay"
+    return run.finish(Phase.ACTIVATING, Reason.ACTIVATING, f"{what}: activating version {run.spec.version}")
 
 
 def replay_stages(run: Pass, plan: Plan, db: DatabaseState, attempt: int, golive: JobView | None) -> Decision:
@@ -124,7 +137,7 @@ def replay_stages(run: Pass, plan: Plan, db: DatabaseState, attempt: int, golive
     gate = promotion_gate(run)
     if gate is not None:
         return gate
-    # Removed projectors stay active until golive commits (see the rollout package's _rollout): a golive may still fail.
+    # Removed projectors stay active until golive commits (see switch.switch_once_live): a golive may still fail.
     run.act(RunStageJob(target, attempt, Stage.GOLIVE, projectors=projectors))
     return run.finish(Phase.ACTIVATING, Reason.GOING_LIVE, f"lag {lag} events: golive")
 
@@ -134,27 +147,10 @@ def _replay_failed_message(replay: ReplayState, jobs: Sequence[JobView]) -> str:
     failed = [job for job in jobs if job.state is JobState.FAILED and job.stage != Stage.ABORT]
     running = [job for job in jobs if job.state is JobState.RUNNING and job.stage != Stage.ABORT]
     if failed:
-        return message + _job_failed(failed[-1])
+        return message + job_failed(failed[-1])
     if running:
         # Said when the failure was seen; once the Job has failed, told_once_failed says that instead.
-        return message + _seen_running(running[-1])
-    return message
-
-
-def _job_failed(job: JobView) -> str:
-    return f" ({job.stage} Job {job.name} failed: {job.message})"
-
-
-def _seen_running(job: JobView) -> str:
-    return f" (seen while {job.stage} Job {job.name} was running)"
-
-
-def told_once_failed(message: str, jobs: Sequence[JobView]) -> str:
-    """A failure seen while its stage still ran (Sequent marks the replay failed, then the process
-    exits) told again once the stage's Job has failed: with the error its output gives."""
-    for job in jobs:
-        if job.state is JobState.FAILED and _seen_running(job) in message:
-            return message.replace(_seen_running(job), _job_failed(job))
+        return message + seen_running(running[-1])
     return message
 
 

@@ -1,15 +1,20 @@
-"""Starting a rollout: attempt bookkeeping and the migrate stage."""
+"""Starting a rollout: attempt bookkeeping, the wait for another golive, the migrate stage and the pods."""
 
 from __future__ import annotations
+
+from datetime import timedelta
 
 from projectorset.api import Phase, ProjectorSetStatus
 from projectorset.api.conditions import Reason
 from projectorset.domain.observation import ClusterView, JobState, RunStageJob
-from projectorset.domain.rollout.decision import WATCHED_POLL_SECONDS, Decision, Pass
+from projectorset.domain.rollout.decision import ROLLOUT_POLL_SECONDS, WATCHED_POLL_SECONDS, Decision, Pass, parse_time
 from projectorset.domain.rollout.gates import paused
-from projectorset.domain.rollout.queries import latest, latest_attempt
+from projectorset.domain.rollout.queries import golives_running, latest, latest_attempt, pods_ready
 from projectorset.domain.rollout.teardown import fail
 from projectorset.domain.sequent import DatabaseState, Stage
+
+# How long new pods may take to get ready before the condition suggests why they do not.
+UNREADY_HINT_SECONDS = 120.0
 
 
 def torn_down_since(status: ProjectorSetStatus, generation: int, cluster: ClusterView, target: str) -> bool:
@@ -76,3 +81,99 @@ def migrate(run: Pass, db: DatabaseState, attempt: int) -> Decision | None:
     if job.state is JobState.FAILED:
         return fail(run, db, Reason.STAGE_FAILED, f"migrate Job {job.name} failed: {job.message}")
     return None
+
+
+def adopt_latest_attempt(run: Pass) -> None:
+    """A stale status (a lost patch, a restart) of this rollout: the Jobs say which attempt it is at."""
+    if run.previous.target_version != run.spec.version:
+        return
+    newest = latest_attempt(run.cluster, run.spec.version)
+    if newest > run.previous.attempt:
+        run.remember(attempt=newest)
+
+
+def rollout_ended(run: Pass) -> bool:
+    """The status says this rollout of spec.version failed or was aborted. A finished status whose
+    attempt is behind the Jobs is stale: a retry already started."""
+    last = run.previous
+    return (
+        last.phase in (Phase.FAILED, Phase.ABORTED)
+        and last.target_version == run.spec.version
+        and run.memory.attempt == last.attempt
+    )
+
+
+def retry_requested(run: Pass) -> bool:
+    """An ended rollout starts again once the spec was edited, unless spec.abort holds it."""
+    last = run.previous
+    edited = last.observed_generation is not None and run.generation != last.observed_generation
+    return edited and not run.spec.abort
+
+
+def start_attempt(run: Pass) -> None:
+    """A new target: its rollout starts with its first attempt (or carries on one its Jobs show)."""
+    target = run.spec.version
+    run.remember(
+        target_version=target,
+        attempt=attempt_for(run.cluster, target, 1, adopt=status_lost(run.previous)),
+        rollout_started_at=run.timestamp(),
+        activated_at=None,
+        replay=None,
+    )
+    serving = run.memory.active_version
+    run.event(Reason.ROLLOUT_STARTED, f"rolling out version {target} (serving: {serving or 'nothing yet'})")
+
+
+def retry_attempt(run: Pass) -> None:
+    """A retry after a failure, once the spec was edited: a new attempt."""
+    target = run.spec.version
+    attempt = attempt_for(run.cluster, target, run.memory.attempt + 1, adopt=False)
+    run.remember(attempt=attempt, rollout_started_at=run.timestamp(), replay=None)
+    run.event(Reason.ROLLOUT_RETRIED, f"retrying version {target} (attempt {attempt}) after a spec change")
+
+
+def wait_for_other_golive(run: Pass, attempt: int) -> Decision | None:
+    """golive is one transaction that cannot be stopped: another rollout's golive (the spec moved on
+    while it ran) either lands, and the Service follows the database, or leaves nothing behind."""
+    target = run.spec.version
+    other = [job for job in golives_running(run.cluster) if (job.version, job.attempt) != (target, attempt)]
+    if not other:
+        return None
+    run.poll(ROLLOUT_POLL_SECONDS)
+    return run.finish(
+        Phase.ACTIVATING,
+        Reason.GOING_LIVE,
+        f"golive of version {other[0].version} is running in Job {other[0].name}; version {target} rolls out "
+        "once it has landed or failed",
+    )
+
+
+def wait_for_pods(run: Pass, db: DatabaseState) -> Decision | None:
+    """The new version's Deployment must be available before anything is replayed or activated."""
+    target = run.spec.version
+    deployment = run.cluster.deployments.get(target)
+    if deployment is not None and deployment.failure:
+        return fail(run, db, Reason.DEPLOYMENT_FAILED, f"Deployment of {target}: {deployment.failure}")
+    if pods_ready(deployment, run.spec):
+        return None
+    ready = f"{deployment.ready_replicas}/{deployment.replicas}" if deployment else "0"
+    run.poll(WATCHED_POLL_SECONDS)
+    return run.finish(
+        Phase.DEPLOYING,
+        Reason.DEPLOYING,
+        f"waiting for version {target} to be available ({ready} ready){_unready_hint(run)}",
+    )
+
+
+def _unready_hint(run: Pass) -> str:
+    """Past a short while, the likely cause of pods that run but never get ready: a readiness
+    probe that needs the release's projectors active, which only golive makes them, and golive
+    waits for these pods (seen with a real application: ProgressDeadlineExceeded after 10 min)."""
+    started = parse_time(run.memory.rollout_started_at)
+    if started is None or run.now - started < timedelta(seconds=UNREADY_HINT_SECONDS):
+        return ""
+    return (
+        "; if its pods run but stay unready, their readiness probe may need the release's projectors "
+        "active, which happens only after these pods are ready (the README's 'What the application must "
+        "provide')"
+    )

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 from projectorset.api import Phase
 from projectorset.api.conditions import Reason
-from projectorset.domain.observation import ScaleDeployment, SwitchService
+from projectorset.domain.observation import Deactivate, JobView, ScaleDeployment, SwitchService
+from projectorset.domain.planning import Plan
 from projectorset.domain.rollout.decision import ROLLOUT_POLL_SECONDS, Decision, Pass
 from projectorset.domain.rollout.queries import (
     counted_projectors,
     in_flight,
     pods_ready,
+    release_is_active,
+    release_is_live,
     required_missing,
     shows,
 )
@@ -98,6 +101,23 @@ def _move_service(run: Pass, version: str, why: str = "") -> None:
     history = [v for v in [serving, *run.memory.history] if v and v != version]
     run.remember(active_version=version, previous_version=serving, switched_at=run.timestamp(), history=history)
     run.event(Reason.SERVICE_SWITCHED, f"Service {run.spec.service.name} now selects version {version}{why}")
+
+
+def switch_once_live(run: Pass, plan: Plan, db: DatabaseState, golive: JobView | None) -> Decision | None:
+    """The database is the gate: once it shows the release active, traffic moves in this very pass."""
+    if release_is_active(run.spec, db, run.owned):
+        return switch_when_required_active(run, db)
+    if golive is not None and plan.to_deactivate and release_is_live(run.spec, db, run.owned):
+        # golive committed. Only now are the projectors the release removed deactivated (a golive
+        # that fails leaves them as they were); the new code refuses every write while a projector
+        # it does not know is active, so this comes right before the switch, in the same pass.
+        removed = tuple(plan.to_deactivate)
+        run.act(Deactivate(removed))
+        run.event(
+            Reason.PROJECTORS_DEACTIVATED, f"deactivated {', '.join(removed)} (not in version {run.spec.version})"
+        )
+        return switch_when_required_active(run, db)
+    return None
 
 
 def switch_when_required_active(run: Pass, db: DatabaseState) -> Decision:

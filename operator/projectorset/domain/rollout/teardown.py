@@ -45,6 +45,46 @@ def next_abort_at(aborts: Sequence[JobView], now: datetime) -> datetime:
     return (last.finished_at or now) + timedelta(seconds=delay)
 
 
+def abort_requested(run: Pass, db: DatabaseState, golive: JobView | None) -> Decision | None:
+    """spec.abort: the rollout is cleaned up, once its running golive (one transaction) is over."""
+    if not run.spec.abort:
+        return None
+    if golive is not None and golive.state is JobState.RUNNING:
+        run.poll(ROLLOUT_POLL_SECONDS)
+        return run.finish(Phase.ACTIVATING, Reason.ABORT_WAITING_FOR_GOLIVE, "abort requested; golive is running")
+    return clean_up(run, db, Phase.ABORTED, Reason.ABORTED, f"rollout of {run.spec.version} aborted by spec.abort")
+
+
+def finish_clean_up(run: Pass, db: DatabaseState) -> Decision:
+    """A failed or aborted rollout goes on cleaning up, keeping the reason it ended with (and
+    telling the failure again once the stage Job it was seen under has failed)."""
+    last = run.previous
+    reason = ended_reason(last)
+    message = told_once_failed(progress_message(last), run.cluster.jobs_for(run.spec.version, run.memory.attempt))
+    if message != progress_message(last):
+        run.event(reason, message, warning=True)
+    return clean_up(run, db, last.phase, reason, message)
+
+
+def job_failed(job: JobView) -> str:
+    """How a failed stage Job is told in a failure message."""
+    return f" ({job.stage} Job {job.name} failed: {job.message})"
+
+
+def seen_running(job: JobView) -> str:
+    """How a stage Job still running when the failure was seen is told."""
+    return f" (seen while {job.stage} Job {job.name} was running)"
+
+
+def told_once_failed(message: str, jobs: Sequence[JobView]) -> str:
+    """A failure seen while its stage still ran (Sequent marks the replay failed, then the process
+    exits) told again once the stage's Job has failed: with the error its output gives."""
+    for job in jobs:
+        if job.state is JobState.FAILED and seen_running(job) in message:
+            return message.replace(seen_running(job), job_failed(job))
+    return message
+
+
 def fail(run: Pass, db: DatabaseState, reason: Reason, message: str) -> Decision:
     return clean_up(run, db, Phase.FAILED, reason, message)
 
