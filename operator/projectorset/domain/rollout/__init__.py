@@ -93,9 +93,11 @@ def decide(
     database: DatabaseView,
     now: datetime,
 ) -> Decision:
+    read_status = status
     if torn_down_since(status, generation, cluster, spec.version):
-        status = status.model_copy(update={"target_version": None, "attempt": 0, "replay": None})
-    run = Pass(spec, generation, status, cluster, database, now)
+        # Read as if that rollout never started: nothing of it is taken up again.
+        read_status = status.model_copy(update={"target_version": None, "attempt": 0, "replay": None})
+    run = Pass(spec, generation, read_status, cluster, database, now)
     run.remember(active_version=cluster.service_version)
     missing = _input_missing(run)
     if missing is not None:
@@ -106,7 +108,7 @@ def decide(
     plan = plan_upgrade(spec.projector_versions, db, run.owned, spec.required_versions)
     run.remember(
         projectors=projector_statuses(plan, spec.required_versions, db),
-        replay=replay_status(status.replay, db, cluster, spec.version, status.attempt),
+        replay=replay_status(read_status.replay, db, cluster, spec.version, read_status.attempt),
     )
     adopt_latest_attempt(run)
     # Whatever the spec says now: pods the database refuses writes from must not keep the Service.
@@ -155,28 +157,28 @@ def _input_missing(run: Pass) -> Decision | None:
 def _blocked(run: Pass, reason: Reason, message: str) -> Decision:
     """An input is missing or unreachable: the phase stays as it was, and so does the reason a
     finished rollout ended with (an outage is not why it failed, and must not become so)."""
-    previous = run.previous
+    last = run.read_status
     run.poll(BLOCKED_POLL_SECONDS)
-    if previous.phase in (Phase.FAILED, Phase.ABORTED):
-        if message not in previous.message:
+    if last.phase in (Phase.FAILED, Phase.ABORTED):
+        if message not in last.message:
             run.event(reason, message, warning=True)
-        ended = progress_message(previous)
-        return run.finish(previous.phase, ended_reason(previous), ended, note=f"; {message}")
-    return run.finish(previous.phase, reason, message, warning=True)
+        ended = progress_message(last)
+        return run.finish(last.phase, ended_reason(last), ended, note=f"; {message}")
+    return run.finish(last.phase, reason, message, warning=True)
 
 
 def _rollout(run: Pass, plan: Plan, db: DatabaseState) -> Decision:
     """The Service does not reach spec.version yet: the first step of its rollout that decides.
     Each step returns None when it has nothing to decide in this pass, so ``or`` chains them."""
     ended = rollout_ended(run)
-    if run.previous.target_version != run.spec.version:
+    if run.read_status.target_version != run.spec.version:
         start_attempt(run)
     elif ended and not cleanup_pending(run, db):
         if not retry_requested(run):
             return stay_finished(run, db)
         retry_attempt(run)
         ended = False
-    attempt = run.memory.attempt
+    attempt = run.next_status.attempt
     golive = latest(run.cluster.jobs_for(run.spec.version, attempt, Stage.GOLIVE))
 
     # The database is the gate: once the release is active there, traffic moves in this very pass.

@@ -56,16 +56,18 @@ class Decision:
 
 @dataclass
 class Pass:
-    """The mutable scratch state of one ``decide`` call."""
+    """The mutable scratch state of one ``decide`` call: what it read, and what it will answer."""
 
     spec: ProjectorSetSpec
     generation: int
-    previous: ProjectorSetStatus
+    # The status as this pass read it (what the last pass wrote): never changed.
+    read_status: ProjectorSetStatus
     cluster: ClusterView
     database: DatabaseView
     now: datetime
-    # The status carried forward; ``finish`` sets its per-pass fields.
-    memory: ProjectorSetStatus = field(init=False)
+    # The status this pass will write, carried forward from ``read_status`` and changed with
+    # ``remember``; ``finish`` sets its per-pass fields.
+    next_status: ProjectorSetStatus = field(init=False)
     conditions: list[Condition] = field(init=False)
     actions: list[Action] = field(default_factory=list)
     events: list[Event] = field(default_factory=list)
@@ -78,8 +80,8 @@ class Pass:
         return owned_projectors(self.cluster)
 
     def __post_init__(self) -> None:
-        self.memory = self.previous
-        self.conditions = list(self.previous.conditions)
+        self.next_status = self.read_status
+        self.conditions = list(self.read_status.conditions)
 
     # -- helpers used by the steps --
 
@@ -87,7 +89,7 @@ class Pass:
         """Change status fields carried forward to the next pass."""
         unknown = changes.keys() - ProjectorSetStatus.model_fields.keys() | (changes.keys() & _PER_PASS_FIELDS)
         assert not unknown, f"not a carried status field: {sorted(unknown)}"
-        self.memory = self.memory.model_copy(update=changes)
+        self.next_status = self.next_status.model_copy(update=changes)
 
     def timestamp(self) -> str:
         return timestamp(self.now)
@@ -117,19 +119,19 @@ class Pass:
 
         ``message`` is the cause (kept in the Progressing condition); ``note`` adds what
         happens about it, for status.message only."""
-        changed = phase != self.previous.phase or reason != progress_reason(self.previous)
+        changed = phase != self.read_status.phase or reason != progress_reason(self.read_status)
         if changed:
             self.event(reason, message + note, warning=warning)
         progressing = phase in IN_FLIGHT_PHASES and phase is not Phase.PAUSED
         self.condition(ConditionType.PROGRESSING, progressing, reason, message)
-        ready = phase is Phase.ACTIVE and self.memory.active_version == self.spec.version
+        ready = phase is Phase.ACTIVE and self.next_status.active_version == self.spec.version
         self.condition(
             ConditionType.READY,
             ready,
             Reason.ACTIVE if ready else reason,
             f"version {self.spec.version} serves" if ready else message,
         )
-        status = self.memory.model_copy(
+        written = self.next_status.model_copy(
             update={
                 "phase": phase,
                 "message": message + note,
@@ -137,18 +139,21 @@ class Pass:
                 "conditions": self.conditions,
             }
         )
+        # Waiting for another set's projectors can take that set's whole replay: polled, not watched.
+        await_activation = phase is Phase.ACTIVATING and reason is not Reason.WAITING_FOR_PROJECTORS
+        failure = reason if phase is Phase.FAILED and changed else None
+        # Projectors this set made live (or stopped waiting for) may let another set switch.
+        changed_store = any(isinstance(action, (Activate, Deactivate)) for action in self.actions)
+        started_waiting = reason is Reason.WAITING_FOR_PROJECTORS and changed
         return Decision(
-            tuple(self.actions),
-            status,
-            tuple(self.events),
-            self.requeue_after,
-            # Waiting for another set's projectors can take that set's whole replay: polled, not watched.
-            await_activation=phase is Phase.ACTIVATING and reason is not Reason.WAITING_FOR_PROJECTORS,
+            actions=tuple(self.actions),
+            status=written,
+            events=tuple(self.events),
+            requeue_after=self.requeue_after,
+            await_activation=await_activation,
             activated=self.activated,
-            failure=reason if phase is Phase.FAILED and changed else None,
-            store_changed=self.activated
-            or any(isinstance(action, (Activate, Deactivate)) for action in self.actions)
-            or (reason is Reason.WAITING_FOR_PROJECTORS and changed),
+            failure=failure,
+            store_changed=self.activated or changed_store or started_waiting,
         )
 
 

@@ -16,7 +16,7 @@ from projectorset.domain.sequent import DatabaseState
 
 def blocking_state(run: Pass, plan: Plan) -> Decision | None:
     """States of the database the operator must not paper over: the plan says why."""
-    serving = run.memory.active_version
+    serving = run.next_status.active_version
     if plan.first_install and serving is not None:
         run.poll(BLOCKED_POLL_SECONDS)
         return run.finish(
@@ -60,7 +60,7 @@ def with_check_results(status: ProjectorSetStatus, results: Sequence[CheckResult
 
 def failed_checks(run: Pass, db: DatabaseState, attempt: int) -> Decision | None:
     """A check of this attempt that did not pass fails the rollout; the replay is aborted."""
-    results = check_results(run.memory, run.spec, attempt)
+    results = check_results(run.next_status, run.spec, attempt)
     failed = [results[c.name] for c in run.spec.replay.checks if c.name in results and not results[c.name].passed]
     if not failed:
         return None
@@ -77,7 +77,7 @@ def run_checks(run: Pass, attempt: int, lag: int) -> Decision | None:
     checks = run.spec.replay.checks
     if not checks:
         return None
-    results = check_results(run.memory, run.spec, attempt)
+    results = check_results(run.next_status, run.spec, attempt)
     missing = tuple(check for check in checks if check.name not in results)
     if missing:
         if run.spec.paused:
@@ -85,7 +85,7 @@ def run_checks(run: Pass, attempt: int, lag: int) -> Decision | None:
         run.act(RunChecks(run.spec.version, attempt, missing))
         names = ", ".join(check.name for check in missing)
         return run.finish(Phase.REPLAYING, Reason.RUNNING_CHECKS, f"lag {lag} events: running checks {names}")
-    if progress_reason(run.previous) == Reason.RUNNING_CHECKS:
+    if progress_reason(run.read_status) == Reason.RUNNING_CHECKS:
         run.event(Reason.CHECKS_PASSED, "checks passed before golive: " + ", ".join(check.name for check in checks))
     return None
 

@@ -118,7 +118,7 @@ def replay_stages(run: Pass, plan: Plan, db: DatabaseState, attempt: int, golive
     if failed is not None:
         return failed
     if lag > spec.replay.catchup.max_lag:
-        rounds = run.memory.replay.catchup_round if run.memory.replay is not None else 0
+        rounds = run.next_status.replay.catchup_round if run.next_status.replay is not None else 0
         if rounds >= spec.replay.catchup.max_rounds:
             return fail(
                 run,

@@ -54,9 +54,9 @@ def attempt_for(cluster: ClusterView, target: str, lowest: int, *, adopt: bool) 
 
 def current_attempt(run: Pass) -> int:
     """The attempt of spec.version's rollout as far as the status and the running Jobs tell."""
-    if run.previous.target_version == run.spec.version:
-        return run.memory.attempt
-    return attempt_for(run.cluster, run.spec.version, 1, adopt=status_lost(run.previous))
+    if run.read_status.target_version == run.spec.version:
+        return run.next_status.attempt
+    return attempt_for(run.cluster, run.spec.version, 1, adopt=status_lost(run.read_status))
 
 
 def migrate(run: Pass, db: DatabaseState, attempt: int) -> Decision | None:
@@ -85,27 +85,27 @@ def migrate(run: Pass, db: DatabaseState, attempt: int) -> Decision | None:
 
 def adopt_latest_attempt(run: Pass) -> None:
     """A stale status (a lost patch, a restart) of this rollout: the Jobs say which attempt it is at."""
-    if run.previous.target_version != run.spec.version:
+    if run.read_status.target_version != run.spec.version:
         return
     newest = latest_attempt(run.cluster, run.spec.version)
-    if newest > run.previous.attempt:
+    if newest > run.read_status.attempt:
         run.remember(attempt=newest)
 
 
 def rollout_ended(run: Pass) -> bool:
     """The status says this rollout of spec.version failed or was aborted. A finished status whose
     attempt is behind the Jobs is stale: a retry already started."""
-    last = run.previous
+    last = run.read_status
     return (
         last.phase in (Phase.FAILED, Phase.ABORTED)
         and last.target_version == run.spec.version
-        and run.memory.attempt == last.attempt
+        and run.next_status.attempt == last.attempt
     )
 
 
 def retry_requested(run: Pass) -> bool:
     """An ended rollout starts again once the spec was edited, unless spec.abort holds it."""
-    last = run.previous
+    last = run.read_status
     edited = last.observed_generation is not None and run.generation != last.observed_generation
     return edited and not run.spec.abort
 
@@ -115,19 +115,19 @@ def start_attempt(run: Pass) -> None:
     target = run.spec.version
     run.remember(
         target_version=target,
-        attempt=attempt_for(run.cluster, target, 1, adopt=status_lost(run.previous)),
+        attempt=attempt_for(run.cluster, target, 1, adopt=status_lost(run.read_status)),
         rollout_started_at=run.timestamp(),
         activated_at=None,
         replay=None,
     )
-    serving = run.memory.active_version
+    serving = run.next_status.active_version
     run.event(Reason.ROLLOUT_STARTED, f"rolling out version {target} (serving: {serving or 'nothing yet'})")
 
 
 def retry_attempt(run: Pass) -> None:
     """A retry after a failure, once the spec was edited: a new attempt."""
     target = run.spec.version
-    attempt = attempt_for(run.cluster, target, run.memory.attempt + 1, adopt=False)
+    attempt = attempt_for(run.cluster, target, run.next_status.attempt + 1, adopt=False)
     run.remember(attempt=attempt, rollout_started_at=run.timestamp(), replay=None)
     run.event(Reason.ROLLOUT_RETRIED, f"retrying version {target} (attempt {attempt}) after a spec change")
 
@@ -169,7 +169,7 @@ def _unready_hint(run: Pass) -> str:
     """Past a short while, the likely cause of pods that run but never get ready: a readiness
     probe that needs the release's projectors active, which only golive makes them, and golive
     waits for these pods (seen with a real application: ProgressDeadlineExceeded after 10 min)."""
-    started = parse_time(run.memory.rollout_started_at)
+    started = parse_time(run.next_status.rollout_started_at)
     if started is None or run.now - started < timedelta(seconds=UNREADY_HINT_SECONDS):
         return ""
     return (

@@ -65,11 +65,11 @@ def _clear_stale_registrations(run: Pass, db: DatabaseState) -> None:
 def _retire_old_versions(run: Pass) -> None:
     """Scale the previous version down after the delay and keep a bounded history."""
     spec, cluster = run.spec, run.cluster
-    serving = run.memory.active_version
-    previous = run.memory.previous_version
-    switched_at = parse_time(run.memory.switched_at)
+    serving = run.next_status.active_version
+    previous = run.next_status.previous_version
+    switched_at = parse_time(run.next_status.switched_at)
     delay = float(spec.strategy.scale_down_delay_seconds)
-    history: list[str] = [v for v in run.memory.history if v not in (serving, spec.version)]
+    history: list[str] = [v for v in run.next_status.history if v not in (serving, spec.version)]
     for version in sorted(cluster.deployments):
         if version not in (serving, spec.version) and version not in history:
             history.append(version)

@@ -30,12 +30,12 @@ def superseded_work(run: Pass, db: DatabaseState) -> Decision | None:
     # A replay in progress belongs to the current rollout when the status follows a rollout of
     # spec.version (its own clean-up handles it) or once any Job of its attempt exists. Once
     # spec.version serves, no rollout is in progress: a replay left in progress is left over.
-    rolling_out = run.previous.target_version == spec.version and run.memory.active_version != spec.version
+    rolling_out = run.read_status.target_version == spec.version and run.next_status.active_version != spec.version
     started_here = rolling_out or any(current(job) for job in cluster.jobs)
     owner = None if replay is None or started_here or running else _replay_owner(run, replay, db)
     if not running and owner is None:
         return None
-    phase = Phase.ACTIVE if run.memory.active_version == spec.version else Phase.PENDING
+    phase = Phase.ACTIVE if run.next_status.active_version == spec.version else Phase.PENDING
     # The superseded rollout is over: the next one starts afresh (a new attempt) once this is done.
     run.remember(target_version=None, attempt=0, replay=None)
     run.poll(ROLLOUT_POLL_SECONDS)

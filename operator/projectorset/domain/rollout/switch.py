@@ -56,8 +56,8 @@ def deployed_active_release(run: Pass, db: DatabaseState) -> str | None:
         for v in run.cluster.deployments
         if v != run.spec.version and runs_active(v) and (active != run.spec.projector_versions or _ready(run, v))
     )
-    if run.previous.target_version in candidates:
-        return run.previous.target_version
+    if run.read_status.target_version in candidates:
+        return run.read_status.target_version
     return candidates[-1] if candidates else None
 
 
@@ -90,15 +90,15 @@ def follow_database(run: Pass, version: str) -> Decision:
 def _waiting_for_pods(run: Pass, message: str) -> Decision:
     # A Warning while a serving version waits on these pods (the database moved past it); a first
     # install has nothing serving, and its pods starting is no cause for alarm.
-    warning = run.memory.active_version is not None
+    warning = run.next_status.active_version is not None
     return run.finish(Phase.SWITCHING, Reason.WAITING_FOR_AVAILABLE_PODS, message, warning=warning)
 
 
 def _move_service(run: Pass, version: str, why: str = "") -> None:
     """Patch the Service to select ``version``'s pods and remember the switch."""
-    serving = run.memory.active_version
+    serving = run.next_status.active_version
     run.act(SwitchService(version))
-    history = [v for v in [serving, *run.memory.history] if v and v != version]
+    history = [v for v in [serving, *run.next_status.history] if v and v != version]
     run.remember(active_version=version, previous_version=serving, switched_at=run.timestamp(), history=history)
     run.event(Reason.SERVICE_SWITCHED, f"Service {run.spec.service.name} now selects version {version}{why}")
 
@@ -139,7 +139,7 @@ def switch_when_required_active(run: Pass, db: DatabaseState) -> Decision:
     )
     run.ensure_deployment()
     run.poll(ROLLOUT_POLL_SECONDS)
-    serving = run.memory.active_version
+    serving = run.next_status.active_version
     return run.finish(
         Phase.ACTIVATING,
         Reason.WAITING_FOR_PROJECTORS,
@@ -151,8 +151,8 @@ def switch_when_required_active(run: Pass, db: DatabaseState) -> Decision:
 def _switch(run: Pass) -> Decision:
     spec, cluster = run.spec, run.cluster
     target = spec.version
-    serving = run.memory.active_version
-    if run.memory.activated_at is None:
+    serving = run.next_status.active_version
+    if run.next_status.activated_at is None:
         run.remember(activated_at=run.timestamp())
         run.activated = True
         run.event(Reason.ACTIVATED, f"the database shows every projector of {target} active")

@@ -58,9 +58,9 @@ def abort_requested(run: Pass, db: DatabaseState, golive: JobView | None) -> Dec
 def finish_clean_up(run: Pass, db: DatabaseState) -> Decision:
     """A failed or aborted rollout goes on cleaning up, keeping the reason it ended with (and
     telling the failure again once the stage Job it was seen under has failed)."""
-    last = run.previous
+    last = run.read_status
     reason = ended_reason(last)
-    message = told_once_failed(progress_message(last), run.cluster.jobs_for(run.spec.version, run.memory.attempt))
+    message = told_once_failed(progress_message(last), run.cluster.jobs_for(run.spec.version, run.next_status.attempt))
     if message != progress_message(last):
         run.event(reason, message, warning=True)
     return clean_up(run, db, last.phase, reason, message)
@@ -130,7 +130,7 @@ def clean_up(run: Pass, db: DatabaseState, phase: Phase, reason: Reason, message
     deployment = cluster.deployments.get(target)
     if deployment is not None and deployment.replicas > 0:
         run.act(ScaleDeployment(target, 0))
-    serving = run.memory.active_version
+    serving = run.next_status.active_version
     note = f"; version {serving} keeps serving" if serving else ""
     if not registered:
         run.condition(ConditionType.REPLAY_ABORTED, True, Reason.ABORTED, _aborted_message(db))
@@ -139,9 +139,9 @@ def clean_up(run: Pass, db: DatabaseState, phase: Phase, reason: Reason, message
 
 def _failed_since(run: Pass) -> datetime | None:
     """When this rollout turned Failed, as its status says; None in the pass that fails it."""
-    if run.previous.phase is not Phase.FAILED:
+    if run.read_status.phase is not Phase.FAILED:
         return None
-    progressing = find_condition(run.previous.conditions, ConditionType.PROGRESSING)
+    progressing = find_condition(run.read_status.conditions, ConditionType.PROGRESSING)
     if progressing is None or progressing.status != "False":
         return None
     return parse_time(progressing.last_transition_time)
@@ -151,7 +151,7 @@ def _abort_replay(run: Pass, replay: ReplayState, phase: Phase, reason: Reason, 
     """Run abort Jobs, one at a time, until replay_states no longer shows the replay in progress;
     after a failure the next one waits a back-off that doubles, shown in ReplayAborted."""
     spec = run.spec
-    attempt = run.memory.attempt
+    attempt = run.next_status.attempt
     warning = phase is Phase.FAILED
     projectors = tuple(sorted(replay.projectors))
     note = f"; aborting replay {replay.id}"
@@ -201,9 +201,9 @@ def _aborted_message(db: DatabaseState) -> str:
 
 def stay_finished(run: Pass, db: DatabaseState) -> Decision:
     """A failed or aborted rollout, cleaned up, waits for a spec change (a retry) with spec.abort false."""
-    previous = run.previous
+    last = run.read_status
     run.condition(ConditionType.REPLAY_ABORTED, True, Reason.ABORTED, _aborted_message(db))
-    serving = run.memory.active_version
+    serving = run.next_status.active_version
     note = f"; version {serving} keeps serving" if serving else ""
     note += "; set spec.abort to false to retry" if run.spec.abort else "; edit the spec to retry"
-    return run.finish(previous.phase, ended_reason(previous), progress_message(previous), note=note)
+    return run.finish(last.phase, ended_reason(last), progress_message(last), note=note)
