@@ -140,6 +140,14 @@ class DatabaseRegistry:
 
 
 @dataclass(frozen=True)
+class FailedAction:
+    """Why an action of the pass failed, as the ActionsApplied condition and a Warning Event say it."""
+
+    reason: Reason
+    message: str
+
+
+@dataclass(frozen=True)
 class PassResult:
     decision: Decision | None
     requeue_after: float | None
@@ -199,62 +207,78 @@ class Reconciler:
         claim = self._claim(body, spec, uri)
         if claim is not None and spec.required_versions:
             view = replace(view, projector_owners=self.index.owners(claim, spec.required_versions))
-        clash = self.index.earlier_overlap(claim) if claim is not None else None
+        clash = self._ownership_clash(claim)
         if clash is not None:
-            other, shared = clash
-            message = (
-                f"ProjectorSet {other.owner} (created earlier) lists {', '.join(sorted(shared))} on the same "
-                "event store: this set does nothing until one of the two stops listing them"
-            )
-            return self._hold(owner, generation, previous, Reason.PROJECTORS_OWNED_BY_OTHER, message)
+            return self._hold(owner, generation, previous, Reason.PROJECTORS_OWNED_BY_OTHER, clash)
         database = self._database_view(owner, spec, view, uri)
         database, queued_behind = self._foreign_replay(claim, spec, view, database)
         if queued_behind is not None:
             return self._hold(owner, generation, previous, Reason.REPLAY_QUEUED, queued_behind)
         decision = decide(spec, generation, previous, view, database, self.clock())
+        return self._act_and_report(owner, spec, uri, claim, previous, decision)
+
+    def _act_and_report(
+        self,
+        owner: Owner,
+        spec: ProjectorSetSpec,
+        uri: str | None,
+        claim: SetClaim | None,
+        previous: ProjectorSetStatus,
+        decision: Decision,
+    ) -> PassResult:
+        """Carry the decision's actions out, write the status and the Events that say what happened."""
         checked: list[CheckResult] = []
-        done, action_error = self._carry_out(
+        done, failed = self._carry_out(
             owner, spec, uri, decision, checked, first_install=previous.active_version is None
         )
         if decision.store_changed and claim is not None:
             self._wake_requiring(claim)
-        # Check results go into the status this pass writes; the next pass decides from them.
-        status = with_check_results(decision.status, checked)
-        if action_error is not None:
-            reason, message = action_error
-            status = _with_condition(
-                with_check_results(_status_after_failed_action(previous, decision, done, self.clock()), checked),
-                ConditionType.ACTIONS_APPLIED,
-                False,
-                reason,
-                message,
-                self.clock(),
-            )
-            if reason not in REPORTED_ONCE or _condition_changed(previous, status, ConditionType.ACTIONS_APPLIED):
-                self._emit(owner, Event("Warning", reason, message))
-        else:
-            status = _with_condition(
-                status,
-                ConditionType.ACTIONS_APPLIED,
-                True,
-                Reason.APPLIED,
-                "every action of the last pass succeeded",
-                self.clock(),
-            )
+        status = self._status_to_write(previous, decision, done, failed, checked)
+        if failed is not None and (
+            failed.reason not in REPORTED_ONCE or _condition_changed(previous, status, ConditionType.ACTIONS_APPLIED)
+        ):
+            self._emit(owner, Event("Warning", failed.reason, failed.message))
         self._patch_status(owner, previous, status)
-        if action_error is None:
+        if failed is None:
             # The decision's Events tell what its actions did: only true once they all succeeded.
             for event in decision.events:
                 self._emit(owner, event)
         if self.observer is not None:
             self.observer(owner, decision)
-        requeue = decision.requeue_after
-        if action_error is not None:
-            retry = REPORTED_ONCE.get(action_error[0], ACTION_FAILURE_RETRY_SECONDS)
-            requeue = min(requeue or retry, retry)
-        if action_error is None:
+        requeue = _requeue_after(decision, failed)
+        if failed is None:
             return PassResult(decision, requeue)
-        return PassResult(decision, requeue, action_error[1], action_error[0])
+        return PassResult(decision, requeue, failed.message, failed.reason)
+
+    def _status_to_write(
+        self,
+        previous: ProjectorSetStatus,
+        decision: Decision,
+        done: int,
+        failed: FailedAction | None,
+        checked: list[CheckResult],
+    ) -> ProjectorSetStatus:
+        """The decision's status with ActionsApplied, or, when an action failed, what is still true.
+        Check results go into it either way: the next pass decides from them."""
+        if failed is None:
+            status = with_check_results(decision.status, checked)
+            message = "every action of the last pass succeeded"
+            return _with_condition(status, ConditionType.ACTIONS_APPLIED, True, Reason.APPLIED, message, self.clock())
+        status = with_check_results(_status_after_failed_action(previous, decision, done, self.clock()), checked)
+        return _with_condition(
+            status, ConditionType.ACTIONS_APPLIED, False, failed.reason, failed.message, self.clock()
+        )
+
+    def _ownership_clash(self, claim: SetClaim | None) -> str | None:
+        """Why this set does nothing: a set created earlier lists some of its projectors on the same event store."""
+        clash = self.index.earlier_overlap(claim) if claim is not None else None
+        if clash is None:
+            return None
+        other, shared = clash
+        return (
+            f"ProjectorSet {other.owner} (created earlier) lists {', '.join(sorted(shared))} on the same "
+            "event store: this set does nothing until one of the two stops listing them"
+        )
 
     # -- sets sharing an event store --
 
@@ -362,7 +386,7 @@ class Reconciler:
         checked: list[CheckResult],
         *,
         first_install: bool,
-    ) -> tuple[int, tuple[Reason, str] | None]:
+    ) -> tuple[int, FailedAction | None]:
         """Run the actions in order, stopping at the first failure: the next pass re-decides
         from what the cluster and the database then show. Returns how many succeeded."""
         for done, action in enumerate(decision.actions):
@@ -377,7 +401,7 @@ class Reconciler:
                     self.cluster.apply(owner, spec, action)
             except ReportedError as error:
                 log.warning("%s/%s: %s failed: %s", owner.namespace, owner.name, type(action).__name__, error.message)
-                return done, (error.reason, f"{type(action).__name__}: {error.message}")
+                return done, FailedAction(error.reason, f"{type(action).__name__}: {error.message}")
         return len(decision.actions), None
 
     def _database_action(
@@ -448,6 +472,14 @@ class Reconciler:
             self.cluster.emit(owner, event)
         except ClusterError as error:
             log.warning("%s/%s: Event not written: %s", owner.namespace, owner.name, error.message)
+
+
+def _requeue_after(decision: Decision, failed: FailedAction | None) -> float | None:
+    """After a failed action the next pass comes sooner (or, for a refusal only a person can lift, later)."""
+    if failed is None:
+        return decision.requeue_after
+    retry = REPORTED_ONCE.get(failed.reason, ACTION_FAILURE_RETRY_SECONDS)
+    return min(decision.requeue_after or retry, retry)
 
 
 def _condition_changed(previous: ProjectorSetStatus, status: ProjectorSetStatus, type_: ConditionType) -> bool:
