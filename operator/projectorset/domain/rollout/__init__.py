@@ -14,6 +14,14 @@ Replay stages, each a Job run with the new release's code and verified in the da
 
 The next stage follows from ``replay_states.state``; a Job that finished without moving
 the database to the state its stage promises fails the rollout ("VerificationFailed").
+
+One pass is a ``decision.Pass``: it reads a status (``read_status``) and builds the one it
+will write (``next_status``) with the actions and Events. The modules, in the order of a pass:
+``switch`` (the database made a release active: the Service follows), ``superseded`` (what an
+earlier rollout left behind), ``steady`` (spec.version serves), and for a rollout ``start``
+(attempts, another golive, migrate, the pods), ``gates`` (blocking states, checks, promotion,
+pause), ``replay`` (the stages) and ``teardown`` (failure, abort, clean-up); ``status_rows``
+builds the status's rows and ``queries`` holds the facts they all ask.
 """
 
 from __future__ import annotations
