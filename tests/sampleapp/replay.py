@@ -643,6 +643,15 @@ class Replayer:
             ) from None
 
 
+def _locate(command: str) -> str:
+    path = shutil.which(command)
+    if path is None:
+        raise ReplayError(
+            f"cannot determine full path of the `{command}` executable: prepare needs pg_dump and psql on PATH"
+        )
+    return path
+
+
 def pg_environment(database_url: str) -> dict[str, str]:
     """This process's environment with the connection's libpq parameters, for pg_dump and psql."""
     parameters = conninfo_to_dict(database_url)
@@ -651,15 +660,6 @@ def pg_environment(database_url: str) -> dict[str, str]:
         if parameters.get(name) is not None:
             environment[variable] = str(parameters[name])
     return environment
-
-
-def _locate(command: str) -> str:
-    path = shutil.which(command)
-    if path is None:
-        raise ReplayError(
-            f"cannot determine full path of the `{command}` executable: prepare needs pg_dump and psql on PATH"
-        )
-    return path
 
 
 def _json_default(value: object) -> str:
