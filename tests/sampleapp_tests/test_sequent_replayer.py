@@ -359,7 +359,7 @@ def test_prepare_whose_last_step_raises_leaves_the_replay_created(
     database_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Its rescue marks the replay failed inside the transaction that the re-raise rolls back."""
-    monkeypatch.setenv("PATH", manifests.PATH)  # this process runs prepare: the embedded pg_dump first
+    monkeypatch.setenv("PATH", manifests.search_path())  # this process runs prepare: the embedded pg_dump first
     v1_serving(database_url)
     ok(rake(database_url, "v2", "db:migrate"))
 
