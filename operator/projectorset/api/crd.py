@@ -100,7 +100,16 @@ def custom_resource_definition() -> dict[str, Any]:
                     "name": api.VERSION,
                     "served": True,
                     "storage": True,
-                    "subresources": {"status": {}},
+                    "subresources": {
+                        "status": {},
+                        # kubectl scale and a HorizontalPodAutoscaler scale the serving version, as for a
+                        # Deployment (Argo Rollouts does the same).
+                        "scale": {
+                            "specReplicasPath": ".spec.replicas",
+                            "statusReplicasPath": ".status.replicas",
+                            "labelSelectorPath": ".status.selector",
+                        },
+                    },
                     "additionalPrinterColumns": [
                         {"name": "Version", "type": "string", "jsonPath": ".spec.version"},
                         {"name": "Active", "type": "string", "jsonPath": ".status.activeVersion"},
@@ -121,9 +130,15 @@ def custom_resource_definition() -> dict[str, Any]:
                             "description": "A Sequent application whose projector upgrades the operator rolls out.",
                             "required": ["spec"],
                             "properties": {
-                                "apiVersion": {"type": "string"},
-                                "kind": {"type": "string"},
-                                "metadata": {"type": "object"},
+                                "apiVersion": {
+                                    "type": "string",
+                                    "description": f"{api.GROUP}/{api.VERSION}: the group and version of the API.",
+                                },
+                                "kind": {"type": "string", "description": f"{api.KIND}: the kind of object."},
+                                "metadata": {
+                                    "type": "object",
+                                    "description": "Standard object metadata (name, namespace, labels, ...).",
+                                },
                                 "spec": spec_schema,
                                 "status": _status_schema(),
                             },

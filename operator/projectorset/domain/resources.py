@@ -285,6 +285,11 @@ def service_selector(owner: Owner, version: str) -> dict[str, str]:
     return {api.NAME_LABEL: owner.name, api.VERSION_LABEL: version}
 
 
+def pod_selector(owner: Owner, version: str) -> str:
+    """The version's pods as a label selector in text (``kubectl get pods -l ...``, status.selector)."""
+    return ",".join(f"{key}={value}" for key, value in sorted(service_selector(owner, version).items()))
+
+
 # ---- reading objects back -----------------------------------------------------------------------
 
 
@@ -312,6 +317,7 @@ def deployment_view(obj: dict[str, Any]) -> DeploymentView:
         version=labels.get(api.VERSION_LABEL, ""),
         replicas=replicas,
         ready_replicas=int(status.get("readyReplicas") or 0),
+        current_replicas=int(status.get("replicas") or 0),
         available=replicas > 0 and up_to_date and conditions.get("Available", {}).get("status") == "True",
         failure=failure,
         template_hash=annotations.get(TEMPLATE_HASH_ANNOTATION),

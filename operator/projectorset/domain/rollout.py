@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from projectorset.api import (
@@ -33,6 +33,8 @@ from projectorset.api import (
     ProjectorStatus,
     Promotion,
     ReplayStatus,
+    rfc3339,
+    utc_seconds,
 )
 from projectorset.api.conditions import (
     ConditionType,
@@ -42,7 +44,6 @@ from projectorset.api.conditions import (
     progress_reason,
     reason_named,
     set_condition,
-    timestamp,
 )
 from projectorset.domain.observation import (
     Action,
@@ -158,8 +159,9 @@ class _Pass:
         assert not unknown, f"not a carried status field: {sorted(unknown)}"
         self.memory = self.memory.model_copy(update=changes)
 
-    def timestamp(self) -> str:
-        return timestamp(self.now)
+    def timestamp(self) -> datetime:
+        """The pass's time as the status keeps it."""
+        return utc_seconds(self.now)
 
     def condition(self, type_: ConditionType, status: bool | None, reason: Reason, message: str = "") -> None:
         self.conditions = set_condition(self.conditions, type_, status, reason, message, self.generation, self.now)
@@ -224,12 +226,6 @@ class _Pass:
 def _ended_reason(status: ProjectorSetStatus) -> Reason:
     """The reason a finished rollout ended with, as its status recorded it."""
     return reason_named(progress_reason(status)) or Reason.FAILED
-
-
-def _parse(moment: str | None) -> datetime | None:
-    if not moment:
-        return None
-    return datetime.strptime(moment, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
 
 
 # ---- the machine --------------------------------------------------------------------------------
@@ -298,7 +294,17 @@ def decide(
         return superseded
     if serving == target:
         return _steady(run, plan, db)
+    _scale_serving(run)
     return _rollout(run, plan, db)
+
+
+def _scale_serving(run: _Pass) -> None:
+    """spec.replicas holds for the serving version during a rollout too: kubectl scale or an autoscaler
+    on the set scales the pods users reach, not only those of the version still to go live."""
+    serving = run.memory.active_version
+    deployment = run.cluster.deployments.get(serving) if serving else None
+    if serving and deployment is not None and deployment.replicas != run.spec.replicas:
+        run.act(ScaleDeployment(serving, run.spec.replicas))
 
 
 def _torn_down_since(status: ProjectorSetStatus, generation: int, cluster: ClusterView, target: str) -> bool:
@@ -443,7 +449,7 @@ def _retire_old_versions(run: _Pass) -> None:
     spec, cluster = run.spec, run.cluster
     serving = run.memory.active_version
     previous = run.memory.previous_version
-    switched_at = _parse(run.memory.switched_at)
+    switched_at = run.memory.switched_at
     delay = float(spec.strategy.scale_down_delay_seconds)
     history: list[str] = [v for v in run.memory.history if v not in (serving, spec.version)]
     for version in sorted(cluster.deployments):
@@ -602,7 +608,7 @@ def _unready_hint(run: _Pass) -> str:
     """Past a short while, the likely cause of pods that run but never get ready: a readiness
     probe that needs the release's projectors active, which only golive makes them, and golive
     waits for these pods (seen with a real application: ProgressDeadlineExceeded after 10 min)."""
-    started = _parse(run.memory.rollout_started_at)
+    started = run.memory.rollout_started_at
     if started is None or run.now - started < timedelta(seconds=UNREADY_HINT_SECONDS):
         return ""
     return (
@@ -1012,7 +1018,7 @@ def _superseded_work(run: _Pass, db: DatabaseState) -> Decision | None:
             return run.finish(
                 phase,
                 Reason.SUPERSEDED,
-                f"replay {replay.id} of version {version}'s rollout is left over: next abort at {timestamp(due)}",
+                f"replay {replay.id} of version {version}'s rollout is left over: next abort at {rfc3339(due)}",
             )
     projectors = tuple(sorted(replay.projectors))
     run.act(RunStageJob(version, owner_attempt, Stage.ABORT, round=rounds + 1, projectors=projectors))
@@ -1290,7 +1296,7 @@ def _failed_since(run: _Pass) -> datetime | None:
     progressing = find_condition(run.previous.conditions, ConditionType.PROGRESSING)
     if progressing is None or progressing.status != "False":
         return None
-    return _parse(progressing.last_transition_time)
+    return progressing.last_transition_time
 
 
 def _abort_replay(run: _Pass, replay: ReplayState, phase: Phase, reason: Reason, message: str) -> Decision:
