@@ -135,10 +135,8 @@ def custom_resource_definition() -> dict[str, Any]:
                                     "description": f"{api.GROUP}/{api.VERSION}: the group and version of the API.",
                                 },
                                 "kind": {"type": "string", "description": f"{api.KIND}: the kind of object."},
-                                "metadata": {
-                                    "type": "object",
-                                    "description": "Standard object metadata (name, namespace, labels, ...).",
-                                },
+                                # No description: the API server allows none here (kubectl explain shows ObjectMeta's).
+                                "metadata": {"type": "object"},
                                 "spec": spec_schema,
                                 "status": _status_schema(),
                             },
