@@ -286,7 +286,8 @@ def service_selector(owner: Owner, version: str) -> dict[str, str]:
 
 
 def pod_selector(owner: Owner, version: str) -> str:
-    """The version's pods as a label selector in text (``kubectl get pods -l ...``, status.selector)."""
+    """The pods of the version's Deployment, which the Service selects, as a label selector in text
+    (status.selector: what an autoscaler measures)."""
     return ",".join(f"{key}={value}" for key, value in sorted(service_selector(owner, version).items()))
 
 
