@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from projectorset.api import ProjectorSetSpec, ProjectorSetStatus
+from projectorset.api import ProjectorSetSpec, ProjectorSetStatus, parse_time
 from projectorset.domain.cluster import Owner
 from projectorset.domain.resources import build_deployment, build_stage_job, job_name, stage_command
 from testbed.manifests import sample_projectorset
@@ -133,3 +133,14 @@ def test_a_status_time_without_a_zone_is_refused_naming_the_field() -> None:
     with pytest.raises(ValidationError) as raised:
         ProjectorSetStatus.model_validate({"rolloutStartedAt": "2026-11-29T12:00:05"})
     assert [error["loc"] for error in raised.value.errors()] == [("rolloutStartedAt",)]
+
+
+def test_times_of_kubernetes_objects_are_read_in_utc() -> None:
+    """Job conditions and Events, read by the rollout and the plugin: one reader for both."""
+    expected = datetime(2026, 11, 29, 12, 0, 5, tzinfo=UTC)
+    assert parse_time("2026-11-29T12:00:05Z") == expected
+    assert parse_time("2026-11-29T13:00:05+01:00") == expected
+    assert parse_time("2026-11-29T12:00:05") == expected
+    assert parse_time(expected) == expected
+    assert parse_time("yesterday") is None
+    assert parse_time(None) is None

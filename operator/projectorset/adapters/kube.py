@@ -440,7 +440,7 @@ class KubernetesCluster:
 
     def emit(self, owner: Owner, event: Event) -> None:
         # A core/v1 Event as kubectl describe shows it; timestamps in RFC 3339 UTC.
-        now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        now = api.rfc3339(datetime.now(UTC))
         body = {
             "apiVersion": "v1",
             "kind": "Event",

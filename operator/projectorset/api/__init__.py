@@ -41,6 +41,7 @@ from projectorset.api.models import (
     StageCommands,
     StrategySpec,
     Time,
+    parse_time,
     rfc3339,
     utc_seconds,
 )
@@ -82,6 +83,7 @@ __all__ = [
     "CheckResult",
     "ProjectorSetStatus",
     "Time",
+    "parse_time",
     "rfc3339",
     "utc_seconds",
 ]

@@ -58,6 +58,21 @@ def rfc3339(moment: datetime) -> str:
     return utc_seconds(moment).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+def parse_time(value: Any) -> datetime | None:
+    """A time as Kubernetes objects carry it (RFC 3339 text, or a datetime already), in UTC; None
+    when absent or unreadable. The status's own times are parsed by the models (``Time``)."""
+    if isinstance(value, datetime):
+        moment = value
+    elif isinstance(value, str) and value:
+        try:
+            moment = datetime.fromisoformat(value)
+        except ValueError:
+            return None
+    else:
+        return None
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+
+
 # A time in the status: a timezone-aware datetime in Python, RFC 3339 text in the manifest.
 Time = Annotated[AwareDatetime, AfterValidator(utc_seconds), PlainSerializer(rfc3339, when_used="json")]
 

@@ -11,7 +11,6 @@ import copy
 import hashlib
 import json
 import re
-from datetime import datetime
 from typing import Any
 
 from projectorset import api
@@ -359,7 +358,7 @@ def job_view(obj: dict[str, Any], pod_messages: dict[str, str] | None = None) ->
         state=state,
         message=message,
         active=int(status.get("active") or 0) + int(status.get("terminating") or 0),
-        finished_at=_timestamp(finished.get("lastTransitionTime")) if finished else None,
+        finished_at=api.parse_time(finished.get("lastTransitionTime")) if finished else None,
         deleting=bool(metadata.get("deletionTimestamp")),
     )
 
@@ -376,14 +375,3 @@ def failed_pod_messages(pods: list[dict[str, Any]]) -> dict[str, str]:
                 if job not in latest or finished >= latest[job][0]:
                     latest[job] = (finished, str(terminated["message"]))
     return {job: message for job, (_, message) in latest.items()}
-
-
-def _timestamp(value: Any) -> datetime | None:
-    if isinstance(value, datetime):
-        return value
-    if not value:
-        return None
-    try:
-        return datetime.fromisoformat(str(value).replace("Z", "+00:00"))
-    except ValueError:
-        return None
