@@ -352,7 +352,7 @@ def test_cluster_scope_grants_what_the_operator_uses_everywhere(helm: Path) -> N
         ("pods", ""): {"list"},
         ("services", ""): {"get", "patch"},
         ("secrets", ""): {"get"},
-        ("events", ""): {"create"},
+        ("events", ""): {"create", "patch"},
         ("customresourcedefinitions", "apiextensions.k8s.io"): {"get", "list", "watch"},
         ("clusterkopfpeerings", "kopf.dev"): {"get", "list", "watch", "patch"},
     }

@@ -112,7 +112,7 @@ is watched and patched.
   verbs: ["get"]
 - apiGroups: [""]
   resources: ["events"]
-  verbs: ["create"]
+  verbs: ["create", "patch"]  # patch: a repeated Event counts up (kube.emit)
 {{- if and (include "projectorset-operator.peering" .) .Values.watchNamespaces }}
 - apiGroups: ["kopf.dev"]
   resources: ["kopfpeerings"]
