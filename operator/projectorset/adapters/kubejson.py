@@ -10,6 +10,7 @@ TLS, proxies, one pooled urllib3 ``PoolManager`` shared by every thread, and ret
 from __future__ import annotations
 
 import json
+import logging
 import os
 import threading
 from collections.abc import Callable, Iterator, Mapping
@@ -25,6 +26,8 @@ from kubernetes.config.config_exception import ConfigException
 from kubernetes.config.incluster_config import SERVICE_HOST_ENV_NAME, InClusterConfigLoader
 from kubernetes.watch.watch import iter_resp_lines
 from urllib3.util.retry import Retry
+
+log = logging.getLogger(__name__)
 
 JSON = dict[str, Any]
 
@@ -160,6 +163,9 @@ def load_configuration(
             client_configuration=configuration,
             persist_config=False,
         )
+    if not configuration.verify_ssl:
+        # kubectl sends its credentials all the same; say so once, where it is chosen.
+        log.warning("insecure-skip-tls-verify: %s is not verified, and credentials go to it", configuration.host)
     configuration.retries = retries()
     configuration.connection_pool_maxsize = pool_size
     return configuration
