@@ -105,9 +105,15 @@ def cluster_error(error: ApiException | HTTPError, what: str) -> ClusterError:
     if isinstance(error, ApiException) and error.status:
         message = getattr(error, "message", None) or error.reason
         return ClusterError(
-            f"{what}: {error.status} {message}", _REASONS.get(error.status, Reason.KUBERNETES_API_ERROR)
+            f"{_named(what)}{error.status} {message}", _REASONS.get(error.status, Reason.KUBERNETES_API_ERROR)
         )
-    return ClusterError(f"{what}: no answer from the API server ({type(error).__name__})", Reason.KUBERNETES_API_ERROR)
+    return ClusterError(
+        f"{_named(what)}no answer from the API server ({type(error).__name__})", Reason.KUBERNETES_API_ERROR
+    )
+
+
+def _named(what: str) -> str:
+    return f"{what}: " if what else ""
 
 
 @contextlib.contextmanager
@@ -314,7 +320,7 @@ class KubernetesCluster:
     # -- acting --
 
     def apply(self, owner: Owner, spec: api.ProjectorSetSpec, action: ClusterAction) -> None:
-        with _reported_as(type(action).__name__):
+        with _reported_as(""):  # the reconciler's message names the action
             self._apply(owner, spec, action)
 
     def _apply(self, owner: Owner, spec: api.ProjectorSetSpec, action: ClusterAction) -> None:
