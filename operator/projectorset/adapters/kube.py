@@ -50,17 +50,19 @@ from projectorset.domain.observation import (
 from projectorset.domain.ownership import OWNER_ANNOTATION, owner_key, service_claim
 from projectorset.domain.resources import (
     TEMPLATE_HASH_ANNOTATION,
+    FailedStagePod,
     build_deployment,
     build_stage_job,
     deployment_name,
     deployment_update,
     deployment_view,
-    failed_pod_messages,
+    failed_stage_pods,
     job_view,
     recorded_spec,
     service_selector,
     template_hash,
 )
+from projectorset.domain.stage_output import cause_lines
 
 log = logging.getLogger(__name__)
 COMPONENT = "projectorset-operator"
@@ -71,6 +73,8 @@ OBSERVE_THREADS = 8
 # it or could not be reached meanwhile (forget_database_uri): a starting set's passes follow each
 # other within seconds, and one read of the Secret serves them all.
 SECRET_CACHE_SECONDS = 60.0
+# How much of a failed stage's log is read for its cause: rake's backtrace runs to a hundred lines.
+STAGE_LOG_LINES = 1000
 
 
 def _check_owned(found: dict[str, Any], owner: Owner, version: str, what: str) -> None:
@@ -259,10 +263,28 @@ class KubernetesCluster:
             except (ApiException, HTTPError) as error:
                 log.warning("%s/%s: cannot read the failed stage pods: %s", owner.namespace, owner.name, error)
                 return {}
-            messages = failed_pod_messages(pods)
+            found = failed_stage_pods(pods)
             for name, uid in failed.items():
-                self._failure_output.setdefault(uid, messages.get(name, ""))
+                if uid not in self._failure_output:
+                    failed_pod = found.get(name)
+                    output = self._stage_log(owner, failed_pod) if failed_pod else ""
+                    # Only the lines that name the cause are kept, not a log per failed Job.
+                    self._failure_output[uid] = "\n".join(cause_lines(output))
         return {name: self._failure_output[uid] for name, uid in failed.items()}
+
+    def _stage_log(self, owner: Owner, failed: FailedStagePod) -> str:
+        """The end of a failed stage's log, where the cause often sits above a backtrace longer
+        than the termination message keeps (the kubelet's last 80 lines or 2 KiB); the
+        termination message when the log cannot be read (the pod gone, no pods/log permission)."""
+        try:
+            return self.kube.text(
+                resource_path("v1", "pods", owner.namespace, failed.pod, sub="log"),
+                container=failed.container,
+                tailLines=STAGE_LOG_LINES,
+            )
+        except (ApiException, HTTPError) as error:
+            log.info("%s/%s: cannot read the log of %s: %s", owner.namespace, owner.name, failed.pod, error)
+            return failed.message
 
     def _service(self, owner: Owner, spec: api.ProjectorSetSpec) -> tuple[bool, str | None]:
         try:

@@ -233,6 +233,10 @@ class KubeJson:
     def get(self, path: str, **query: Any) -> JSON:
         return self.request("GET", path, query)
 
+    def text(self, path: str, **query: Any) -> str:
+        """A plain-text answer (a pod's log); a non-2xx answer raises ``ApiError``."""
+        return self._answer("GET", path, query, None, "application/json", self.request_timeout).decode(errors="replace")
+
     def list_items(self, path: str, label_selector: str | None = None, **query: Any) -> list[JSON]:
         """The items of a collection (``labelSelector`` filtered by the API server)."""
         if label_selector:
@@ -270,11 +274,23 @@ class KubeJson:
         connection lost or timed out after the retries raises urllib3's ``HTTPError``. ``timeout``:
         this request's instead of ``request_timeout``."""
         timeout = timeout if timeout is not None else self.request_timeout
+        data = self._answer(method, path, query, body, content_type, timeout)
+        return json.loads(data) if data else {}
+
+    def _answer(
+        self,
+        method: str,
+        path: str,
+        query: Mapping[str, Any] | None,
+        body: Any,
+        content_type: str,
+        timeout: float | tuple[float, float] | None,
+    ) -> bytes:
         response = self._send_once_more_after_401(method, path, query, body, content_type, timeout)
-        data = response.read()
+        data: bytes = response.read()
         if not 200 <= response.status < 300:
             raise ApiError(response.status, response.reason or "", data.decode(errors="replace"), response.headers)
-        return json.loads(data) if data else {}
+        return data
 
     def watch(
         self,

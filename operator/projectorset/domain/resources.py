@@ -11,6 +11,7 @@ import copy
 import hashlib
 import json
 import re
+from dataclasses import dataclass
 from typing import Any
 
 from projectorset import api
@@ -363,15 +364,35 @@ def job_view(obj: dict[str, Any], pod_messages: dict[str, str] | None = None) ->
     )
 
 
-def failed_pod_messages(pods: list[dict[str, Any]]) -> dict[str, str]:
-    """Job name -> the termination message of its latest failed stage container."""
-    latest: dict[str, tuple[str, str]] = {}
+@dataclass(frozen=True)
+class FailedStagePod:
+    """The latest failed container of a stage Job: where its whole output is, and the end of it
+    that the kubelet kept as its termination message."""
+
+    pod: str
+    container: str
+    message: str
+
+
+def failed_stage_pods(pods: list[dict[str, Any]]) -> dict[str, FailedStagePod]:
+    """Job name -> its latest failed stage container."""
+    latest: dict[str, tuple[str, FailedStagePod]] = {}
     for pod in pods:
         job = (pod["metadata"].get("labels") or {}).get("job-name")
         for container in (pod.get("status") or {}).get("containerStatuses") or []:
             terminated = (container.get("state") or {}).get("terminated") or {}
-            if job and terminated.get("exitCode") not in (None, 0) and terminated.get("message"):
+            if job and terminated.get("exitCode") not in (None, 0):
                 finished = str(terminated.get("finishedAt") or "")
                 if job not in latest or finished >= latest[job][0]:
-                    latest[job] = (finished, str(terminated["message"]))
-    return {job: message for job, (_, message) in latest.items()}
+                    found = FailedStagePod(
+                        str(pod["metadata"].get("name") or ""),
+                        str(container.get("name") or ""),
+                        str(terminated.get("message") or ""),
+                    )
+                    latest[job] = (finished, found)
+    return {job: found for job, (_, found) in latest.items()}
+
+
+def failed_pod_messages(pods: list[dict[str, Any]]) -> dict[str, str]:
+    """Job name -> the termination message of its latest failed stage container."""
+    return {job: found.message for job, found in failed_stage_pods(pods).items() if found.message}
