@@ -91,7 +91,9 @@ class FakeCluster:
             replicas = manifest["spec"]["replicas"]
             # The release annotation too: what the set owns (rollout.owned_projectors).
             projectors = deployment_view(manifest).projectors
-            deployments[version] = DeploymentView(version, replicas, replicas, replicas > 0, projectors=projectors)
+            deployments[version] = DeploymentView(
+                version, replicas, replicas, replicas > 0, projectors=projectors, current_replicas=replicas
+            )
         jobs = tuple(
             JobView(
                 name=name,

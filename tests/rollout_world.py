@@ -26,7 +26,7 @@ from typing import Any
 
 from projectorset.adapters.database import CheckOutcome, DatabaseUnreachable, IllegalProjectorState
 from projectorset.api import CheckResult, ProjectorSetSpec, ProjectorSetStatus
-from projectorset.api.conditions import Reason, timestamp
+from projectorset.api.conditions import Reason
 from projectorset.controller.reconciler import DatabaseRegistry, PassResult, Reconciler
 from projectorset.domain.cluster import ClusterError, Owner
 from projectorset.domain.observation import (
@@ -400,7 +400,7 @@ class World:
                             name=check.name,
                             passed=passed,
                             result=result,
-                            checked_at=timestamp(self.now),
+                            checked_at=self.now,
                             version=version,
                             attempt=attempt,
                             digest=check.digest,

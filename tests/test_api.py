@@ -5,12 +5,13 @@ tests/cluster; these tests cover the operator's own parsing."""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 import pytest
 from pydantic import ValidationError
 
-from projectorset.api import ProjectorSetSpec
+from projectorset.api import ProjectorSetSpec, ProjectorSetStatus, parse_time
 from projectorset.domain.cluster import Owner
 from projectorset.domain.resources import build_deployment, build_stage_job, job_name, stage_command
 from testbed.manifests import sample_projectorset
@@ -116,3 +117,30 @@ def test_built_objects_carry_version_labels_owner_and_bounded_names() -> None:
     long_owner = Owner("a" * 60, "shop", "uid")
     name = job_name(long_owner, "1.2.3-rc.1", 3, "catchup", 12)
     assert len(name) <= 63 and name == job_name(long_owner, "1.2.3-rc.1", 3, "catchup", 12)
+
+
+def test_status_times_are_aware_datetimes_written_as_rfc3339_utc() -> None:
+    moment = datetime(2026, 11, 29, 13, 0, 5, 123_456, tzinfo=timezone(timedelta(hours=1)))
+    status = ProjectorSetStatus(switched_at=moment)
+    # Kept in UTC to the second, as metav1.Time: what is read back equals what was written.
+    assert status.switched_at == datetime(2026, 11, 29, 12, 0, 5, tzinfo=UTC)
+    written = status.model_dump(by_alias=True, mode="json")
+    assert written["switchedAt"] == "2026-11-29T12:00:05Z"
+    assert ProjectorSetStatus.model_validate(written) == status
+
+
+def test_a_status_time_without_a_zone_is_refused_naming_the_field() -> None:
+    with pytest.raises(ValidationError) as raised:
+        ProjectorSetStatus.model_validate({"rolloutStartedAt": "2026-11-29T12:00:05"})
+    assert [error["loc"] for error in raised.value.errors()] == [("rolloutStartedAt",)]
+
+
+def test_times_of_kubernetes_objects_are_read_in_utc() -> None:
+    """Job conditions and Events, read by the rollout and the plugin: one reader for both."""
+    expected = datetime(2026, 11, 29, 12, 0, 5, tzinfo=UTC)
+    assert parse_time("2026-11-29T12:00:05Z") == expected
+    assert parse_time("2026-11-29T13:00:05+01:00") == expected
+    assert parse_time("2026-11-29T12:00:05") == expected
+    assert parse_time(expected) == expected
+    assert parse_time("yesterday") is None
+    assert parse_time(None) is None

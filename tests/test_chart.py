@@ -350,9 +350,10 @@ def test_cluster_scope_grants_what_the_operator_uses_everywhere(helm: Path) -> N
         ("deployments", "apps"): {"get", "list", "watch", "create", "patch", "delete"},
         ("jobs", "batch"): {"get", "list", "watch", "create", "delete"},
         ("pods", ""): {"list"},
+        ("pods/log", ""): {"get"},
         ("services", ""): {"get", "patch"},
         ("secrets", ""): {"get"},
-        ("events", ""): {"create"},
+        ("events", ""): {"create", "patch"},
         ("customresourcedefinitions", "apiextensions.k8s.io"): {"get", "list", "watch"},
         ("clusterkopfpeerings", "kopf.dev"): {"get", "list", "watch", "patch"},
     }

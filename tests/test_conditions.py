@@ -8,7 +8,7 @@ import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from projectorset.api import conditions
+from projectorset.api import ProjectorSetStatus, conditions
 from projectorset.api.conditions import ConditionType, Reason, set_condition
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -51,8 +51,43 @@ def test_transition_time_moves_only_when_the_status_changes() -> None:
     flipped = set_condition(same_status, ConditionType.READY, True, Reason.ACTIVE, "serves", 2, later)
     (condition,) = same_status
     assert (condition.reason, condition.observed_generation) == ("Replaying", 2)
-    assert condition.last_transition_time == "2026-11-29T12:00:00Z"
-    assert flipped[0].last_transition_time == "2026-11-29T12:05:00Z"
+    assert condition.last_transition_time == NOW
+    assert flipped[0].last_transition_time == later
+    assert flipped[0].model_dump(by_alias=True, mode="json")["lastTransitionTime"] == "2026-11-29T12:05:00Z"
+
+
+def test_a_message_longer_than_metav1_allows_is_shortened() -> None:
+    (condition,) = set_condition([], ConditionType.READY, False, Reason.DEPLOYING, "x" * 40_000, 1, NOW)
+    assert len(condition.message) == 32_768
+    assert condition.message.endswith("...")
+
+
+def test_conditions_written_without_transition_time_are_read_and_completed() -> None:
+    """Older operator versions made lastTransitionTime optional: such a status is still read, the
+    condition gets the time it was read, and the status asks to be written back."""
+    stored = {
+        "phase": "Active",
+        "conditions": [
+            {"type": "Ready", "status": "True", "reason": "Active", "message": "version v1 serves"},
+            {
+                "type": "Progressing",
+                "status": "False",
+                "reason": "RolloutComplete",
+                "message": "",
+                "lastTransitionTime": "2026-11-01T08:00:00Z",
+                "observedGeneration": None,
+            },
+        ],
+    }
+    status = ProjectorSetStatus.model_validate(stored, context={"now": NOW})
+    ready = conditions.find_condition(status.conditions, ConditionType.READY)
+    progressing = conditions.find_condition(status.conditions, ConditionType.PROGRESSING)
+    assert ready is not None and ready.last_transition_time == NOW
+    assert progressing is not None and progressing.last_transition_time == datetime(2026, 11, 1, 8, tzinfo=UTC)
+    assert status.needs_rewrite
+    written = status.model_dump(by_alias=True, mode="json")
+    assert [c["lastTransitionTime"] for c in written["conditions"]] == ["2026-11-29T12:00:00Z", "2026-11-01T08:00:00Z"]
+    assert not ProjectorSetStatus.model_validate(written).needs_rewrite
 
 
 def test_conditions_stay_sorted_by_type_and_unique() -> None:

@@ -197,6 +197,45 @@ def test_missing_secret_and_service_give_conditions(harness: Harness) -> None:
     assert not harness.cluster.deployments
 
 
+def deployment_replicas(harness: Harness, version: str) -> int:
+    return int(harness.cluster.deployments[f"accounts-{version}"]["spec"]["replicas"])
+
+
+def test_replicas_scale_the_serving_version_and_the_status_reports_its_pods(harness: Harness) -> None:
+    """What the scale subresource (kubectl scale, an autoscaler) reads and writes."""
+    harness.run_until(harness.phase_is("Active"))
+    assert (harness.status["replicas"], harness.status["selector"]) == (
+        1,
+        "projectorset.io/name=accounts,projectorset.io/version=v1",
+    )
+    harness.edit_spec(replicas=3)
+    harness.run_until(lambda: harness.status["replicas"] == 3)
+    assert deployment_replicas(harness, "v1") == 3
+    # During a rollout (held here by paused) the serving version follows spec.replicas too.
+    harness.set_spec("v2", replicas=3, paused=True)
+    harness.run_until(harness.phase_is("Paused"))
+    harness.edit_spec(replicas=4)
+    harness.run_until(lambda: harness.status["replicas"] == 4)
+    assert serving(harness) == "v1"
+    assert harness.status["selector"] == "projectorset.io/name=accounts,projectorset.io/version=v1"
+    assert deployment_replicas(harness, "v1") == 4
+
+
+def test_a_status_written_without_transition_times_is_completed_and_written_back(harness: Harness) -> None:
+    """Operator versions before metav1-shaped conditions left lastTransitionTime optional."""
+    harness.run_until(harness.phase_is("Active"))
+    harness.reconcile()
+    harness.cluster.status = None
+    harness.reconcile()
+    assert harness.cluster.status is None, "a pass at rest wrote the status"
+    for condition in harness.body["status"]["conditions"]:
+        del condition["lastTransitionTime"]
+    harness.reconcile()
+    assert harness.cluster.status is not None, "the incomplete status was not written back"
+    assert all(c["lastTransitionTime"].endswith("Z") for c in harness.cluster.status["conditions"])
+    assert harness.status["phase"] == "Active"
+
+
 def test_api_outage_leaves_state_and_the_next_pass_carries_on(harness: Harness) -> None:
     harness.run_until(harness.phase_is("Active"))
     harness.set_spec("v2")

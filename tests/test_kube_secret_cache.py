@@ -13,7 +13,7 @@ import pytest
 
 from projectorset.adapters import kube
 from projectorset.adapters.kube import KubernetesCluster
-from projectorset.adapters.kubeapi import ApiError, KubeApi
+from projectorset.adapters.kubejson import ApiError, KubeJson
 from projectorset.api import ProjectorSetSpec
 from projectorset.domain.cluster import Owner
 from testbed.manifests import sample_projectorset
@@ -22,7 +22,7 @@ URI = "postgresql://app:pw@db.example:5432/app"
 
 
 class SecretReads:
-    """Stands in for ``KubeApi.get`` of the Secret, counting the reads."""
+    """Stands in for ``KubeJson.get`` of the Secret, counting the reads."""
 
     def __init__(self) -> None:
         self.reads = 0
@@ -32,14 +32,14 @@ class SecretReads:
         assert path == "/api/v1/namespaces/shop/secrets/accounts-db", path
         self.reads += 1
         if self.uri is None:
-            raise ApiError(404, "NotFound", 'secrets "accounts-db" not found')
+            raise ApiError(404, "Not Found", '{"reason": "NotFound", "message": "secrets \\"accounts-db\\" not found"}')
         return {"kind": "Secret", "data": {"uri": base64.b64encode(self.uri.encode()).decode()}}
 
 
 @pytest.fixture
 def cluster() -> tuple[KubernetesCluster, SecretReads]:
     reads = SecretReads()
-    return KubernetesCluster(cast(KubeApi, reads)), reads
+    return KubernetesCluster(cast(KubeJson, reads)), reads
 
 
 OWNER = Owner("accounts", "shop", "uid-1")

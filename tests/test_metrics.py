@@ -9,6 +9,7 @@ import platform
 import socket
 import time
 import urllib.request
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -50,7 +51,9 @@ def decision(
     activated: bool = False,
     failure: Reason | None = None,
 ) -> Decision:
-    conditions = [Condition(type="Progressing", status="True", reason=reason)]
+    conditions = [
+        Condition(type="Progressing", status="True", reason=reason, message="", last_transition_time=datetime.now(UTC))
+    ]
     status = ProjectorSetStatus(phase=phase, replay=replay, conditions=conditions)
     return Decision((), status, events, None, activated=activated, failure=failure)
 

@@ -19,8 +19,7 @@ from pathlib import Path
 import pytest
 from kubernetes import client, config
 
-from projectorset.adapters.kubeapi import KubeApi
-from projectorset.adapters.kubelogin import Credentials
+from projectorset.adapters.kubejson import KubeJson
 from testbed import toolchain
 from testbed.cluster import LocalCluster
 from testbed.postgres import PostgresServer
@@ -78,14 +77,10 @@ def kube_api(local_cluster: LocalCluster) -> Iterator[client.ApiClient]:
 
 
 @pytest.fixture(scope="session")
-def operator_kube(local_cluster: LocalCluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[KubeApi]:
-    """The operator's own client (``kubeapi``), logged in as the operator is outside a pod:
-    with the cluster's kubeconfig."""
-    credentials = Credentials(
-        service_account_dir=tmp_path_factory.mktemp("no-service-account"),
-        environ={"KUBECONFIG": str(local_cluster.kubeconfig)},
-    )
-    kube = KubeApi(credentials)
+def operator_kube(local_cluster: LocalCluster) -> Iterator[KubeJson]:
+    """The operator's client (``kubejson``), logged in as the operator is outside a pod: with the
+    cluster's kubeconfig."""
+    kube = KubeJson.connect(environ={"KUBECONFIG": str(local_cluster.kubeconfig)})
     yield kube
     kube.close()
 

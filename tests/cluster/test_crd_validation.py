@@ -148,3 +148,67 @@ def test_event_store_schema_is_immutable(crd_installed: None, kubectl: Callable[
     result = apply(kubectl, changed)
     assert result.returncode != 0
     assert "eventStoreSchema is immutable" in result.stderr
+
+
+def test_kubectl_explain_describes_every_replay_field(crd_installed: None, kubectl: Callable[..., Any]) -> None:
+    explained = wait_until(
+        "kubectl explain to know the CRD",
+        lambda: kubectl("explain", "projectorset.spec.replay").stdout,
+        timeout=60,
+    )
+    print(explained)  # the closing note of issue 18 quotes it
+    for field in ("catchup", "checks", "commands", "container", "groupSize", "processes", "stageRetries"):
+        assert f"\n  {field}\t" in explained, field
+    # Fields that had no description before: each shows its own now.
+    assert "When the replay has caught up enough to go live." in explained
+    assert "The command of each stage" in explained
+    commands = kubectl("explain", "projectorset.spec.replay.commands.prepare", check=True).stdout
+    assert "Default: bundle exec rake sequent:projectors:replay:prepare[{projectors}]" in commands
+
+
+def _condition(**changes: Any) -> dict[str, Any]:
+    condition = {
+        "type": "Ready",
+        "status": "True",
+        "reason": "Active",
+        "message": "version v1 serves",
+        "lastTransitionTime": "2026-11-29T12:00:00Z",
+        "observedGeneration": 1,
+    }
+    condition.update(changes)
+    return {key: value for key, value in condition.items() if value is not None}
+
+
+def _patch_status(kubectl: Callable[..., Any], name: str, status: dict[str, Any]) -> Any:
+    return kubectl(
+        "patch",
+        "pjs",
+        name,
+        "-n",
+        NAMESPACE,
+        "--subresource=status",
+        "--type=merge",
+        "-p",
+        json.dumps({"status": status}),
+    )
+
+
+def test_conditions_are_validated_like_metav1_conditions(crd_installed: None, kubectl: Callable[..., Any]) -> None:
+    body = manifest()
+    body["metadata"]["name"] = "conditions"
+    assert apply(kubectl, body).returncode == 0
+    accepted = _patch_status(kubectl, "conditions", {"conditions": [_condition(), _condition(type="Progressing")]})
+    assert accepted.returncode == 0, accepted.stderr
+    stored = json.loads(kubectl("get", "pjs", "conditions", "-n", NAMESPACE, "-o", "json", check=True).stdout)
+    assert [c["lastTransitionTime"] for c in stored["status"]["conditions"]] == ["2026-11-29T12:00:00Z"] * 2
+    refused = {
+        "no lastTransitionTime": ([_condition(lastTransitionTime=None)], "lastTransitionTime: Required value"),
+        "not a time": ([_condition(lastTransitionTime="yesterday")], "lastTransitionTime"),
+        "status not a word of three": ([_condition(status="Yes")], "status.conditions[0].status"),
+        "type twice": ([_condition(), _condition(reason="Deploying")], "Duplicate value"),
+        "reason not a word": ([_condition(reason="two words")], "status.conditions[0].reason"),
+    }
+    for what, (conditions, expected) in refused.items():
+        result = _patch_status(kubectl, "conditions", {"conditions": conditions})
+        assert result.returncode != 0, f"{what} was accepted"
+        assert expected in result.stderr, (what, result.stderr)

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from testbed.kuberaw import RawKube
+from projectorset.adapters.kubejson import KubeJson
 from testbed.workloads import (
     IMAGE,
     available_deployment,
@@ -41,13 +41,13 @@ POD_RANGE = ipaddress.ip_network("198.18.0.0/15")
 
 
 @pytest.fixture
-def kube(kube_api) -> RawKube:
+def kube(kube_api) -> KubeJson:
     """The session's API client, speaking plain JSON (objects read as `kubectl get -o json` shows them)."""
-    return RawKube(kube_api)
+    return KubeJson(kube_api)
 
 
 @pytest.fixture
-def namespace(local_cluster, kube: RawKube) -> Iterator[str]:
+def namespace(local_cluster, kube: KubeJson) -> Iterator[str]:
     name = f"kubelet-{uuid.uuid4().hex[:8]}"
     local_cluster.create_namespace(name)
     yield name
@@ -69,7 +69,7 @@ def _events(path: Path) -> list[tuple[str, int]]:
 
 
 def test_deployment_becomes_available_on_distinct_pod_ips_with_env_from_a_secret(
-    kubectl, kube: RawKube, namespace: str
+    kubectl, kube: KubeJson, namespace: str
 ) -> None:
     secret = {
         "apiVersion": "v1",
@@ -128,7 +128,7 @@ def test_deployment_becomes_available_on_distinct_pod_ips_with_env_from_a_secret
     )
 
 
-def test_env_sources_expansion_and_working_dir(kube: RawKube, namespace: str, tmp_path: Path) -> None:
+def test_env_sources_expansion_and_working_dir(kube: KubeJson, namespace: str, tmp_path: Path) -> None:
     create(
         kube,
         namespace,
@@ -204,7 +204,7 @@ def test_env_sources_expansion_and_working_dir(kube: RawKube, namespace: str, tm
     assert container["state"]["terminated"]["reason"] == "Completed"
 
 
-def test_missing_secret_keeps_pod_pending_until_it_exists(kube: RawKube, namespace: str) -> None:
+def test_missing_secret_keeps_pod_pending_until_it_exists(kube: KubeJson, namespace: str) -> None:
     container = echo_container(
         extra_env=[{"name": "GREETING", "valueFrom": {"secretKeyRef": {"name": "later", "key": "text"}}}]
     )
@@ -235,7 +235,7 @@ def _container_log(local_cluster, pod: dict, container: str) -> str:
 
 
 def test_liveness_probe_failure_restarts_the_container(
-    local_cluster, kube: RawKube, namespace: str, tmp_path: Path
+    local_cluster, kube: KubeJson, namespace: str, tmp_path: Path
 ) -> None:
     events = tmp_path / "events"
     container = echo_container(extra_args=["--healthy-checks", "3", "--events-file", str(events)], readiness=False)
@@ -290,7 +290,7 @@ def test_liveness_probe_failure_restarts_the_container(
     assert "Container app failed liveness probe, will be restarted" in seen["Killing"], seen
 
 
-def test_jobs_complete_or_fail_by_exit_code(local_cluster, kubectl, kube: RawKube, namespace: str) -> None:
+def test_jobs_complete_or_fail_by_exit_code(local_cluster, kubectl, kube: KubeJson, namespace: str) -> None:
     def job(name: str, code: int) -> dict:
         return {
             "apiVersion": "batch/v1",
@@ -348,7 +348,7 @@ def test_jobs_complete_or_fail_by_exit_code(local_cluster, kubectl, kube: RawKub
         assert container["restartCount"] == 0
 
 
-def test_deleting_a_pod_stops_its_process_gracefully(kube: RawKube, namespace: str, tmp_path: Path) -> None:
+def test_deleting_a_pod_stops_its_process_gracefully(kube: KubeJson, namespace: str, tmp_path: Path) -> None:
     events = tmp_path / "events"
     container = echo_container(extra_args=["--events-file", str(events)])
     create(
@@ -367,7 +367,7 @@ def test_deleting_a_pod_stops_its_process_gracefully(kube: RawKube, namespace: s
 
 
 def test_a_process_ignoring_sigterm_is_killed_after_the_grace_period(
-    kube: RawKube, namespace: str, tmp_path: Path
+    kube: KubeJson, namespace: str, tmp_path: Path
 ) -> None:
     pid_file = tmp_path / "pid"
     script = f"trap '' TERM; echo $$$$ > {pid_file}; sleep 600 & echo $! >> {pid_file}; wait"
@@ -404,7 +404,7 @@ TESTS_DIR = Path(__file__).resolve().parent.parent
 
 
 def test_kubelet_stops_its_pods_on_sigterm_and_runs_them_again_when_back(
-    local_cluster, kube: RawKube, namespace: str, tmp_path: Path
+    local_cluster, kube: KubeJson, namespace: str, tmp_path: Path
 ) -> None:
     """A second kubelet process (its own tainted node): no orphans on SIGTERM, re-adoption on start."""
     node_name = f"extra-{uuid.uuid4().hex[:6]}"
@@ -492,7 +492,7 @@ def test_kubelet_stops_its_pods_on_sigterm_and_runs_them_again_when_back(
 
 
 def test_init_containers_run_first_and_on_failure_restarts_in_place(
-    kube: RawKube, namespace: str, tmp_path: Path
+    kube: KubeJson, namespace: str, tmp_path: Path
 ) -> None:
     # The init container prepares a file; the main container fails once, then succeeds on its
     # restart (restartPolicy OnFailure restarts it in the same pod).

@@ -14,7 +14,7 @@ from kubernetes import client
 from test_upgrade import install_v1_with_traffic
 
 from projectorset.adapters.kube import KubernetesCluster
-from projectorset.adapters.kubeapi import KubeApi
+from projectorset.adapters.kubejson import KubeJson
 from projectorset.api import ProjectorSetSpec
 from projectorset.api.conditions import Reason
 from projectorset.domain.cluster import ClusterError, Owner
@@ -135,7 +135,7 @@ def version_objects(kube_api: client.ApiClient, namespace: str, selector: str) -
 
 
 def test_versions_and_sets_whose_names_once_collided_get_their_own_objects(
-    kube_api: client.ApiClient, operator_kube: KubeApi, projectorset_crd: None
+    kube_api: client.ApiClient, operator_kube: KubeJson, projectorset_crd: None
 ) -> None:
     """v1.2 and v1_2 used to map to one Deployment (and Job) name, and so did set shop at
     eu-v2 and set shop-eu at v2: the second was refused. Now each has its own, side by side."""
@@ -174,7 +174,7 @@ def test_versions_and_sets_whose_names_once_collided_get_their_own_objects(
 
 
 def test_a_deployment_named_by_the_earlier_rule_is_used_never_duplicated(
-    kube_api: client.ApiClient, operator_kube: KubeApi, projectorset_crd: None
+    kube_api: client.ApiClient, operator_kube: KubeJson, projectorset_crd: None
 ) -> None:
     """A set that ran under an operator before today's names keeps its Deployment (v1.2 was
     named accounts-v1-2): the new operator scales it, reads its release and retires it, and never

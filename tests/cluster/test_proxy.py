@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from testbed.kuberaw import RawKube
+from projectorset.adapters.kubejson import KubeJson
 from testbed.proxy import ServiceProxy
 from testbed.workloads import (
     available_deployment,
@@ -36,13 +36,13 @@ pytestmark = pytest.mark.cluster
 
 
 @pytest.fixture
-def kube(kube_api) -> RawKube:
+def kube(kube_api) -> KubeJson:
     """The session's API client, speaking plain JSON (objects read as `kubectl get -o json` shows them)."""
-    return RawKube(kube_api)
+    return KubeJson(kube_api)
 
 
 @pytest.fixture
-def namespace(local_cluster, kube: RawKube) -> Iterator[str]:
+def namespace(local_cluster, kube: KubeJson) -> Iterator[str]:
     name = f"proxy-{uuid.uuid4().hex[:8]}"
     local_cluster.create_namespace(name)
     yield name
@@ -54,7 +54,7 @@ def _ask(port: int) -> dict:
     return http_json("127.0.0.1", port)
 
 
-def test_proxy_forwards_to_ready_pods_and_follows_a_selector_switch(kube_api, kube: RawKube, namespace: str) -> None:
+def test_proxy_forwards_to_ready_pods_and_follows_a_selector_switch(kube_api, kube: KubeJson, namespace: str) -> None:
     for version in ("a", "b"):
         labels = {"app": "shop", "version": version}
         create(kube, namespace, deployment(f"shop-{version}", labels, 2, echo_container(version=version)))
@@ -103,7 +103,7 @@ def test_proxy_forwards_to_ready_pods_and_follows_a_selector_switch(kube_api, ku
         proxy.stop()
 
 
-def test_proxy_rejects_connections_when_no_endpoint_is_ready(kube_api, kube: RawKube, namespace: str) -> None:
+def test_proxy_rejects_connections_when_no_endpoint_is_ready(kube_api, kube: KubeJson, namespace: str) -> None:
     create(kube, namespace, service("nobody", {"app": "nobody"}))
     with ServiceProxy(kube_api, namespace, "nobody") as proxy:
         assert proxy.endpoints == []
@@ -128,7 +128,7 @@ def test_proxy_rejects_connections_when_no_endpoint_is_ready(kube_api, kube: Raw
             assert conn.recv(1024) == b""
 
 
-def test_proxy_runs_as_a_command(local_cluster, kube: RawKube, namespace: str) -> None:
+def test_proxy_runs_as_a_command(local_cluster, kube: KubeJson, namespace: str) -> None:
     create(kube, namespace, deployment("solo", {"app": "solo"}, 1, echo_container(version="cli")))
     create(kube, namespace, service("solo", {"app": "solo"}))
     wait_until("solo Available", available_deployment(kube, namespace, "solo", 1), timeout=90)

@@ -18,7 +18,7 @@ import pytest
 from kubernetes import client
 from test_upgrade import install_v1_with_traffic
 
-from testbed.kuberaw import RawKube
+from projectorset.adapters.kubejson import KubeJson
 from testbed.scenario import Scenario
 from testbed.switchgap import deploy_two_versions, run_switches, watched_proxy
 
@@ -30,11 +30,11 @@ def namespace(local_cluster, kube_api: client.ApiClient) -> Iterator[str]:
     name = f"switchgap-{uuid.uuid4().hex[:8]}"
     local_cluster.create_namespace(name)
     yield name
-    RawKube(kube_api).request("DELETE", f"/api/v1/namespaces/{name}")
+    KubeJson(kube_api).request("DELETE", f"/api/v1/namespaces/{name}")
 
 
 def test_selector_switches_between_ready_deployments_leave_no_gap(kube_api: client.ApiClient, namespace: str) -> None:
-    deploy_two_versions(RawKube(kube_api), namespace, replicas=2)
+    deploy_two_versions(KubeJson(kube_api), namespace, replicas=2)
 
     run = run_switches(kube_api, namespace, SWITCHES, settle=0.5, max_requests=20_000, max_seconds=120)
     print(run.report())

@@ -10,6 +10,10 @@
   code expects, it registers every projector of the code active at the code's version (clearing
   its activating/replaying versions). Projectors the code no longer has are left as they are.
 
+- ``create_database`` and ``dump_structure`` are what Sequent's ``sequent:db:migrate`` does
+  around the migrations: ``sequent:db:create`` (ActiveRecord's ``DatabaseTasks.create``) before,
+  ``sequent:db:schema:dump`` (``pg_dump`` into ``db/structure.sql``) after.
+
 ``python -m sampleapp.migrate [--activate]`` runs the first, then with ``--activate`` the second;
 ``python -m sampleapp.rake db:migrate`` and ``sequent:migrate:offline`` are the same steps under
 their rake names.
@@ -18,14 +22,19 @@ their rake names.
 from __future__ import annotations
 
 import argparse
+import shutil
+import subprocess
 import sys
+from pathlib import Path
 
 import psycopg
 from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from sampleapp import projector_states
 from sampleapp.config import ConfigurationError, Settings
 from sampleapp.releases import Release, UnknownName, get_release
+from sampleapp.replay import pg_environment
 from testbed.sequent_schema import create_sequent_tables
 
 
@@ -80,6 +89,54 @@ def migrate_view_schema(conn: psycopg.Connection, settings: Settings, release: R
     if not done:
         done.append(f"view schema {settings.view_schema} is up to date for release {release.name}")
     return done
+
+
+def create_database(settings: Settings) -> tuple[bool, str]:
+    """ActiveRecord's ``DatabaseTasks.create``, as ``sequent:db:create`` runs it: connect to the
+    maintenance database ``postgres`` with the application's credentials and CREATE DATABASE.
+    One that exists is said (on stderr) and passed over; any other failure (a role that may not
+    create databases, no access to ``postgres``) fails the task. Returns (created, message)."""
+    name = conninfo_to_dict(settings.database_url).get("dbname")
+    if not name:
+        raise MigrationError("DATABASE_URL names no database")
+    try:
+        with psycopg.connect(make_conninfo(settings.database_url, dbname="postgres"), autocommit=True) as conn:
+            conn.execute(sql.SQL("CREATE DATABASE {} ENCODING 'utf8'").format(sql.Identifier(str(name))))
+    except psycopg.errors.DuplicateDatabase:
+        return False, f"Database '{name}' already exists"
+    except psycopg.Error as error:
+        raise MigrationError(
+            f"{str(error).strip()}\nCouldn't create '{name}' database. Please check your configuration."
+        ) from None
+    return True, f"Created database '{name}'"
+
+
+def dump_structure(settings: Settings, release_directory: Path) -> str:
+    """``sequent:db:schema:dump``: ``pg_dump --schema-only`` of the whole database, without the
+    replay and archive schemas (and the view schema: the sample's code has a migrations class,
+    as Sequent then leaves it out), into ``db/structure.sql`` under the release directory
+    (ActiveRecord's ``db_dir``, ``db`` in Sequent's template project), made if missing. Needs
+    ``pg_dump`` on PATH, one that can dump the server's version, and a writable directory."""
+    pg_dump = shutil.which("pg_dump")
+    if pg_dump is None:
+        raise MigrationError("failed to execute: pg_dump (not found on PATH); dumping the schema needs it")
+    directory = release_directory / "db"
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise MigrationError(f"cannot write the schema dump: {error}") from None
+    target = directory / "structure.sql"
+    excluded = [f"--exclude-schema={schema}" for schema in (settings.replay_schema, settings.archive_schema)]
+    excluded.append(f"--exclude-schema={settings.view_schema}")
+    dump = subprocess.run(
+        [pg_dump, "--schema-only", "--no-privileges", "--no-owner", "--file", str(target), *excluded],
+        env=pg_environment(settings.database_url),
+        capture_output=True,
+        text=True,
+    )
+    if dump.returncode != 0:
+        raise MigrationError(f"failed to execute: pg_dump: {dump.stderr.strip()}")
+    return f"dumped the schema into {target}"
 
 
 def activate_current_configuration(conn: psycopg.Connection, settings: Settings, release: Release) -> str:

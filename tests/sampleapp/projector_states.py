@@ -1,10 +1,12 @@
 """Reading and writing ``projector_states`` the way Sequent master does (lib/sequent/core/projectors.rb).
 
-Every write is an upsert of whole rows in its own (sub)transaction that first takes
+Every write but one is an upsert of the columns its method names (registering replaying leaves
+``active_version`` as it is) in its own (sub)transaction that first takes
 ``projector_states`` in ACCESS EXCLUSIVE mode with ``lock_timeout`` 100 ms, so a writer never
 queues in front of live publishers for long; on a lock timeout the (sub)transaction is retried
 until a total timeout (Sequent's ``projectors_replayer_total_lock_timeout``, 10 s). The lock
-timeout covers only that (sub)transaction and is then restored to what it was.
+timeout covers only that (sub)transaction and is then restored to what it was. The exception is
+Sequent's ``deactivate_unknown_projectors!``, a plain update (``sampleapp.rake``).
 """
 
 from __future__ import annotations

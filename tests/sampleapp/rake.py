@@ -6,7 +6,8 @@ a Sequent application's (``bundle exec rake sequent:projectors:replay:replay[250
 
 | task | what it does |
 |---|---|
-| ``db:migrate``, ``sequent:db:migrate`` | the release's view-schema migrations (idempotent; ``sampleapp.migrate``) |
+| ``db:migrate`` | the release's view-schema migrations (idempotent; ``sampleapp.migrate``) |
+| ``sequent:db:migrate`` | ``sequent:db:create``, the same migrations, then ``pg_dump`` into ``db/structure.sql`` |
 | ``sequent:migrate:offline`` | activate the current configuration (``Sequent.activate_current_configuration!``) |
 | ``sequent:projectors:replay:prepare[P1,P2,...]`` | a new replay of the named projectors (none named: all) |
 | ``sequent:projectors:replay:replay[group_size,processes]`` | initial replay (defaults 250000, 4) |
@@ -31,6 +32,7 @@ import re
 import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 
 import psycopg
 from psycopg import sql
@@ -134,6 +136,19 @@ def _db_migrate(ctx: Context, args: list[str]) -> None:
         _say(line)
 
 
+def _sequent_db_create(settings: Settings) -> None:
+    created, message = migrate.create_database(settings)
+    print(message, file=sys.stdout if created else sys.stderr, flush=True)
+
+
+def _sequent_db_migrate(ctx: Context, args: list[str]) -> None:
+    """Sequent's ``sequent:db:migrate``, after its prerequisite ``sequent:db:create`` (run in
+    ``main`` before connecting): the migrations, then ``sequent:db:schema:dump`` into the
+    release directory (the working directory)."""
+    _db_migrate(ctx, args)
+    _say(migrate.dump_structure(ctx.settings, Path.cwd()))
+
+
 def _migrate_offline(ctx: Context, args: list[str]) -> None:
     _say(migrate.activate_current_configuration(ctx.conn, ctx.settings, ctx.release))
 
@@ -156,8 +171,8 @@ def _deactivate_unknown(ctx: Context, args: list[str]) -> None:
 TASKS: Mapping[str, Callable[[Context, list[str]], None]] = {
     "db:migrate": _db_migrate,
     # Sequent's own task runs the same ActiveRecord migrations (db/migrate), where Sequent's
-    # documentation puts the view-schema migrations.
-    "sequent:db:migrate": _db_migrate,
+    # documentation puts the view-schema migrations, between creating the database and dumping it.
+    "sequent:db:migrate": _sequent_db_migrate,
     "sequent:migrate:offline": _migrate_offline,
     REPLAY + "prepare": _prepare,
     REPLAY + "replay": _replay,
@@ -206,6 +221,8 @@ def main(argv: list[str] | None = None) -> int:
         sequent_env(os.environ)
         settings = Settings.from_env()
         release = get_release(settings.release)
+        if any(name == "sequent:db:migrate" for name, _ in parsed):
+            _sequent_db_create(settings)  # a prerequisite that runs before sequent:connect
         with psycopg.connect(
             settings.database_url,
             autocommit=True,
@@ -227,6 +244,11 @@ def main(argv: list[str] | None = None) -> int:
     ) as error:
         message = str(error).strip() or type(error).__name__
         print(f"rake aborted!\n{label} failed: {message}", file=sys.stderr, flush=True)
+        # As rake shows an exception raised while another was being handled.
+        cause = error.__cause__ or (None if error.__suppress_context__ else error.__context__)
+        while cause is not None:
+            print(f"\nCaused by:\n{str(cause).strip() or type(cause).__name__}", file=sys.stderr, flush=True)
+            cause = cause.__cause__ or (None if cause.__suppress_context__ else cause.__context__)
         return 1
     return 0
 

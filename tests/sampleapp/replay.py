@@ -5,11 +5,13 @@ Run every stage with the NEW release's code (``SAMPLEAPP_RELEASE``), through its
 or the short form ``python -m sampleapp.replay <stage> [args]``. What each stage checks and
 writes, as in Sequent:
 
-- ``prepare[P1,P2]``   inserts a replay ``created`` (the unique index refuses it while another
-  replay is in progress), copies the projectors' view tables into REPLAY_SCHEMA with
+- ``prepare[P1,P2]``   a name the code does not define fails at once; otherwise it inserts a
+  replay ``created`` (the unique index refuses it while another replay is in progress) and only
+  then checks that each name is a projector (a name that is not leaves the row ``created``, and
+  no abort can load it). It copies the projectors' view tables into REPLAY_SCHEMA with
   ``pg_dump --strict-names`` and ``psql`` (found on PATH), registers them replaying, drops the
-  secondary indexes and ends ``prepared``. Missing pg_dump/psql or a failing dump leave the row
-  ``created``; a failure in the last step marks it ``failed``.
+  secondary indexes and ends ``prepared``. Every failure leaves the row ``created``, in progress:
+  the rescue of the last step marks it ``failed`` inside the transaction its re-raise rolls back.
 - ``replay[group_size,processes]``  ``prepared`` -> ``replaying`` -> ``replayed``: the events
   below the xmin of a snapshot, in groups of about ``group_size`` events (at least 8 groups per
   process), each group its own transaction, ``processes`` groups at a time.
@@ -20,14 +22,16 @@ writes, as in Sequent:
 - ``golive``  needs ``optimized``; one transaction: register activating, lock the view tables,
   replay the last events, move the view tables to ARCHIVE_SCHEMA and the replayed ones into
   VIEW_SCHEMA, register active, ``live``. Failures roll it all back: it can be run again.
-- ``abort``  the replay in progress, whatever its state, becomes ``aborted``; its projectors'
-  replaying/activating versions are cleared and REPLAY_SCHEMA is dropped. A stage still running
-  is not stopped: it fails later and marks the replay ``failed`` again. Fails when no replay is
-  in progress.
+- ``abort``  finds the replay in progress when it starts, then waits for its row and sets it
+  ``aborted`` without checking its state (a golive that commits meanwhile has its ``live``
+  replay turned ``aborted``); its projectors' replaying/activating versions are cleared and
+  REPLAY_SCHEMA is dropped. A replay or catchup still running is not stopped: it fails later
+  and marks the replay ``failed`` again. Fails when no replay is in progress, and when the
+  code cannot load one of the replay's projectors.
 - ``status``  the latest replay_states row, its lag and projector_states as one line of JSON.
 
-A failure inside replay or catchup (after their state checks) and in prepare's last step marks
-the replay ``failed``; ``failed`` is in progress, so it holds the unique index until ``abort``.
+A failure inside replay or catchup (after their first transaction, which holds the state checks)
+marks the replay ``failed``; ``failed`` is in progress, so it holds the unique index until ``abort``.
 The state checks themselves change nothing. Exit status 0 on success, 1 on failure (message
 on stderr), 2 on bad usage.
 """
@@ -76,6 +80,10 @@ PG_ENVIRONMENT = {
     "sslkey": "PGSSLKEY",
     "sslrootcert": "PGSSLROOTCERT",
 }
+
+# What the sample app's code defines besides its projectors (in Ruby, constants Class.const_get
+# finds): its event and aggregate types. prepare takes such a name, then refuses it as a projector.
+NON_PROJECTOR_CONSTANTS = frozenset({DEPOSITED, "Account"})
 
 
 class ReplayError(Exception):
@@ -162,10 +170,16 @@ class Replayer:
     # --- projectors and tables ------------------------------------------------------------------
 
     def _projectors(self, names: Sequence[str]) -> list[Projector]:
+        """Sequent's ``ProjectorsReplayer.new``: every name must be defined by this code (Ruby's
+        ``Class.const_get``), then be a projector."""
         try:
-            return [self.release.projector(name) for name in names]
+            projectors = [self.release.projector(name) for name in names if name not in NON_PROJECTOR_CONSTANTS]
         except UnknownName as error:
             raise ReplayError(f"{error}: run the replay stages with the code that prepared them") from None
+        unsupported = [name for name in names if name in NON_PROJECTOR_CONSTANTS]
+        if unsupported:
+            raise ReplayError(f"unsupported projector(s) {', '.join(unsupported)}")
+        return projectors
 
     def _verify_replaying_versions(self, projectors: Sequence[Projector]) -> None:
         replaying = {
@@ -349,18 +363,22 @@ class Replayer:
     # --- stages ---------------------------------------------------------------------------------
 
     def create(self, names: Sequence[str]) -> int:
-        """``ProjectorsReplayer.create!``: a new replay ``created`` (all projectors when none are named)."""
+        """The rake task's name lookup, then ``ProjectorsReplayer.create!``: a new replay ``created``
+        (all projectors when none are named). A name the code does not define fails before the
+        insert; a name that is defined but is not a projector fails after it (Sequent's ``new``
+        checks the classes once the row exists), which leaves that row ``created``, in progress."""
         for name in names:
-            if name not in self.release.versions:
+            if name not in self.release.versions and name not in NON_PROJECTOR_CONSTANTS:
                 raise ReplayError(f"prepare: unknown projector '{name}'")
-        projectors = [self.release.projector(name) for name in names] if names else list(self.release.projectors)
+        listed = list(names) if names else [p.name for p in self.release.projectors]
         row = self.conn.execute(
             sql.SQL("INSERT INTO {}.replay_states (state, projectors) VALUES ('created', %s) RETURNING id").format(
                 self.es
             ),
-            [[p.name for p in projectors]],
+            [listed],
         ).fetchone()
         assert row is not None
+        self._projectors(listed)
         return int(row[0])
 
     def prepare(self, names: Sequence[str] = ()) -> int:
@@ -405,8 +423,8 @@ class Replayer:
             if load.returncode != 0:
                 raise ReplayError(f"failed to create replay schema tables: {(load.stdout + load.stderr).strip()}")
 
-        try:
-            with self._locked(replay_id) as row:
+        with self._locked(replay_id) as row:
+            try:
                 self._verify_state(row, message, "created")
                 projector_states.register_replaying(
                     self.conn, self.settings.event_store_schema, {p.name: p.version for p in projectors}
@@ -418,9 +436,13 @@ class Replayer:
                 )
                 self._drop_indexes_not_needed_for_replay()
                 self._set(replay_id, state="prepared")
-        except Exception:
-            self._mark_failed(replay_id)
-            raise
+            except Exception:
+                # Sequent's rescue sits inside this transaction: mark_replay_failed! joins it and the
+                # re-raise rolls the marking back with the rest, so the replay stays `created`. After a
+                # database error the transaction is aborted and the marking itself fails: that error
+                # is the one reported, the original as its cause.
+                self._set(replay_id, state="failed")
+                raise
         self.out(f"replay {replay_id}: prepared {', '.join(f'{p.name} v{p.version}' for p in projectors)}")
 
     def replay(self, group_size: int = DEFAULT_GROUP_SIZE, processes: int = DEFAULT_PROCESSES) -> None:
@@ -560,7 +582,10 @@ class Replayer:
         )
 
     def abort(self) -> None:
-        """Sequent's ``abort!``: from any state in progress; does not stop a running stage."""
+        """Sequent's ``resume_from_database`` then ``abort!``: the replay in progress when abort
+        starts, then its row locked and set ``aborted`` with no check of the state it now has (a
+        golive holding the row commits first, and its ``live`` replay becomes ``aborted``). Does
+        not stop a running stage."""
         replay_id = int(self.resume()["id"])
         with self._locked(replay_id) as row:
             projectors = self._projectors(row["projectors"])
@@ -602,12 +627,7 @@ class Replayer:
     # --- prepare's and optimize's table work ----------------------------------------------------
 
     def _pg_environment(self) -> dict[str, str]:
-        parameters = conninfo_to_dict(self.settings.database_url)
-        environment = dict(os.environ)
-        for name, variable in PG_ENVIRONMENT.items():
-            if parameters.get(name) is not None:
-                environment[variable] = str(parameters[name])
-        return environment
+        return pg_environment(self.settings.database_url)
 
     def _index_definitions(self) -> dict[str, str]:
         rows = self.conn.execute(
@@ -720,6 +740,16 @@ def _locate(command: str) -> str:
             f"cannot determine full path of the `{command}` executable: prepare needs pg_dump and psql on PATH"
         )
     return path
+
+
+def pg_environment(database_url: str) -> dict[str, str]:
+    """This process's environment with the connection's libpq parameters, for pg_dump and psql."""
+    parameters = conninfo_to_dict(database_url)
+    environment = dict(os.environ)
+    for name, variable in PG_ENVIRONMENT.items():
+        if parameters.get(name) is not None:
+            environment[variable] = str(parameters[name])
+    return environment
 
 
 def _json_default(value: object) -> str:

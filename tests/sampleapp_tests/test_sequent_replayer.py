@@ -11,9 +11,11 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import psycopg
 import pytest
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from sampleapp_tests.helpers import (
     StageResult,
     projector_state_rows,
@@ -24,7 +26,7 @@ from sampleapp_tests.helpers import (
     stage_env,
 )
 
-from sampleapp import store
+from sampleapp import manifests, store
 from sampleapp.gate import PublishRefused
 from sampleapp.releases import get_release
 from sampleapp.replay import Replayer, ReplayError
@@ -36,6 +38,21 @@ REPLAY = "sequent:projectors:replay:"
 
 def rake(database_url: str, release: str, *tasks: str, env: dict[str, str] | None = None) -> StageResult:
     return run_stage(database_url, release, *tasks, module="sampleapp.rake", env=env)
+
+
+def rake_in(
+    release_directory: Path, database_url: str, release: str, *tasks: str, env: dict[str, str] | None = None
+) -> StageResult:
+    """A rake task run from the release's directory (where ``sequent:db:migrate`` dumps the schema)."""
+    completed = subprocess.run(
+        [sys.executable, "-m", "sampleapp.rake", *tasks],
+        env=stage_env(database_url, release) if env is None else env,
+        cwd=release_directory,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    return StageResult(completed.returncode, completed.stdout, completed.stderr)
 
 
 def ok(result: StageResult) -> str:
@@ -57,6 +74,14 @@ def start(database_url: str, release: str, task: str) -> subprocess.Popen[str]:
         stderr=subprocess.PIPE,
         text=True,
     )
+
+
+def stop(*processes: subprocess.Popen[str] | None) -> None:
+    """Kill the ones still running (a test that failed half-way)."""
+    for process in processes:
+        if process is not None and process.poll() is None:
+            process.kill()
+            process.wait()
 
 
 def deposit(database_url: str, release: str, account: str, amount: int) -> None:
@@ -105,6 +130,20 @@ def wait_for(condition: Callable[[], bool], what: str, timeout: float = 20) -> N
     while not condition():
         assert time.monotonic() < deadline, f"timed out waiting for {what}"
         time.sleep(0.02)
+
+
+def waiting_on_a_lock(database_url: str, task: str) -> Callable[[], bool]:
+    """Whether the sample's rake process running ``task`` waits for a lock."""
+
+    def check() -> bool:
+        with psycopg.connect(database_url) as conn:
+            row = conn.execute(
+                "SELECT count(*) > 0 FROM pg_stat_activity WHERE application_name = %s AND wait_event_type = 'Lock'",
+                [f"sampleapp-rake {task}"[:63]],
+            ).fetchone()
+        return bool(row and row[0])
+
+    return check
 
 
 def waiting_lock(database_url: str, relation: str, mode: str) -> Callable[[], bool]:
@@ -225,10 +264,7 @@ def test_abort_does_not_stop_a_running_stage_which_then_marks_the_replay_failed(
         assert replay.returncode == 1, replay_err  # it was not stopped: it failed on its own
     finally:
         blocker.close()
-        for process in (replay, abort):
-            if process is not None and process.poll() is None:
-                process.kill()
-                process.wait()
+        stop(replay, abort)
     assert state(database_url) == "failed"  # in progress again: another abort is needed
     assert projector_state_rows(database_url)["AccountProjector"] == (1, None, None)
     assert not schema_exists(database_url, "replay_schema")
@@ -244,7 +280,126 @@ def test_abort_clears_only_the_projectors_of_the_replay(database_url: str) -> No
     assert projector_state_rows(database_url)["AccountProjector"] == (1, None, None)
 
 
+def test_a_stale_abort_turns_a_replay_that_went_live_meanwhile_into_aborted(database_url: str) -> None:
+    """Sequent's abort finds the replay in progress when it starts, waits for its row, and sets
+    it aborted without looking at the state: a golive that held the row commits first."""
+    prepared_v2(database_url)
+    ok(rake(database_url, "v2", REPLAY + "replay"))
+    ok(rake(database_url, "v2", REPLAY + "optimize"))
+    blocker = psycopg.connect(database_url)
+    golive = abort = None
+    try:
+        # A reader of projector_states holds golive after it has locked the replay's row.
+        blocker.execute("SELECT * FROM sequent_schema.projector_states")
+        golive = start(database_url, "v2", REPLAY + "golive")
+        wait_for(waiting_lock(database_url, "sequent_schema.projector_states", "AccessExclusiveLock"), "golive")
+        abort = start(database_url, "v2", REPLAY + "abort")
+        wait_for(waiting_on_a_lock(database_url, REPLAY + "abort"), "the abort to wait for the replay's row")
+        assert state(database_url) == "optimized"  # abort took this replay while it was in progress
+        blocker.rollback()
+        _, golive_err = golive.communicate(timeout=60)
+        assert golive.returncode == 0, golive_err
+        abort_out, abort_err = abort.communicate(timeout=60)
+        assert abort.returncode == 0, abort_err
+    finally:
+        blocker.close()
+        stop(golive, abort)
+    assert "replay 1 (live) aborted" in abort_out
+    assert states(database_url) == [(1, "aborted")]
+    # golive landed all the same: version 2 is active and its tables are the view tables.
+    assert projector_state_rows(database_url)["AccountProjector"] == (2, None, None)
+    with psycopg.connect(database_url) as conn:
+        counted = conn.execute("SELECT sum(deposit_count) FROM view_schema.account_balances").fetchone()
+    assert counted == (6,)
+    with pytest.raises(PublishRefused) as refused:
+        deposit(database_url, "v1", "acct-0", 1)
+    assert refused.value.error == "DifferentProjectorVersionIsActiveError"
+    deposit(database_url, "v2", "acct-0", 1)
+
+
+def test_abort_fails_when_the_code_cannot_load_a_projector_of_the_replay(database_url: str) -> None:
+    run_migrate(database_url, "v3", activate=True)
+    ok(rake(database_url, "v4", "db:migrate"))
+    ok(rake(database_url, "v4", REPLAY + "prepare[DailyTotalsProjector]"))
+    failed(rake(database_url, "v3", REPLAY + "abort"), "has no projector 'DailyTotalsProjector'")
+    assert state(database_url) == "prepared"
+    ok(rake(database_url, "v4", REPLAY + "abort"))
+    assert state(database_url) == "aborted"
+
+
 # --- prepare ---------------------------------------------------------------------------------
+
+
+def test_prepare_refuses_an_undefined_name_before_it_inserts_a_replay(database_url: str) -> None:
+    v1_serving(database_url)
+    ok(rake(database_url, "v2", "db:migrate"))
+    unknown = rake(database_url, "v2", REPLAY + "prepare[NoSuchProjector]")
+    failed(unknown, "prepare: unknown projector 'NoSuchProjector'")
+    assert states(database_url) == []
+
+
+def test_prepare_inserts_its_replay_before_it_checks_each_name_is_a_projector(database_url: str) -> None:
+    """A name the code defines that is not a projector (here the event type) fails prepare after
+    the insert: the replay stays created, in progress, and no abort can load it."""
+    v1_serving(database_url)
+    ok(rake(database_url, "v2", "db:migrate"))
+    not_a_projector = rake(database_url, "v2", REPLAY + "prepare[AccountProjector,Deposited]")
+    failed(not_a_projector, "unsupported projector(s) Deposited")
+    row = replay_state(database_url)
+    assert row is not None and (row["state"], row["projectors"]) == ("created", ["AccountProjector", "Deposited"])
+    assert projector_state_rows(database_url)["AccountProjector"] == (1, None, None)
+    assert not schema_exists(database_url, "replay_schema")
+    for release in ("v1", "v2"):
+        failed(rake(database_url, release, REPLAY + "abort"), "unsupported projector(s) Deposited")
+    failed(rake(database_url, "v2", REPLAY + "prepare[AccountProjector]"), "replay_states_active_replay_idx")
+    assert states(database_url) == [(1, "created")]
+
+
+def test_prepare_whose_last_step_raises_leaves_the_replay_created(
+    database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Its rescue marks the replay failed inside the transaction that the re-raise rolls back."""
+    monkeypatch.setenv("PATH", manifests.search_path())  # this process runs prepare: the embedded pg_dump first
+    v1_serving(database_url)
+    ok(rake(database_url, "v2", "db:migrate"))
+
+    class HookFailed(Exception):
+        pass
+
+    def after_prepare_hook() -> None:  # where Sequent calls projectors_replayer_after_prepare_hook
+        raise HookFailed("the after-prepare hook raised")
+
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        replayer = Replayer(conn, settings_for(database_url, "v2"), get_release("v2"), out=lambda _: None)
+        replayer._drop_indexes_not_needed_for_replay = after_prepare_hook  # type: ignore[method-assign]
+        with pytest.raises(HookFailed):
+            replayer.prepare(["AccountProjector"])
+    assert states(database_url) == [(1, "created")]
+    assert projector_state_rows(database_url)["AccountProjector"] == (1, None, None)  # its registration rolled back
+    failed(rake(database_url, "v2", REPLAY + "prepare[AccountProjector]"), "replay_states_active_replay_idx")
+    ok(rake(database_url, "v2", REPLAY + "abort"))
+    ok(rake(database_url, "v2", REPLAY + "prepare[AccountProjector]"))
+    assert [s for _, s in states(database_url)] == ["aborted", "prepared"]
+
+
+def test_prepare_whose_last_step_hits_a_database_error_leaves_created_and_reports_the_aborted_transaction(
+    database_url: str,
+) -> None:
+    """After a database error the rescue's marking runs in an aborted transaction and fails: the
+    task reports that error, with the original one as its cause, as rake shows it."""
+    v1_serving(database_url)
+    ok(rake(database_url, "v2", "db:migrate"))
+    execute(
+        database_url,
+        "CREATE FUNCTION public.refuse_prepared() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+        "IF NEW.state = 'prepared' THEN RAISE EXCEPTION 'prepared refused by a trigger'; END IF; RETURN NEW; END $$;"
+        "CREATE TRIGGER refuse_prepared BEFORE UPDATE ON sequent_schema.replay_states "
+        "FOR EACH ROW EXECUTE FUNCTION public.refuse_prepared()",
+    )
+    stderr = failed(rake(database_url, "v2", REPLAY + "prepare[AccountProjector]"), "current transaction is aborted")
+    assert stderr.index("Caused by:") < stderr.index("prepared refused by a trigger"), stderr
+    assert states(database_url) == [(1, "created")]
+    assert projector_state_rows(database_url)["AccountProjector"] == (1, None, None)
 
 
 def test_prepare_copies_table_definitions_with_pg_dump_and_optimize_recreates_dropped_indexes(
@@ -481,9 +636,7 @@ def test_golive_lock_timeout_covers_only_its_lock_acquisition_and_activating_is_
         assert golive.returncode == 0, stderr
     finally:
         reader.close()
-        if golive is not None and golive.poll() is None:
-            golive.kill()
-            golive.wait()
+        stop(golive)
     assert states(database_url) == [(1, "live"), (2, "live")]
     assert projector_state_rows(database_url)["AccountProjector"] == (2, None, None)
 
@@ -549,12 +702,65 @@ def test_rake_tasks_read_sequent_env_rails_env_or_rack_env(database_url: str, va
     ok(rake(database_url, "v1", REPLAY + "status", env={**base, variable: "production"}))
 
 
-def test_rake_task_names_and_arguments(database_url: str) -> None:
+def test_rake_task_names_and_arguments(database_url: str, tmp_path: Path) -> None:
     v1_serving(database_url)
     failed(rake(database_url, "v2", "sequent:projectors:replay:prepare_all"), "Don't know how to build task")
-    assert "migrated 3" in ok(rake(database_url, "v2", "sequent:db:migrate"))  # Sequent's name for db:migrate
+    assert "migrated 3" in ok(rake_in(tmp_path, database_url, "v2", "sequent:db:migrate"))
     bad = rake(database_url, "v2", REPLAY + "replay[many,1]")
     assert bad.returncode == 2 and "'many' is not a positive integer" in bad.stderr
     # The short form the first sample app took still maps onto the same tasks.
     short = run_stage(database_url, "v2", "abort")
     assert short.returncode == 1 and "no replay is in progress" in short.stderr
+
+
+# --- sequent:db:migrate ----------------------------------------------------------------------
+
+
+def another_database(database_url: str, name: str) -> str:
+    return make_conninfo(database_url, dbname=f"{conninfo_to_dict(database_url)['dbname']}_{name}")
+
+
+def migrations_applied(database_url: str) -> list[int]:
+    with psycopg.connect(database_url) as conn:
+        return [row[0] for row in conn.execute("SELECT version FROM sequent_schema.schema_migrations ORDER BY 1")]
+
+
+def test_sequent_db_migrate_creates_the_database_migrates_and_dumps_the_schema_into_the_release_directory(
+    database_url: str, tmp_path: Path
+) -> None:
+    url = another_database(database_url, "created")
+    env = stage_env(url, "v1")
+    first = rake_in(tmp_path, url, "v1", "sequent:db:migrate", env=env)
+    assert "Created database" in ok(first)
+    assert migrations_applied(url) == [1, 2]
+    structure = (tmp_path / "db" / "structure.sql").read_text()
+    assert "CREATE TABLE sequent_schema.replay_states" in structure
+    assert "replay_schema" not in structure and "archive_schema" not in structure
+    again = rake_in(tmp_path, url, "v2", "sequent:db:migrate", env=stage_env(url, "v2"))
+    assert "migrated 3" in ok(again) and "already exists" in again.stderr
+    assert migrations_applied(url) == [1, 2, 3]
+
+
+def test_sequent_db_migrate_that_cannot_dump_the_schema_fails_after_migrating(
+    database_url: str, tmp_path: Path
+) -> None:
+    v1_serving(database_url)
+    no_pg_dump = stage_env(database_url, "v2", PATH="/nonexistent")
+    failed(rake_in(tmp_path, database_url, "v2", "sequent:db:migrate", env=no_pg_dump), "pg_dump")
+    assert migrations_applied(database_url) == [1, 2, 3]  # the dump comes after the migrations
+    read_only = tmp_path / "image"
+    read_only.mkdir()
+    (read_only / "db").write_text("a file where db/ would go: nothing can be written under it")
+    failed(rake_in(read_only, database_url, "v2", "sequent:db:migrate"), "cannot write the schema dump")
+    ok(rake_in(tmp_path, database_url, "v2", "db:migrate"))  # the plain task only migrates
+
+
+def test_sequent_db_migrate_needs_a_role_that_may_create_databases(database_url: str, tmp_path: Path) -> None:
+    """sequent:db:create runs first and PostgreSQL checks CREATEDB before it looks whether the
+    database exists: a role without it fails the task before any migration, database or not."""
+    v1_serving(database_url)
+    execute(database_url, "CREATE ROLE sampleapp_no_createdb LOGIN PASSWORD 'secret' NOCREATEDB")
+    url = make_conninfo(database_url, user="sampleapp_no_createdb", password="secret")
+    stderr = failed(rake_in(tmp_path, url, "v2", "sequent:db:migrate"), "permission denied to create database")
+    assert "Couldn't create" in stderr
+    assert migrations_applied(database_url) == [1, 2]

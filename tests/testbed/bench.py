@@ -35,9 +35,9 @@ from sampleapp.releases import get_release
 from sampleapp.seed import seed
 from testbed import stopping, toolchain
 from testbed.cluster import OPERATOR_USER, LocalCluster
-from testbed.kuberaw import load_api_client
 from testbed.postgres import PostgresServer
 from testbed.scenario import Scenario, UpgradeResult
+from testbed.workloads import api_client
 
 
 def seed_events(database_url: str, count: int, accounts: int = 1000) -> None:
@@ -251,7 +251,7 @@ def main(argv: list[str] | None = None) -> int:
         started.callback(shutil.rmtree, workdir, ignore_errors=True)
         cluster = started.enter_context(LocalCluster.start(workdir / "cluster", audit_log=True))
         postgres = started.enter_context(PostgresServer.start())
-        api = load_api_client(str(cluster.kubeconfig))
+        api = api_client(str(cluster.kubeconfig))
         for events in counts:
             for number in range(arguments.runs):
                 run = one_upgrade(cluster, api, postgres, events, number, workdir)

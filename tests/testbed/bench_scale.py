@@ -41,13 +41,14 @@ from typing import Any
 import psycopg
 from kubernetes import client
 
+from projectorset.adapters.kubejson import KubeJson
 from testbed import stopping, toolchain
 from testbed.cluster import OPERATOR_USER, LocalCluster
 from testbed.crowd import create_crowd, create_event_stores, wait_all_active
-from testbed.kuberaw import RawKube, load_api_client
 from testbed.postgres import PostgresServer
 from testbed.scenario import OperatorProcess, Scenario, UpgradeResult
 from testbed.virtual_node import VirtualNode, pod_placement
+from testbed.workloads import api_client
 
 NAMESPACE = "scale"
 APPLICATION_NAME = "projectorset-operator"  # what the operator's connections call themselves
@@ -163,8 +164,8 @@ def scale_environment(prefix: str, controller_qps: int, max_connections: int = 1
             LocalCluster.start(workdir / "cluster", audit_log=True, controller_qps=controller_qps or None)
         )
         postgres = started.enter_context(PostgresServer.start(max_connections=max_connections))
-        api = load_api_client(str(cluster.kubeconfig))
-        virtual_node = VirtualNode(RawKube(api)).start()
+        api = api_client(str(cluster.kubeconfig))
+        virtual_node = VirtualNode(KubeJson(api)).start()
         started.callback(virtual_node.stop)
         yield ScaleEnvironment(workdir, cluster, postgres, api)
 

@@ -21,9 +21,9 @@ from kubernetes import client
 
 from testbed import stopping, toolchain
 from testbed.cluster import LocalCluster
-from testbed.kuberaw import load_api_client
 from testbed.postgres import PostgresServer
 from testbed.scenario import Scenario
+from testbed.workloads import api_client
 
 
 def say(message: str) -> None:
@@ -81,7 +81,7 @@ def run(source: str, target: str, writers: int, keep: bool) -> int:
         say(f"control plane ready in {cluster.started_in:.1f} s (KUBECONFIG={cluster.kubeconfig})")
         say("starting PostgreSQL")
         postgres = PostgresServer.start()
-        api = load_api_client(str(cluster.kubeconfig))
+        api = api_client(str(cluster.kubeconfig))
         scenario = Scenario(cluster, api, postgres, "demo", workdir)
         say("installing the CRD, the database, the Secret and the Service")
         scenario.prepare()

@@ -23,7 +23,8 @@ from typing import Any
 
 from kubernetes import client
 
-from testbed.kuberaw import JSON, Gone, RawKube, is_status, load_api_client
+from projectorset.adapters.kubejson import JSON, Gone, KubeJson, is_status
+from testbed.workloads import api_client
 
 log = logging.getLogger("testbed.proxy")
 
@@ -83,7 +84,7 @@ class ServiceProxy:
         listen_host: str = "127.0.0.1",
         service_port: int | str | None = None,
     ) -> None:
-        self.kube = RawKube(api_client)
+        self.kube = KubeJson(api_client)
         self.namespace = namespace
         self.service_name = service_name
         self.listen_host = listen_host
@@ -271,9 +272,7 @@ def main(argv: list[str] | None = None) -> int:
     service_port: int | str | None = args.service_port
     if isinstance(service_port, str) and service_port.isdigit():
         service_port = int(service_port)
-    proxy = ServiceProxy(
-        load_api_client(args.kubeconfig), args.namespace, args.service, args.port, args.host, service_port
-    )
+    proxy = ServiceProxy(api_client(args.kubeconfig), args.namespace, args.service, args.port, args.host, service_port)
     stopping = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stopping.set())
     signal.signal(signal.SIGINT, lambda *_: stopping.set())

@@ -32,8 +32,9 @@ from typing import Any
 
 from kubernetes import client
 
-from testbed.kuberaw import JSON, Gone, RawKube, load_api_client
+from projectorset.adapters.kubejson import JSON, JSON_PATCH, Gone, KubeJson
 from testbed.proxy import ServiceProxy, ready_endpoints
+from testbed.workloads import api_client as load_api_client
 from testbed.workloads import available_deployment, create, deployment, echo_container, service, wait_until
 
 VERSIONS = ("blue", "green")
@@ -87,7 +88,7 @@ class SliceRecorder:
     """Every EndpointSlice event of one Service, in watch order, after a list taken at start."""
 
     def __init__(self, api_client: client.ApiClient, namespace: str, service_name: str, port_name: str) -> None:
-        self.kube = RawKube(api_client)
+        self.kube = KubeJson(api_client)
         self.namespace = namespace
         self.service_name = service_name
         self.port_name = port_name
@@ -292,7 +293,7 @@ def _selector(version: str) -> dict[str, str]:
     return {"app": "switchgap", "version": version}
 
 
-def deploy_two_versions(kube: RawKube, namespace: str, replicas: int = 2, timeout: float = 120) -> None:
+def deploy_two_versions(kube: KubeJson, namespace: str, replicas: int = 2, timeout: float = 120) -> None:
     """Two Deployments of the echo server, both Available, and the Service selecting ``blue``."""
     for version in VERSIONS:
         container = echo_container(version=version)
@@ -308,16 +309,16 @@ def deploy_two_versions(kube: RawKube, namespace: str, replicas: int = 2, timeou
     wait_until("the slices to list blue's pods", lambda: _slice_addresses(kube, namespace) == blue)
 
 
-def switch_selector(kube: RawKube, namespace: str, version: str) -> None:
+def switch_selector(kube: KubeJson, namespace: str, version: str) -> None:
     """As the operator switches: the whole selector replaced in one JSON patch."""
     kube.patch(
         f"/api/v1/namespaces/{namespace}/services/{SERVICE}",
         [{"op": "add", "path": "/spec/selector", "value": _selector(version)}],
-        merge="json",
+        JSON_PATCH,
     )
 
 
-def _addresses(kube: RawKube, namespace: str, version: str) -> set[str]:
+def _addresses(kube: KubeJson, namespace: str, version: str) -> set[str]:
     selector = ",".join(f"{k}={v}" for k, v in _selector(version).items())
     return {
         p["status"].get("podIP")
@@ -325,7 +326,7 @@ def _addresses(kube: RawKube, namespace: str, version: str) -> set[str]:
     }
 
 
-def _slice_addresses(kube: RawKube, namespace: str) -> set[str]:
+def _slice_addresses(kube: KubeJson, namespace: str) -> set[str]:
     listed = kube.get(slices_path(namespace), labelSelector=f"kubernetes.io/service-name={SERVICE}")["items"]
     return {address for address, _ in ready_endpoints({s["metadata"]["name"]: s for s in listed}, "http")}
 
@@ -355,7 +356,7 @@ def run_switches(
     max_seconds: float = 300.0,
 ) -> SwitchRun:
     """Switch the Service ``switches`` times under the request loop, ``settle`` seconds apart."""
-    kube = RawKube(api_client)
+    kube = KubeJson(api_client)
     done: list[Switch] = []
     with watched_proxy(api_client, namespace, SERVICE) as (recorder, proxy, proxy_endpoints):
         requests = RequestLoop(proxy.port, max_requests=max_requests, max_seconds=max_seconds).start()
@@ -397,7 +398,7 @@ def main(argv: list[str] | None = None) -> int:
 
             kubeconfig = str(stack.enter_context(LocalCluster.start()).kubeconfig)
         api_client = load_api_client(kubeconfig)
-        kube = RawKube(api_client)
+        kube = KubeJson(api_client)
         namespace = f"switchgap-{uuid.uuid4().hex[:6]}"
         kube.request("POST", "/api/v1/namespaces", body={"metadata": {"name": namespace}})
         stack.callback(kube.request, "DELETE", f"/api/v1/namespaces/{namespace}")

@@ -15,9 +15,9 @@ import itertools
 import threading
 from typing import Any
 
+from projectorset.adapters.kubejson import JSON, STRATEGIC_MERGE_PATCH, KubeJson, is_status
 from testbed.kubelet.common import HOST_IP, log, now_rfc3339
 from testbed.kubelet.node import NodeAgent
-from testbed.kuberaw import JSON, RawKube, is_status
 
 NODE_NAME = "virtual-node"
 TAINT = {"key": "projectorset.io/virtual-node", "value": "true", "effect": "NoSchedule"}
@@ -42,7 +42,7 @@ class _VirtualNodeAgent(NodeAgent):
 
 
 class VirtualNode:
-    def __init__(self, kube: RawKube) -> None:
+    def __init__(self, kube: KubeJson) -> None:
         self.kube = kube
         self.agent = _VirtualNodeAgent(kube, NODE_NAME, taints=[TAINT])
         self._addresses = (str(address) for address in itertools.islice(POD_RANGE.hosts(), 1, None))
@@ -88,9 +88,9 @@ class VirtualNode:
             elif pod["spec"].get("restartPolicy", "Always") != "Always":
                 # A Job's pod (a replay stage, the migrate step): done at once, successfully.
                 if (pod.get("status") or {}).get("phase") != "Succeeded":
-                    self.kube.patch(f"{path}/status", {"status": self._succeeded(pod)})
+                    self.kube.patch(f"{path}/status", {"status": self._succeeded(pod)}, STRATEGIC_MERGE_PATCH)
             elif (pod.get("status") or {}).get("phase") != "Running":
-                self.kube.patch(f"{path}/status", {"status": self._running(pod)})
+                self.kube.patch(f"{path}/status", {"status": self._running(pod)}, STRATEGIC_MERGE_PATCH)
         except Exception as error:
             if not is_status(error, 404):
                 log.warning("virtual node: %s/%s: %s", meta["namespace"], meta["name"], error)

@@ -9,7 +9,18 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from testbed.kuberaw import JSON, RawKube, is_status
+from kubernetes.client import ApiClient
+
+from projectorset.adapters.kubejson import JSON, KubeJson, is_status
+
+# The test bed's processes share one client between many threads (a watch each, a worker per pod).
+POOL_SIZE = 64
+
+
+def api_client(kubeconfig: str) -> ApiClient:
+    """The test bed's client for the cluster of ``kubeconfig`` (typed APIs and ``KubeJson`` alike)."""
+    return KubeJson.connect(kubeconfig, pool_size=POOL_SIZE).api_client
+
 
 # Images are ignored by the process kubelet; a realistic name keeps the manifests valid and honest.
 IMAGE = "python:3.11-slim"
@@ -114,15 +125,15 @@ def collection(kind: str, namespace: str) -> str:
     return _PLURALS[kind].format(ns=namespace)
 
 
-def create(kube: RawKube, namespace: str, manifest: JSON) -> JSON:
+def create(kube: KubeJson, namespace: str, manifest: JSON) -> JSON:
     return kube.request("POST", collection(manifest["kind"], namespace), body=manifest)
 
 
-def get(kube: RawKube, namespace: str, kind: str, name: str) -> JSON:
+def get(kube: KubeJson, namespace: str, kind: str, name: str) -> JSON:
     return kube.get(f"{collection(kind, namespace)}/{name}")
 
 
-def exists(kube: RawKube, namespace: str, kind: str, name: str) -> bool:
+def exists(kube: KubeJson, namespace: str, kind: str, name: str) -> bool:
     try:
         get(kube, namespace, kind, name)
         return True
@@ -132,7 +143,7 @@ def exists(kube: RawKube, namespace: str, kind: str, name: str) -> bool:
         raise
 
 
-def pods(kube: RawKube, namespace: str, selector: str = "") -> list[JSON]:
+def pods(kube: KubeJson, namespace: str, selector: str = "") -> list[JSON]:
     query = {"labelSelector": selector} if selector else {}
     return kube.get(collection("Pod", namespace), **query)["items"]
 
@@ -146,7 +157,7 @@ def is_true(obj: JSON, kind: str) -> bool:
     return found is not None and found["status"] == "True"
 
 
-def available_deployment(kube: RawKube, namespace: str, name: str, replicas: int) -> Callable[[], JSON | None]:
+def available_deployment(kube: KubeJson, namespace: str, name: str, replicas: int) -> Callable[[], JSON | None]:
     """A check for ``wait_until``: the Deployment with all replicas updated, ready and available."""
 
     def check() -> JSON | None:
@@ -164,7 +175,7 @@ def available_deployment(kube: RawKube, namespace: str, name: str, replicas: int
     return check
 
 
-def ready_slice_addresses(kube: RawKube, namespace: str, service_name: str) -> set[tuple[str, int]]:
+def ready_slice_addresses(kube: KubeJson, namespace: str, service_name: str) -> set[tuple[str, int]]:
     """(address, port) of the ready endpoints the EndpointSlice controller published for a Service."""
     path = f"/apis/discovery.k8s.io/v1/namespaces/{namespace}/endpointslices"
     found: set[tuple[str, int]] = set()

@@ -83,8 +83,8 @@ What the operator does inside the namespaces it manages (kube.py and handlers.py
 ProjectorSets are read and watched, patched by Kopf (finalizer, annotations) and their status by
 the reconcile loop; Deployments of each version are created, scaled and deleted; stage Jobs are
 created, watched and deleted (and read by name when one already exists, to check it is this set's),
-and the pods of a failed stage listed (their termination message is
-the end of the stage's output); the Service's selector is read and patched; the database Secret is
+and the pods of a failed stage listed and their log's last lines read (the cause of the failure often
+sits above a backtrace longer than the termination message keeps); the Service's selector is read and patched; the database Secret is
 read; Events are created; Kopf's namespaced peering object (when it watches given namespaces)
 is watched and patched.
 */}}
@@ -105,6 +105,9 @@ is watched and patched.
   resources: ["pods"]
   verbs: ["list"]
 - apiGroups: [""]
+  resources: ["pods/log"]
+  verbs: ["get"]
+- apiGroups: [""]
   resources: ["services"]
   verbs: ["get", "patch"]
 - apiGroups: [""]
@@ -112,7 +115,7 @@ is watched and patched.
   verbs: ["get"]
 - apiGroups: [""]
   resources: ["events"]
-  verbs: ["create"]
+  verbs: ["create", "patch"]  # patch: a repeated Event counts up (kube.emit)
 {{- if and (include "projectorset-operator.peering" .) .Values.watchNamespaces }}
 - apiGroups: ["kopf.dev"]
   resources: ["kopfpeerings"]

@@ -1,17 +1,20 @@
-"""The ``Cluster`` the controller uses, over ``kubeapi.KubeApi``.
+"""The ``Cluster`` the controller uses, over ``kubejson.KubeJson``.
 
 Manifests are built as plain dicts (``resources.py``) and objects are read back as the API
-server's JSON: the client sends and returns dicts as they are.
+server's JSON: the client sends and returns dicts as they are. The client's failures become the
+domain's ``ClusterError`` in one place, ``cluster_error``.
 """
 
 from __future__ import annotations
 
 import base64
+import contextlib
 import logging
 import os
 import socket
 import threading
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -20,7 +23,15 @@ from typing import Any, assert_never
 from urllib3.exceptions import HTTPError
 
 from projectorset import api
-from projectorset.adapters.kubeapi import JSON_PATCH, STRATEGIC_MERGE_PATCH, ApiError, KubeApi, resource_path
+from projectorset.adapters.events import EventAggregator, EventKey, Posted
+from projectorset.adapters.kubejson import (
+    JSON_PATCH,
+    STRATEGIC_MERGE_PATCH,
+    ApiException,
+    KubeJson,
+    is_status,
+    resource_path,
+)
 from projectorset.api.conditions import Reason
 from projectorset.domain.cluster import ClusterError, Owner, ServiceRefused
 from projectorset.domain.observation import (
@@ -39,17 +50,19 @@ from projectorset.domain.observation import (
 from projectorset.domain.ownership import OWNER_ANNOTATION, owner_key, service_claim
 from projectorset.domain.resources import (
     TEMPLATE_HASH_ANNOTATION,
+    FailedStagePod,
     build_deployment,
     build_stage_job,
     deployment_name,
     deployment_update,
     deployment_view,
-    failed_pod_messages,
+    failed_stage_pods,
     job_view,
     recorded_spec,
     service_selector,
     template_hash,
 )
+from projectorset.domain.stage_output import cause_lines
 
 log = logging.getLogger(__name__)
 COMPONENT = "projectorset-operator"
@@ -60,6 +73,8 @@ OBSERVE_THREADS = 8
 # it or could not be reached meanwhile (forget_database_uri): a starting set's passes follow each
 # other within seconds, and one read of the Secret serves them all.
 SECRET_CACHE_SECONDS = 60.0
+# How much of a failed stage's log is read for its cause: rake's backtrace runs to a hundred lines.
+STAGE_LOG_LINES = 1000
 
 
 def _check_owned(found: dict[str, Any], owner: Owner, version: str, what: str) -> None:
@@ -79,19 +94,42 @@ def _version_selector(owner: Owner, version: str) -> str:
     return f"{api.NAME_LABEL}={owner.name},{api.VERSION_LABEL}={version}"
 
 
-def _unanswered(error: HTTPError, what: str) -> ClusterError:
-    """A request that timed out or lost its connection (urllib3 raises these, not ApiError)."""
-    return ClusterError(f"{what}: no answer from the API server ({type(error).__name__})", Reason.KUBERNETES_API_ERROR)
+_REASONS = {
+    403: Reason.KUBERNETES_FORBIDDEN,
+    404: Reason.KUBERNETES_NOT_FOUND,
+    409: Reason.KUBERNETES_CONFLICT,
+    422: Reason.KUBERNETES_INVALID,
+}
 
 
-def _error(error: ApiError, what: str) -> ClusterError:
-    reason = {
-        403: Reason.KUBERNETES_FORBIDDEN,
-        404: Reason.KUBERNETES_NOT_FOUND,
-        409: Reason.KUBERNETES_CONFLICT,
-        422: Reason.KUBERNETES_INVALID,
-    }.get(error.status, Reason.KUBERNETES_API_ERROR)
-    return ClusterError(f"{what}: {error.status} {error.message}", reason)
+def cluster_error(error: ApiException | HTTPError, what: str) -> ClusterError:
+    """The client's failure as the domain's: an answer by its status (the API server's message
+    names the object, never a credential); no answer at all (a lost connection or a timeout after
+    the client's retries, urllib3's errors, or a TLS failure, status 0) as an API error."""
+    if isinstance(error, ApiException) and error.status:
+        message = getattr(error, "message", None) or error.reason
+        return ClusterError(
+            f"{_named(what)}{error.status} {message}", _REASONS.get(error.status, Reason.KUBERNETES_API_ERROR)
+        )
+    return ClusterError(
+        f"{_named(what)}no answer from the API server ({type(error).__name__})", Reason.KUBERNETES_API_ERROR
+    )
+
+
+def _named(what: str) -> str:
+    return f"{what}: " if what else ""
+
+
+@contextlib.contextmanager
+def _reported_as(what: str, *, missing_ok: bool = False) -> Iterator[None]:
+    """Raise the client's failures in the block as ``cluster_error``s; ``missing_ok``: a 404 ends
+    the block quietly (the object or its namespace is gone)."""
+    try:
+        yield
+    except (ApiException, HTTPError) as error:
+        if missing_ok and is_status(error, 404):
+            return
+        raise cluster_error(error, what) from None
 
 
 def _deployments(namespace: str, name: str | None = None) -> str:
@@ -154,8 +192,9 @@ class _DeploymentFound:
 
 
 class KubernetesCluster:
-    def __init__(self, kube: KubeApi) -> None:
+    def __init__(self, kube: KubeJson) -> None:
         self.kube = kube
+        self.events = EventAggregator()
         self.instance = os.environ.get("POD_NAME") or socket.gethostname()
         self._reads = ThreadPoolExecutor(max_workers=OBSERVE_THREADS, thread_name_prefix="observe")
         # (namespace, Secret, key) -> (database URI, when it was read): see _database_uri.
@@ -168,14 +207,9 @@ class KubernetesCluster:
     # -- reading --
 
     def read_projectorset(self, namespace: str, name: str) -> dict[str, Any] | None:
-        try:
+        with _reported_as(f"reading ProjectorSet {name}", missing_ok=True):
             return self.kube.get(_projectorset(namespace, name))
-        except HTTPError as error:
-            raise _unanswered(error, f"reading ProjectorSet {name}") from None
-        except ApiError as error:
-            if error.status == 404:
-                return None
-            raise _error(error, f"reading ProjectorSet {name}") from None
+        return None
 
     def observe(self, owner: Owner, spec: api.ProjectorSetSpec) -> tuple[ClusterView, str | None]:
         selector = f"{api.NAME_LABEL}={owner.name}"
@@ -185,15 +219,11 @@ class KubernetesCluster:
         jobs_call = self._reads.submit(self.kube.list_items, _jobs(owner.namespace), selector)
         service_call = self._reads.submit(self._service, owner, spec)
         secret_call = self._reads.submit(self._database_uri, owner, spec)
-        try:
+        with _reported_as("reading Deployments, Jobs, the Service and the Secret"):
             deployments = deployments_call.result()
             jobs = jobs_call.result()
             service_found, service_version = service_call.result()
             uri, secret_problem = secret_call.result()
-        except HTTPError as error:
-            raise _unanswered(error, "reading Deployments, Jobs, the Service and the Secret") from None
-        except ApiError as error:
-            raise _error(error, "listing Deployments and Jobs") from None
         views: dict[str, DeploymentView] = {}
         for item in deployments:
             view = deployment_view(item)
@@ -230,21 +260,39 @@ class KubernetesCluster:
                 pods = self.kube.list_items(
                     resource_path("v1", "pods", owner.namespace), f"{api.NAME_LABEL}={owner.name},{api.STAGE_LABEL}"
                 )
-            except (ApiError, HTTPError) as error:
+            except (ApiException, HTTPError) as error:
                 log.warning("%s/%s: cannot read the failed stage pods: %s", owner.namespace, owner.name, error)
                 return {}
-            messages = failed_pod_messages(pods)
+            found = failed_stage_pods(pods)
             for name, uid in failed.items():
-                self._failure_output.setdefault(uid, messages.get(name, ""))
+                if uid not in self._failure_output:
+                    failed_pod = found.get(name)
+                    output = self._stage_log(owner, failed_pod) if failed_pod else ""
+                    # Only the lines that name the cause are kept, not a log per failed Job.
+                    self._failure_output[uid] = "\n".join(cause_lines(output))
         return {name: self._failure_output[uid] for name, uid in failed.items()}
+
+    def _stage_log(self, owner: Owner, failed: FailedStagePod) -> str:
+        """The end of a failed stage's log, where the cause often sits above a backtrace longer
+        than the termination message keeps (the kubelet's last 80 lines or 2 KiB); the
+        termination message when the log cannot be read (the pod gone, no pods/log permission)."""
+        try:
+            return self.kube.text(
+                resource_path("v1", "pods", owner.namespace, failed.pod, sub="log"),
+                container=failed.container,
+                tailLines=STAGE_LOG_LINES,
+            )
+        except (ApiException, HTTPError) as error:
+            log.info("%s/%s: cannot read the log of %s: %s", owner.namespace, owner.name, failed.pod, error)
+            return failed.message
 
     def _service(self, owner: Owner, spec: api.ProjectorSetSpec) -> tuple[bool, str | None]:
         try:
             service = _ServiceSeen.of(self.kube.get(_services(owner.namespace, spec.service.name)))
-        except ApiError as error:
+        except ApiException as error:
             if error.status == 404:
                 return False, None
-            raise _error(error, f"reading Service {spec.service.name}") from None
+            raise
         selector = service.selector
         # Kept for the switch that may follow in this pass: it claims the Service only if this is
         # still the Service it checked (resourceVersion), without reading it again.
@@ -277,12 +325,12 @@ class KubernetesCluster:
         ref = spec.database.secret_ref
         try:
             secret = self.kube.get(resource_path("v1", "secrets", owner.namespace, ref.name))
-        except ApiError as error:
+        except ApiException as error:
             if error.status == 404:
                 return None, f"Secret {ref.name} not found"
             if error.status == 403:
                 return None, f"the operator may not read Secret {ref.name} (RBAC)"
-            raise _error(error, f"reading Secret {ref.name}") from None
+            raise
         encoded = (secret.get("data") or {}).get(ref.key)
         if not encoded:
             return None, f"Secret {ref.name} has no key {ref.key}"
@@ -294,12 +342,8 @@ class KubernetesCluster:
     # -- acting --
 
     def apply(self, owner: Owner, spec: api.ProjectorSetSpec, action: ClusterAction) -> None:
-        try:
+        with _reported_as(""):  # the reconciler's message names the action
             self._apply(owner, spec, action)
-        except HTTPError as error:
-            raise _unanswered(error, type(action).__name__) from None
-        except ApiError as error:
-            raise _error(error, type(action).__name__) from None
 
     def _apply(self, owner: Owner, spec: api.ProjectorSetSpec, action: ClusterAction) -> None:
         match action:
@@ -343,7 +387,7 @@ class KubernetesCluster:
                 job = build_stage_job(owner, code, version, attempt, stage, round_, list(projectors))
                 try:
                     self.kube.create(_jobs(owner.namespace), job)
-                except ApiError as error:
+                except ApiException as error:
                     if error.status != 409:
                         raise
                     # Already there: created by an earlier pass, unless the name is another's.
@@ -382,7 +426,7 @@ class KubernetesCluster:
             try:
                 self.kube.patch(_services(owner.namespace, name), patch, JSON_PATCH)
                 return
-            except ApiError as error:
+            except ApiException as error:
                 if error.status not in (409, 422) or attempt == 2:
                     raise
                 log.info("%s/%s: Service %s changed meanwhile; checking it again", owner.namespace, owner.name, name)
@@ -406,7 +450,7 @@ class KubernetesCluster:
         name = deployment_name(owner, version)
         try:
             found = self.kube.get(_deployments(owner.namespace, name))
-        except ApiError as error:
+        except ApiException as error:
             if error.status != 404:
                 raise
             listed = self.kube.list_items(_deployments(owner.namespace), _version_selector(owner, version))
@@ -417,31 +461,49 @@ class KubernetesCluster:
     def _create(self, path: str, body: dict[str, Any]) -> None:
         try:
             self.kube.create(path, body)
-        except ApiError as error:
+        except ApiException as error:
             if error.status != 409:  # already there: an earlier pass or another operator created it
                 raise
 
     def _delete(self, path: str, propagation_policy: str, uid: str | None = None) -> None:
         try:
             self.kube.delete(path, propagation_policy=propagation_policy, uid=uid)
-        except ApiError as error:
+        except ApiException as error:
             if error.status != 404:
                 raise
 
     def patch_status(self, owner: Owner, status: dict[str, Any]) -> None:
-        try:
+        with _reported_as("writing status", missing_ok=True):  # 404: deleted meanwhile
             self.kube.patch(_projectorset(owner.namespace, owner.name, "status"), {"status": status})
-        except HTTPError as error:
-            raise _unanswered(error, "writing status") from None
-        except ApiError as error:
-            if error.status == 404:
-                return  # deleted meanwhile
-            raise _error(error, "writing status") from None
 
     def emit(self, owner: Owner, event: Event) -> None:
-        # A core/v1 Event as kubectl describe shows it; timestamps in RFC 3339 UTC.
-        now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-        body = {
+        """A core/v1 Event as kubectl describe shows it, aggregated as client-go's EventRecorder
+        does (``events.py``): a repeat counts on the Event it repeats, and a new Warning waits
+        for its set's last to be a minute old (dropped meanwhile, as client-go's spam filter)."""
+        message = event.message[:1024]
+        key: EventKey = (owner.namespace, owner.name, owner.uid, event.type, str(event.reason), message)
+        now = api.rfc3339(datetime.now(UTC))
+        events = resource_path("v1", "events", owner.namespace)
+        # 404: the namespace is being deleted.
+        with _reported_as("writing an Event", missing_ok=True):
+            posted = self.events.posted(key)
+            if posted is not None:
+                try:
+                    self.kube.patch(f"{events}/{posted.name}", {"count": posted.count + 1, "lastTimestamp": now})
+                    self.events.remember(key, Posted(posted.name, posted.count + 1))
+                    return
+                except ApiException as error:
+                    if error.status != 404:
+                        raise
+                    self.events.forget(key)  # expired (the API server keeps Events an hour)
+            if not self.events.may_create(key):
+                log.debug("%s/%s: Warning %s not posted: another came less than a minute ago", *key[:2], event.reason)
+                return
+            created = self.kube.create(events, self._event_body(owner, event, message, now))
+            self.events.remember(key, Posted(created["metadata"]["name"], 1))
+
+    def _event_body(self, owner: Owner, event: Event, message: str, now: str) -> dict[str, Any]:
+        return {
             "apiVersion": "v1",
             "kind": "Event",
             "metadata": {"generateName": f"{owner.name}.", "namespace": owner.namespace},
@@ -453,7 +515,7 @@ class KubernetesCluster:
                 "uid": owner.uid,
             },
             "reason": event.reason,
-            "message": event.message[:1024],
+            "message": message,
             "type": event.type,
             "source": {"component": COMPONENT},
             "reportingComponent": COMPONENT,
@@ -462,10 +524,3 @@ class KubernetesCluster:
             "lastTimestamp": now,
             "count": 1,
         }
-        try:
-            self.kube.create(resource_path("v1", "events", owner.namespace), body)
-        except HTTPError as error:
-            raise _unanswered(error, "writing an Event") from None
-        except ApiError as error:
-            if error.status != 404:  # the namespace is being deleted
-                raise _error(error, "writing an Event") from None

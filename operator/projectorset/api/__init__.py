@@ -6,6 +6,9 @@ The models are re-exported here, so ``from projectorset import api`` reads as ``
 
 from projectorset.api.models import (
     CHECK_NAME_PATTERN,
+    CONDITION_MESSAGE_LIMIT,
+    CONDITION_REASON_PATTERN,
+    CONDITION_TYPE_PATTERN,
     GROUP,
     KIND,
     LABEL_VALUE_PATTERN,
@@ -37,6 +40,10 @@ from projectorset.api.models import (
     ServiceRef,
     StageCommands,
     StrategySpec,
+    Time,
+    parse_time,
+    rfc3339,
+    utc_seconds,
 )
 
 __all__ = [
@@ -66,10 +73,17 @@ __all__ = [
     "StrategySpec",
     "ProjectorSetSpec",
     "Phase",
+    "CONDITION_MESSAGE_LIMIT",
+    "CONDITION_REASON_PATTERN",
+    "CONDITION_TYPE_PATTERN",
     "Condition",
     "REQUIRED_PLAN",
     "ProjectorStatus",
     "ReplayStatus",
     "CheckResult",
     "ProjectorSetStatus",
+    "Time",
+    "parse_time",
+    "rfc3339",
+    "utc_seconds",
 ]

@@ -9,11 +9,11 @@ scripts and ``kubectl wait`` may rely on them; messages are for people and may c
 from __future__ import annotations
 
 from collections.abc import Iterable
-from datetime import UTC, datetime
+from datetime import datetime
 from enum import StrEnum
 from typing import Literal
 
-from projectorset.api import Condition, ProjectorSetStatus
+from projectorset.api.models import CONDITION_MESSAGE_LIMIT, Condition, ProjectorSetStatus
 
 
 class ConditionType(StrEnum):
@@ -284,11 +284,6 @@ class ReportedError(Exception):
 # ---- building and reading conditions ------------------------------------------------------------
 
 
-def timestamp(moment: datetime) -> str:
-    """The form of every time in the status (RFC 3339, seconds, UTC)."""
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
 def set_condition(
     conditions: Iterable[Condition],
     type_: ConditionType,
@@ -304,12 +299,14 @@ def set_condition(
     conditions = list(conditions)
     others = [c for c in conditions if c.type != type_]
     old = find_condition(conditions, type_)
+    if len(message) > CONDITION_MESSAGE_LIMIT:
+        message = message[: CONDITION_MESSAGE_LIMIT - 3] + "..."
     condition = Condition(
         type=str(type_),
         status=value,
         reason=str(reason),
         message=message,
-        last_transition_time=old.last_transition_time if old is not None and old.status == value else timestamp(now),
+        last_transition_time=old.last_transition_time if old is not None and old.status == value else now,
         observed_generation=generation,
     )
     return sorted([*others, condition], key=lambda c: c.type)

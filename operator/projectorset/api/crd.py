@@ -100,7 +100,16 @@ def custom_resource_definition() -> dict[str, Any]:
                     "name": api.VERSION,
                     "served": True,
                     "storage": True,
-                    "subresources": {"status": {}},
+                    "subresources": {
+                        "status": {},
+                        # kubectl scale and a HorizontalPodAutoscaler scale the serving version, as for a
+                        # Deployment (Argo Rollouts does the same).
+                        "scale": {
+                            "specReplicasPath": ".spec.replicas",
+                            "statusReplicasPath": ".status.replicas",
+                            "labelSelectorPath": ".status.selector",
+                        },
+                    },
                     "additionalPrinterColumns": [
                         {"name": "Version", "type": "string", "jsonPath": ".spec.version"},
                         {"name": "Active", "type": "string", "jsonPath": ".status.activeVersion"},
@@ -121,8 +130,12 @@ def custom_resource_definition() -> dict[str, Any]:
                             "description": "A Sequent application whose projector upgrades the operator rolls out.",
                             "required": ["spec"],
                             "properties": {
-                                "apiVersion": {"type": "string"},
-                                "kind": {"type": "string"},
+                                "apiVersion": {
+                                    "type": "string",
+                                    "description": f"{api.GROUP}/{api.VERSION}: the group and version of the API.",
+                                },
+                                "kind": {"type": "string", "description": f"{api.KIND}: the kind of object."},
+                                # No description: the API server allows none here (kubectl explain shows ObjectMeta's).
                                 "metadata": {"type": "object"},
                                 "spec": spec_schema,
                                 "status": _status_schema(),

@@ -24,7 +24,7 @@ from pydantic import ValidationError
 from projectorset.adapters.database import WATCH_LOCK_TIMEOUT_MS, DatabaseError, ProjectorStatesBusy, SequentDatabase
 from projectorset.adapters.pools import PoolSet, store_fingerprint, target_fingerprint
 from projectorset.api import CheckResult, Phase, ProjectorSetSpec, ProjectorSetStatus
-from projectorset.api.conditions import ConditionType, Kind, Reason, ReportedError, set_condition, timestamp
+from projectorset.api.conditions import ConditionType, Kind, Reason, ReportedError, set_condition
 from projectorset.domain.cluster import Cluster, ClusterError, Owner, ServiceRefused
 from projectorset.domain.observation import (
     Activate,
@@ -40,6 +40,7 @@ from projectorset.domain.observation import (
 )
 from projectorset.domain.ownership import ProjectorIndex, SetClaim, claim_of, owner_key
 from projectorset.domain.planning import plan_upgrade
+from projectorset.domain.resources import pod_selector
 from projectorset.domain.rollout import Decision, decide, owned_projectors, release_is_live, with_check_results
 
 log = logging.getLogger(__name__)
@@ -196,7 +197,7 @@ class Reconciler:
         metadata = body["metadata"]
         owner = Owner(metadata["name"], metadata["namespace"], metadata["uid"])
         generation = int(metadata.get("generation", 1))
-        previous = _parse_status(body.get("status"))
+        previous = _parse_status(body.get("status"), self.clock())
         try:
             spec = ProjectorSetSpec.model_validate(body.get("spec") or {})
         except ValidationError as error:
@@ -215,7 +216,7 @@ class Reconciler:
         if queued_behind is not None:
             return self._hold(owner, generation, previous, Reason.REPLAY_QUEUED, queued_behind)
         decision = decide(spec, generation, previous, view, database, self.clock())
-        return self._act_and_report(owner, spec, uri, claim, previous, decision)
+        return self._act_and_report(owner, spec, uri, claim, previous, view, decision)
 
     def _act_and_report(
         self,
@@ -224,6 +225,7 @@ class Reconciler:
         uri: str | None,
         claim: SetClaim | None,
         previous: ProjectorSetStatus,
+        view: ClusterView,
         decision: Decision,
     ) -> PassResult:
         """Carry the decision's actions out, write the status and the Events that say what happened."""
@@ -238,7 +240,7 @@ class Reconciler:
             failed.reason not in REPORTED_ONCE or _condition_changed(previous, status, ConditionType.ACTIONS_APPLIED)
         ):
             self._emit(owner, Event("Warning", failed.reason, failed.message))
-        self._patch_status(owner, previous, status)
+        self._patch_status(owner, previous, _with_scale(status, owner, view))
         if failed is None:
             # The decision's Events tell what its actions did: only true once they all succeeded.
             for event in decision.events:
@@ -419,7 +421,7 @@ class Reconciler:
                 database.abort(names)
             case RunChecks(version=version, attempt=attempt, checks=checks):
                 outcomes = database.run_checks(checks)
-                checked_at = timestamp(self.clock())
+                checked_at = self.clock()
                 digests = {check.name: check.digest for check in checks}
                 checked.extend(
                     CheckResult(
@@ -459,7 +461,7 @@ class Reconciler:
         return PassResult(None, None, problems)
 
     def _patch_status(self, owner: Owner, previous: ProjectorSetStatus, status: ProjectorSetStatus) -> None:
-        if status == previous:
+        if status == previous and not previous.needs_rewrite:
             return
         try:
             self.cluster.patch_status(owner, status.model_dump(by_alias=True, mode="json"))
@@ -515,15 +517,29 @@ def _status_after_failed_action(
     )
 
 
-def _parse_status(raw: dict[str, Any] | None) -> ProjectorSetStatus:
+def _parse_status(raw: dict[str, Any] | None, now: datetime) -> ProjectorSetStatus:
     if not raw:
         return ProjectorSetStatus()
     try:
-        return ProjectorSetStatus.model_validate(raw)
+        # ``now``: for a condition an older operator wrote without lastTransitionTime.
+        return ProjectorSetStatus.model_validate(raw, context={"now": now})
     except ValidationError:
         # A status written by another operator version: start from what is observable.
         log.warning("ignoring a status this operator cannot read")
         return ProjectorSetStatus()
+
+
+def _with_scale(status: ProjectorSetStatus, owner: Owner, view: ClusterView) -> ProjectorSetStatus:
+    """status.replicas and status.selector, read through the CRD's scale subresource (kubectl scale, a
+    HorizontalPodAutoscaler): the pods of the version the Service selects; none before one serves."""
+    serving = status.active_version
+    deployment = view.deployments.get(serving) if serving else None
+    return status.model_copy(
+        update={
+            "replicas": deployment.current_replicas if deployment is not None else 0,
+            "selector": pod_selector(owner, serving) if serving else None,
+        }
+    )
 
 
 def _with_condition(

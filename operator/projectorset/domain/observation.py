@@ -28,6 +28,8 @@ class DeploymentView:
     projectors: Mapping[str, int] | None = None
     # Its release's requiredProjectors (other sets' projectors its code needs active).
     required: Mapping[str, int] = field(default_factory=dict)
+    # Its pods that are not terminating (status.replicas): what an autoscaler counts.
+    current_replicas: int = 0
 
 
 class JobState(StrEnum):

@@ -11,7 +11,7 @@ import copy
 import hashlib
 import json
 import re
-from datetime import datetime
+from dataclasses import dataclass
 from typing import Any
 
 from projectorset import api
@@ -285,6 +285,12 @@ def service_selector(owner: Owner, version: str) -> dict[str, str]:
     return {api.NAME_LABEL: owner.name, api.VERSION_LABEL: version}
 
 
+def pod_selector(owner: Owner, version: str) -> str:
+    """The pods of the version's Deployment, which the Service selects, as a label selector in text
+    (status.selector: what an autoscaler measures)."""
+    return ",".join(f"{key}={value}" for key, value in sorted(service_selector(owner, version).items()))
+
+
 # ---- reading objects back -----------------------------------------------------------------------
 
 
@@ -312,6 +318,7 @@ def deployment_view(obj: dict[str, Any]) -> DeploymentView:
         version=labels.get(api.VERSION_LABEL, ""),
         replicas=replicas,
         ready_replicas=int(status.get("readyReplicas") or 0),
+        current_replicas=int(status.get("replicas") or 0),
         available=replicas > 0 and up_to_date and conditions.get("Available", {}).get("status") == "True",
         failure=failure,
         template_hash=annotations.get(TEMPLATE_HASH_ANNOTATION),
@@ -352,31 +359,40 @@ def job_view(obj: dict[str, Any], pod_messages: dict[str, str] | None = None) ->
         state=state,
         message=message,
         active=int(status.get("active") or 0) + int(status.get("terminating") or 0),
-        finished_at=_timestamp(finished.get("lastTransitionTime")) if finished else None,
+        finished_at=api.parse_time(finished.get("lastTransitionTime")) if finished else None,
         deleting=bool(metadata.get("deletionTimestamp")),
     )
 
 
-def failed_pod_messages(pods: list[dict[str, Any]]) -> dict[str, str]:
-    """Job name -> the termination message of its latest failed stage container."""
-    latest: dict[str, tuple[str, str]] = {}
+@dataclass(frozen=True)
+class FailedStagePod:
+    """The latest failed container of a stage Job: where its whole output is, and the end of it
+    that the kubelet kept as its termination message."""
+
+    pod: str
+    container: str
+    message: str
+
+
+def failed_stage_pods(pods: list[dict[str, Any]]) -> dict[str, FailedStagePod]:
+    """Job name -> its latest failed stage container."""
+    latest: dict[str, tuple[str, FailedStagePod]] = {}
     for pod in pods:
         job = (pod["metadata"].get("labels") or {}).get("job-name")
         for container in (pod.get("status") or {}).get("containerStatuses") or []:
             terminated = (container.get("state") or {}).get("terminated") or {}
-            if job and terminated.get("exitCode") not in (None, 0) and terminated.get("message"):
+            if job and terminated.get("exitCode") not in (None, 0):
                 finished = str(terminated.get("finishedAt") or "")
                 if job not in latest or finished >= latest[job][0]:
-                    latest[job] = (finished, str(terminated["message"]))
-    return {job: message for job, (_, message) in latest.items()}
+                    found = FailedStagePod(
+                        str(pod["metadata"].get("name") or ""),
+                        str(container.get("name") or ""),
+                        str(terminated.get("message") or ""),
+                    )
+                    latest[job] = (finished, found)
+    return {job: found for job, (_, found) in latest.items()}
 
 
-def _timestamp(value: Any) -> datetime | None:
-    if isinstance(value, datetime):
-        return value
-    if not value:
-        return None
-    try:
-        return datetime.fromisoformat(str(value).replace("Z", "+00:00"))
-    except ValueError:
-        return None
+def failed_pod_messages(pods: list[dict[str, Any]]) -> dict[str, str]:
+    """Job name -> the termination message of its latest failed stage container."""
+    return {job: found.message for job, found in failed_stage_pods(pods).items() if found.message}

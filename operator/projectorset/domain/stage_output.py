@@ -38,9 +38,14 @@ MAX_CHARS = 400
 def cause(output: str) -> str:
     """The lines of ``output`` that say why the stage failed, joined by `` | `` (at most
     ``MAX_CHARS`` characters), or "" when the output says nothing."""
+    return _shorten(" | ".join(line.strip() for line in cause_lines(output)))
+
+
+def cause_lines(output: str) -> list[str]:
+    """The few lines of ``output`` that :func:`cause` quotes; kept instead of a whole log, they
+    give the same cause again."""
     lines = [line.rstrip() for line in output.splitlines()]
-    found = _after_rake_aborted(lines) or _error_lines(lines) or _uncaught(lines) or _last_words(lines)
-    return _shorten(" | ".join(line.strip() for line in found))
+    return _after_rake_aborted(lines) or _error_lines(lines) or _uncaught(lines) or _last_words(lines)
 
 
 def _after_rake_aborted(lines: list[str]) -> list[str]:

@@ -13,13 +13,14 @@ import yaml
 from pydantic import ValidationError
 
 from projectorset import api
+from projectorset.api import parse_time
 from projectorset.api.conditions import ConditionType, Reason
 from projectorset.domain.planning import Change as ProjectorChange
 from projectorset.domain.planning import plan_upgrade
 from projectorset.domain.sequent import DatabaseState, ProjectorState
 from projectorset.plugin.cluster import Object
 from projectorset.plugin.errors import PluginError
-from projectorset.plugin.view import parse_time, progressing, release_of
+from projectorset.plugin.view import progressing, release_of
 
 FINISHED = (api.Phase.FAILED, api.Phase.ABORTED)
 

@@ -2,7 +2,8 @@
 namespace, impersonation (``--as``, ``--as-group``) and ``--request-timeout``.
 
 Everything read comes back as plain dicts (the API's camelCase JSON), so that the rest of the
-plugin works on data a test can build by hand. Every API call goes through ``Cluster._call``.
+plugin works on data a test can build by hand: requests go through ``kubejson``, the client the
+operator uses, never through the client's typed models. Every API call goes through ``Cluster._call``.
 """
 
 from __future__ import annotations
@@ -11,15 +12,14 @@ import json
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import Any
 
 import urllib3
 from kubernetes import client, config
-from kubernetes.client.exceptions import ApiException
-from kubernetes.config.config_exception import ConfigException
 from urllib3.util.retry import Retry
 
 from projectorset import api
+from projectorset.adapters.kubejson import ApiException, ConfigException, KubeJson, load_configuration, resource_path
 from projectorset.plugin.errors import PluginError
 
 Object = dict[str, Any]
@@ -88,10 +88,7 @@ def client_for(connection: Connection) -> tuple[client.ApiClient, str]:
             chosen = next((c for c in contexts if c["name"] == connection.context), None)
             if chosen is None:
                 raise PluginError(f"--context: context {connection.context!r} is not in the kubeconfig")
-        configuration = client.Configuration()
-        config.load_kube_config(
-            config_file=files, context=connection.context, client_configuration=configuration, persist_config=False
-        )
+        configuration = load_configuration(files, connection.context)
     except (ConfigException, OSError) as error:
         raise PluginError(f"cannot load the kubeconfig: {error}") from None
     # One try per request, as kubectl: a read timing out is not sent again (--request-timeout is
@@ -112,10 +109,8 @@ class Cluster:
         self.api_client = api_client
         self.namespace = namespace
         self.request_timeout = request_timeout
-        self.core = client.CoreV1Api(api_client)
-        self.apps = client.AppsV1Api(api_client)
-        self.batch = client.BatchV1Api(api_client)
-        self.custom = client.CustomObjectsApi(api_client)
+        # None: as long as the server takes, as kubectl without --request-timeout.
+        self.kube = KubeJson(api_client, request_timeout=request_timeout)
 
     @classmethod
     def connect(cls, connection: Connection) -> Cluster:
@@ -129,8 +124,6 @@ class Cluster:
     def _call(self, request: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         """One API request within --request-timeout; an unreachable or silent server is a PluginError
         (the API's own refusals stay ApiException, for the caller to explain)."""
-        if self.request_timeout:
-            kwargs["_request_timeout"] = self.request_timeout
         try:
             return request(*args, **kwargs)
         except urllib3.exceptions.HTTPError as error:
@@ -148,32 +141,26 @@ class Cluster:
                 raise PluginError(f"cannot reach the API server at {self.server}: {error.reason}") from None
             raise
 
-    def _plain(self, obj: Any) -> Object:
-        return cast(Object, self.api_client.sanitize_for_serialization(obj))
+    def _projectorsets(self, name: str | None = None, all_namespaces: bool = False) -> str:
+        namespace = None if all_namespaces else self.namespace
+        return resource_path(f"{api.GROUP}/{api.VERSION}", api.PLURAL, namespace, name)
 
     # -- the ProjectorSet --
 
     def read(self, name: str) -> Object:
         try:
-            found = self._call(
-                self.custom.get_namespaced_custom_object, api.GROUP, api.VERSION, self.namespace, api.PLURAL, name
-            )
+            found: Object = self._call(self.kube.get, self._projectorsets(name))
         except ApiException as error:
             raise self._explain(error, f'projectorset "{name}"', f'in namespace "{self.namespace}"') from None
-        return cast(Object, found)
+        return found
 
     def projectorsets(self, all_namespaces: bool) -> list[Object]:
         """The ProjectorSets of the namespace, or of every namespace (-A)."""
         try:
-            if all_namespaces:
-                found = self._call(self.custom.list_cluster_custom_object, api.GROUP, api.VERSION, api.PLURAL)
-            else:
-                found = self._call(
-                    self.custom.list_namespaced_custom_object, api.GROUP, api.VERSION, self.namespace, api.PLURAL
-                )
+            found: list[Object] = self._call(self.kube.list_items, self._projectorsets(all_namespaces=all_namespaces))
         except ApiException as error:
             raise self._explain(error, "projectorsets", "") from None
-        return list(found.get("items") or [])
+        return found
 
     def _explain(self, error: ApiException, what: str, where: str) -> PluginError:
         if error.status == 404:
@@ -191,7 +178,7 @@ class Cluster:
 
     def crd_installed(self) -> bool:
         try:
-            self._call(self.custom.get_api_resources, api.GROUP, api.VERSION)
+            self._call(self.kube.get, f"/apis/{api.GROUP}/{api.VERSION}")
         except ApiException as error:
             if error.status == 404:
                 return False
@@ -201,16 +188,7 @@ class Cluster:
     def patch_spec(self, name: str, patch: Object) -> Object:
         """One JSON merge patch of the ProjectorSet (``{"spec": ...}``, maybe with a resourceVersion)."""
         try:
-            patched = self._call(
-                self.custom.patch_namespaced_custom_object,
-                api.GROUP,
-                api.VERSION,
-                self.namespace,
-                api.PLURAL,
-                name,
-                patch,
-                _content_type="application/merge-patch+json",
-            )
+            patched: Object = self._call(self.kube.patch, self._projectorsets(name), patch)
         except ApiException as error:
             if error.status == 409:
                 raise PluginError(
@@ -219,32 +197,35 @@ class Cluster:
             if error.status == 422:
                 raise PluginError(f"the API server refused the change: {_message(error)}") from None
             raise self._explain(error, f'projectorset "{name}"', f'in namespace "{self.namespace}"') from None
-        return cast(Object, patched)
+        return patched
 
     # -- what belongs to it --
 
-    def _owned(self, request: Callable[..., Any], name: str, **query: Any) -> list[Object]:
+    def _owned(self, group_version: str, plural: str, name: str, **query: str) -> list[Object]:
+        """The set's objects of a kind (its label), or those ``query`` selects."""
+        query = query or {"labelSelector": f"{api.NAME_LABEL}={name}"}
         try:
-            listed = self._call(request, self.namespace, **query)
+            found: list[Object] = self._call(
+                self.kube.list_items, resource_path(group_version, plural, self.namespace), **query
+            )
         except ApiException as error:
             raise PluginError(f"reading what belongs to projectorset {name}: {_message(error)}") from None
-        return [self._plain(item) for item in listed.items]
+        return found
 
     def deployments(self, name: str) -> list[Object]:
-        return self._owned(self.apps.list_namespaced_deployment, name, label_selector=f"{api.NAME_LABEL}={name}")
+        return self._owned("apps/v1", "deployments", name)
 
     def events(self, name: str) -> list[Object]:
         selector = f"involvedObject.name={name},involvedObject.kind={api.KIND}"
-        return self._owned(self.core.list_namespaced_event, name, field_selector=selector)
+        return self._owned("v1", "events", name, fieldSelector=selector)
 
     def snapshot(self, name: str) -> Snapshot:
         projectorset = self.read(name)
-        selector = f"{api.NAME_LABEL}={name}"
         return Snapshot(
             projectorset=projectorset,
             deployments=self.deployments(name),
-            jobs=self._owned(self.batch.list_namespaced_job, name, label_selector=selector),
-            pods=self._owned(self.core.list_namespaced_pod, name, label_selector=selector),
+            jobs=self._owned("batch/v1", "jobs", name),
+            pods=self._owned("v1", "pods", name),
             service=self.service(name, (projectorset.get("spec") or {}).get("service", {}).get("name")),
             events=self.events(name),
         )
@@ -253,8 +234,9 @@ class Cluster:
         if not service:
             return None
         try:
-            return self._plain(self._call(self.core.read_namespaced_service, service, self.namespace))
+            found: Object = self._call(self.kube.get, resource_path("v1", "services", self.namespace, service))
         except ApiException as error:
             if error.status == 404:
                 return None
             raise PluginError(f"reading what belongs to projectorset {name}: {_message(error)}") from None
+        return found

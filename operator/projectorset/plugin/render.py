@@ -16,8 +16,8 @@ from rich.table import Table
 from rich.text import Text
 from rich.tree import Tree
 
-from projectorset.api import Phase
-from projectorset.plugin.view import duration, parse_time, seconds_between
+from projectorset.api import Phase, parse_time
+from projectorset.plugin.view import duration, seconds_between
 
 BAR_WIDTH = 24
 # Off a terminal no line is wrapped, as kubectl's own output: scripts and logs read whole lines.

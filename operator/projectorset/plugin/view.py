@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from projectorset import api
+from projectorset.api import parse_time
 from projectorset.api.conditions import ConditionType
 from projectorset.domain.resources import ATTEMPT_LABEL, RELEASE_ANNOTATION, ROUND_LABEL
 from projectorset.plugin.cluster import Object, Snapshot
@@ -46,16 +47,6 @@ def record(samples: list[LagSample], status: dict[str, Any], at: float, keep: in
     if isinstance(lag, int) and (not samples or samples[-1].lag != lag):
         samples.append(LagSample(at, lag))
         del samples[:-keep]
-
-
-def parse_time(value: Any) -> datetime | None:
-    if not value or not isinstance(value, str):
-        return None
-    try:
-        moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 def seconds_between(start: datetime | None, end: datetime | None) -> float | None:

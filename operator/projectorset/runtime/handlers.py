@@ -18,11 +18,12 @@ from collections.abc import Callable
 from typing import Any
 
 import kopf
+from kubernetes.client import Configuration
+from kubernetes.client.rest import should_bypass_proxies
 
 from projectorset import api
 from projectorset.adapters.kube import KubernetesCluster
-from projectorset.adapters.kubeapi import KubeApi
-from projectorset.adapters.kubelogin import Credentials
+from projectorset.adapters.kubejson import ConfigException, KubeJson
 from projectorset.api.conditions import ReportedError
 from projectorset.controller.reconciler import DatabaseRegistry, PassRunner, Reconciler
 from projectorset.domain.backoff import Backoff
@@ -60,8 +61,8 @@ class _Runtime:
 
     def __init__(self) -> None:
         self.reconciler: Reconciler | None = None
-        # One login for Kopf's watches and the passes' requests (read on first use).
-        self.credentials = Credentials()
+        # One client, one login for Kopf's watches and the passes' requests (made on first use).
+        self.kube: KubeJson | None = None
         self.cluster: KubernetesCluster | None = None
         self.databases = DatabaseRegistry()
         self.pass_runner = PassRunner()
@@ -92,11 +93,49 @@ class _Runtime:
 runtime = _Runtime()
 
 
+USER_AGENT = "projectorset-operator"
+
+
+def _kube() -> KubeJson:
+    if runtime.kube is None:
+        runtime.kube = KubeJson.connect(user_agent=USER_AGENT)
+    return runtime.kube
+
+
 @kopf.on.login()
 def login(**_: Any) -> kopf.ConnectionInfo:
-    # Kopf asks at start and after the API server refused its credentials: log in anew, and
-    # the passes use the same credentials from then on.
-    return runtime.credentials.renew()
+    """Kopf asks at start and after the API server refused its credentials: log in anew, and the
+    passes use the same login from then on. Not ``kopf.login_via_client``: that one prefers the
+    pod's ServiceAccount to an explicit KUBECONFIG and drops the kubeconfig's ``proxy-url``, so
+    Kopf's watches could run as another identity, or around the proxy, than the passes."""
+    try:
+        if runtime.kube is None:
+            _kube()
+        else:
+            runtime.kube.renew()
+    except (ConfigException, OSError) as error:
+        raise kopf.LoginError(f"cannot log in to the Kubernetes API: {error}") from None
+    assert runtime.kube is not None
+    return connection_info(runtime.kube.configuration)
+
+
+def connection_info(configuration: Configuration) -> kopf.ConnectionInfo:
+    """The client's login as Kopf's: the same server, TLS files, credential and proxy."""
+    header = configuration.get_api_key_with_prefix("BearerToken", alias="authorization") or ""
+    scheme, _, token = header.rpartition(" ")
+    proxy = configuration.proxy
+    if proxy and should_bypass_proxies(configuration.host, configuration.no_proxy or ""):
+        proxy = None
+    return kopf.ConnectionInfo(
+        server=configuration.host,
+        ca_path=configuration.ssl_ca_cert,
+        insecure=not configuration.verify_ssl,
+        scheme=scheme or None,
+        token=token or None,
+        certificate_path=configuration.cert_file,
+        private_key_path=configuration.key_file,
+        proxy_url=proxy,
+    )
 
 
 @kopf.on.startup()
@@ -115,7 +154,7 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     for resource in (("apps", "deployments"), ("batch", "jobs")):
         settings.watching.label_selectors[resource] = f"{MANAGED_BY_LABEL}={MANAGED_BY},{api.NAME_LABEL}"
     settings.watching.client_timeout = 330
-    runtime.cluster = KubernetesCluster(KubeApi(runtime.credentials))
+    runtime.cluster = KubernetesCluster(_kube())
     runtime.reconciler = Reconciler(
         metrics.timed(runtime.cluster), runtime.databases, observer=metrics.observe, wake=runtime.wake_from_thread
     )
@@ -150,6 +189,8 @@ async def close_connections(**_: Any) -> None:
         log.warning("passes still running after %.0f s; closing the database pools under them", PASS_DRAIN_SECONDS)
     closed = await asyncio.to_thread(runtime.databases.close)
     log.info("closed %d open database connection pool(s)", closed)
+    if runtime.kube is not None:
+        runtime.kube.close()  # the API server's connections
 
 
 @kopf.daemon(api.GROUP, api.VERSION, api.PLURAL, cancellation_timeout=10.0)

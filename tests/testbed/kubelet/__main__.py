@@ -13,13 +13,14 @@ import time
 from pathlib import Path
 from typing import Any
 
+from projectorset.adapters.kubejson import KubeJson
 from testbed.kubelet.addresses import PodNetwork
 from testbed.kubelet.common import log
 from testbed.kubelet.log_server import LogServer
 from testbed.kubelet.node import NodeAgent, parse_taints
 from testbed.kubelet.pod_worker import KubeletConfig
 from testbed.kubelet.pods import PodManager
-from testbed.kuberaw import RawKube, load_api_client
+from testbed.workloads import api_client
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -41,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
     args.state_dir.mkdir(parents=True, exist_ok=True)
-    kube = RawKube(load_api_client(args.kubeconfig))
+    kube = KubeJson(api_client(args.kubeconfig))
     config = KubeletConfig(
         node_name=args.node_name,
         state_dir=args.state_dir,

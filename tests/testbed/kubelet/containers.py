@@ -11,10 +11,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from projectorset.adapters.kubejson import JSON
 from testbed.kubelet.common import now_rfc3339
 from testbed.kubelet.environment import expand
 from testbed.kubelet.probes import ProbeTracker
-from testbed.kuberaw import JSON
 
 
 def should_restart(restart_policy: str, exit_code: int) -> bool:

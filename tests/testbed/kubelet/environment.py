@@ -7,8 +7,8 @@ import os
 import re
 from collections.abc import Mapping
 
+from projectorset.adapters.kubejson import JSON, KubeJson, is_status
 from testbed.kubelet.common import HOST_IP
-from testbed.kuberaw import JSON, RawKube, is_status
 
 # Variables a container inherits from the kubelet itself, so `python -m ...` and tools on PATH work.
 INHERITED_ENV = ("PATH", "PYTHONPATH", "HOME", "LANG", "LC_ALL", "TMPDIR", "VIRTUAL_ENV")
@@ -37,7 +37,7 @@ class ConfigError(Exception):
 class EnvResolver:
     """Builds a container's environment from env/envFrom, reading Secrets and ConfigMaps."""
 
-    def __init__(self, kube: RawKube) -> None:
+    def __init__(self, kube: KubeJson) -> None:
         self.kube = kube
 
     def _object(self, namespace: str, kind: str, name: str, optional: bool) -> JSON | None:

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
+from projectorset.adapters.kubejson import JSON, KubeJson
 from testbed.kubelet.common import log, now_rfc3339
-from testbed.kuberaw import JSON, RawKube
 
 
 class EventRecorder:
     """Posts core/v1 Events about pods, as the kubelet does, for `kubectl describe` and `get events`."""
 
-    def __init__(self, kube: RawKube, node_name: str) -> None:
+    def __init__(self, kube: KubeJson, node_name: str) -> None:
         self.kube = kube
         self.node_name = node_name
 

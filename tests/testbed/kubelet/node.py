@@ -8,8 +8,8 @@ import threading
 import uuid
 from datetime import UTC, datetime
 
+from projectorset.adapters.kubejson import JSON, STRATEGIC_MERGE_PATCH, KubeJson, is_status
 from testbed.kubelet.common import HOST_IP, log, now_rfc3339
-from testbed.kuberaw import JSON, RawKube, is_status
 
 
 def now_micro() -> str:
@@ -23,7 +23,7 @@ class NodeAgent:
 
     def __init__(
         self,
-        kube: RawKube,
+        kube: KubeJson,
         node_name: str,
         heartbeat: float = 10.0,
         taints: list[JSON] | None = None,
@@ -107,7 +107,7 @@ class NodeAgent:
         self.update_status()
 
     def update_status(self) -> None:
-        self.kube.patch(f"/api/v1/nodes/{self.node_name}/status", {"status": self._status()})
+        self.kube.patch(f"/api/v1/nodes/{self.node_name}/status", {"status": self._status()}, STRATEGIC_MERGE_PATCH)
 
     def renew_lease(self) -> None:
         path = f"/apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases/{self.node_name}"
@@ -117,7 +117,7 @@ class NodeAgent:
             "renewTime": now_micro(),
         }
         try:
-            self.kube.patch(path, {"spec": spec}, merge="merge")
+            self.kube.patch(path, {"spec": spec})
         except Exception as error:
             if not is_status(error, 404):
                 raise

@@ -9,12 +9,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from projectorset.adapters.kubejson import JSON, STRATEGIC_MERGE_PATCH, KubeJson, is_status
 from testbed.kubelet.common import HOST_IP, log, now_rfc3339
 from testbed.kubelet.containers import Container, should_restart
 from testbed.kubelet.environment import EnvResolver, process_environment
 from testbed.kubelet.events import EventRecorder
 from testbed.kubelet.probes import Prober, ProbeTracker
-from testbed.kuberaw import JSON, RawKube, is_status
 
 # Graceful stops never wait longer than this, whatever the pod asks for: tests must not hang.
 MAX_GRACE_SECONDS = 30
@@ -49,7 +49,7 @@ class PodWorker:
         self,
         pod: JSON,
         pod_ip: str,
-        kube: RawKube,
+        kube: KubeJson,
         config: KubeletConfig,
         on_exit: Callable[[PodWorker], None],
     ) -> None:
@@ -327,7 +327,9 @@ class PodWorker:
         if status == self._last_sent:
             return
         try:
-            self.kube.patch(f"{self.path}/status", {"metadata": {"uid": self.uid}, "status": status})
+            self.kube.patch(
+                f"{self.path}/status", {"metadata": {"uid": self.uid}, "status": status}, STRATEGIC_MERGE_PATCH
+            )
             self._last_sent = status
         except Exception as error:
             if is_status(error, 404):
@@ -337,7 +339,7 @@ class PodWorker:
                 log.warning("status of %s/%s: %s", self.namespace, self.pod_name, error)
 
 
-def delete_pod(kube: RawKube, namespace: str, name: str, uid: str) -> None:
+def delete_pod(kube: KubeJson, namespace: str, name: str, uid: str) -> None:
     """As the kubelet does once the containers are gone: the object goes away for good."""
     body = {"gracePeriodSeconds": 0, "preconditions": {"uid": uid}}
     log.info("deleting pod %s/%s", namespace, name)

@@ -5,16 +5,16 @@ from __future__ import annotations
 import threading
 import time
 
+from projectorset.adapters.kubejson import JSON, Gone, KubeJson
 from testbed.kubelet.addresses import IPAllocator
 from testbed.kubelet.common import HOST_IP, log
 from testbed.kubelet.pod_worker import KubeletConfig, PodWorker, delete_pod
-from testbed.kuberaw import JSON, Gone, RawKube
 
 
 class PodManager:
     """Lists and watches the pods bound to this node and keeps one worker per pod."""
 
-    def __init__(self, kube: RawKube, config: KubeletConfig, ips: IPAllocator) -> None:
+    def __init__(self, kube: KubeJson, config: KubeletConfig, ips: IPAllocator) -> None:
         self.kube = kube
         self.config = config
         self.ips = ips

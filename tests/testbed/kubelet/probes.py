@@ -8,7 +8,7 @@ import subprocess
 from collections.abc import Mapping
 from typing import Any
 
-from testbed.kuberaw import JSON
+from projectorset.adapters.kubejson import JSON
 
 
 def resolve_port(port: Any, container: JSON) -> int:

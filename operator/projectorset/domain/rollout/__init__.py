@@ -30,7 +30,7 @@ from datetime import datetime
 
 from projectorset.api import Phase, ProjectorSetSpec, ProjectorSetStatus
 from projectorset.api.conditions import ConditionType, Reason, progress_message
-from projectorset.domain.observation import ClusterView, DatabaseView
+from projectorset.domain.observation import ClusterView, DatabaseView, ScaleDeployment
 from projectorset.domain.planning import Plan, plan_upgrade
 from projectorset.domain.rollout.decision import (
     BLOCKED_POLL_SECONDS,
@@ -128,7 +128,17 @@ def decide(
         return superseded
     if cluster.service_version == spec.version:
         return steady_state(run, plan, db)
+    _scale_serving(run)
     return _rollout(run, plan, db)
+
+
+def _scale_serving(run: Pass) -> None:
+    """spec.replicas holds for the serving version during a rollout too: kubectl scale or an autoscaler
+    on the set scales the pods users reach, not only those of the version still to go live."""
+    serving = run.next_status.active_version
+    deployment = run.cluster.deployments.get(serving) if serving else None
+    if serving and deployment is not None and deployment.replicas != run.spec.replicas:
+        run.act(ScaleDeployment(serving, run.spec.replicas))
 
 
 def _input_missing(run: Pass) -> Decision | None:

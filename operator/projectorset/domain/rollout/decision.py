@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from functools import cached_property
 from typing import Any
 
-from projectorset.api import Condition, Phase, ProjectorSetSpec, ProjectorSetStatus
-from projectorset.api.conditions import ConditionType, Reason, progress_reason, reason_named, set_condition, timestamp
+from projectorset.api import Condition, Phase, ProjectorSetSpec, ProjectorSetStatus, utc_seconds
+from projectorset.api.conditions import ConditionType, Reason, progress_reason, reason_named, set_condition
 from projectorset.domain.observation import (
     Action,
     Activate,
@@ -91,8 +91,9 @@ class Pass:
         assert not unknown, f"not a carried status field: {sorted(unknown)}"
         self.next_status = self.next_status.model_copy(update=changes)
 
-    def timestamp(self) -> str:
-        return timestamp(self.now)
+    def timestamp(self) -> datetime:
+        """The pass's time as the status keeps it."""
+        return utc_seconds(self.now)
 
     def condition(self, type_: ConditionType, status: bool | None, reason: Reason, message: str = "") -> None:
         self.conditions = set_condition(self.conditions, type_, status, reason, message, self.generation, self.now)
@@ -160,9 +161,3 @@ class Pass:
 def ended_reason(status: ProjectorSetStatus) -> Reason:
     """The reason a finished rollout ended with, as its status recorded it."""
     return reason_named(progress_reason(status)) or Reason.FAILED
-
-
-def parse_time(moment: str | None) -> datetime | None:
-    if not moment:
-        return None
-    return datetime.strptime(moment, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)

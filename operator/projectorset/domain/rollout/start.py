@@ -7,7 +7,7 @@ from datetime import timedelta
 from projectorset.api import Phase, ProjectorSetStatus
 from projectorset.api.conditions import Reason
 from projectorset.domain.observation import ClusterView, JobState, RunStageJob
-from projectorset.domain.rollout.decision import ROLLOUT_POLL_SECONDS, WATCHED_POLL_SECONDS, Decision, Pass, parse_time
+from projectorset.domain.rollout.decision import ROLLOUT_POLL_SECONDS, WATCHED_POLL_SECONDS, Decision, Pass
 from projectorset.domain.rollout.gates import paused
 from projectorset.domain.rollout.queries import golives_running, latest, latest_attempt, pods_ready
 from projectorset.domain.rollout.teardown import fail
@@ -169,7 +169,7 @@ def _unready_hint(run: Pass) -> str:
     """Past a short while, the likely cause of pods that run but never get ready: a readiness
     probe that needs the release's projectors active, which only golive makes them, and golive
     waits for these pods (seen with a real application: ProgressDeadlineExceeded after 10 min)."""
-    started = parse_time(run.next_status.rollout_started_at)
+    started = run.next_status.rollout_started_at
     if started is None or run.now - started < timedelta(seconds=UNREADY_HINT_SECONDS):
         return ""
     return (

@@ -6,7 +6,7 @@ from projectorset.api import Phase
 from projectorset.api.conditions import ConditionType, Reason
 from projectorset.domain.observation import ClearReplaying, DeleteDeployment, DeleteJob, ScaleDeployment
 from projectorset.domain.planning import Change, Plan
-from projectorset.domain.rollout.decision import BLOCKED_POLL_SECONDS, Decision, Pass, parse_time
+from projectorset.domain.rollout.decision import BLOCKED_POLL_SECONDS, Decision, Pass
 from projectorset.domain.rollout.queries import required_missing, shows, still_running
 from projectorset.domain.sequent import DatabaseState
 
@@ -67,7 +67,7 @@ def _retire_old_versions(run: Pass) -> None:
     spec, cluster = run.spec, run.cluster
     serving = run.next_status.active_version
     previous = run.next_status.previous_version
-    switched_at = parse_time(run.next_status.switched_at)
+    switched_at = run.next_status.switched_at
     delay = float(spec.strategy.scale_down_delay_seconds)
     history: list[str] = [v for v in run.next_status.history if v not in (serving, spec.version)]
     for version in sorted(cluster.deployments):

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from projectorset.api import Phase
-from projectorset.api.conditions import ConditionType, Reason, timestamp
+from projectorset.api import Phase, rfc3339
+from projectorset.api.conditions import ConditionType, Reason
 from projectorset.domain.observation import JobState, JobView, RunStageJob
 from projectorset.domain.rollout.decision import ROLLOUT_POLL_SECONDS, Decision, Pass
 from projectorset.domain.rollout.queries import latest, latest_attempt, still_running
@@ -70,7 +70,7 @@ def superseded_work(run: Pass, db: DatabaseState) -> Decision | None:
             return run.finish(
                 phase,
                 Reason.SUPERSEDED,
-                f"replay {replay.id} of version {version}'s rollout is left over: next abort at {timestamp(due)}",
+                f"replay {replay.id} of version {version}'s rollout is left over: next abort at {rfc3339(due)}",
             )
     projectors = tuple(sorted(replay.projectors))
     run.act(RunStageJob(version, owner_attempt, Stage.ABORT, round=rounds + 1, projectors=projectors))

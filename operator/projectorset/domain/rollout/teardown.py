@@ -8,7 +8,7 @@ from datetime import datetime, timedelta
 from projectorset.api import Phase
 from projectorset.api.conditions import ConditionType, Reason, find_condition, progress_message
 from projectorset.domain.observation import ClearReplaying, DeleteJob, JobState, JobView, RunStageJob, ScaleDeployment
-from projectorset.domain.rollout.decision import ROLLOUT_POLL_SECONDS, Decision, Pass, ended_reason, parse_time
+from projectorset.domain.rollout.decision import ROLLOUT_POLL_SECONDS, Decision, Pass, ended_reason
 from projectorset.domain.rollout.queries import golives_running, in_flight, latest, own_projectors, stages_still_running
 from projectorset.domain.sequent import DatabaseState, ReplayState, ReplayStateName, Stage
 
@@ -144,7 +144,7 @@ def _failed_since(run: Pass) -> datetime | None:
     progressing = find_condition(run.read_status.conditions, ConditionType.PROGRESSING)
     if progressing is None or progressing.status != "False":
         return None
-    return parse_time(progressing.last_transition_time)
+    return progressing.last_transition_time
 
 
 def _abort_replay(run: Pass, replay: ReplayState, phase: Phase, reason: Reason, message: str) -> Decision:

@@ -1,4 +1,5 @@
-"""The operator's own API client and login (``kubeapi``, ``kubelogin``) against the real API server.
+"""The client the operator, the plugin and the test bed share (``kubejson``), logged in each way
+users log in, against the real API server.
 
 Identities are told apart by what they may do: the admin of the test cluster reads Secrets,
 the ServiceAccount ``reader`` made here only reads ConfigMaps (403 on Secrets, naming it).
@@ -6,11 +7,12 @@ the ServiceAccount ``reader`` made here only reads ConfigMaps (403 on Secrets, n
 
 from __future__ import annotations
 
-import base64
+import contextlib
 import json
+import socket
 import ssl
 import sys
-import tempfile
+import threading
 import time
 import urllib.error
 import urllib.parse
@@ -24,8 +26,7 @@ from typing import Any
 import pytest
 
 from projectorset.adapters.kube import KubernetesCluster
-from projectorset.adapters.kubeapi import JSON_PATCH, ApiError, KubeApi, resource_path
-from projectorset.adapters.kubelogin import Credentials, Login
+from projectorset.adapters.kubejson import JSON_PATCH, ApiError, KubeJson, resource_path
 from projectorset.api import ProjectorSetSpec
 from projectorset.api.conditions import Reason
 from projectorset.domain.cluster import ClusterError, Owner
@@ -125,20 +126,7 @@ def namespace(local_cluster: LocalCluster) -> Iterator[Namespace]:
         local_cluster.request("DELETE", base)
 
 
-class CountingCredentials(Credentials):
-    """Credentials that count their logins, with a clock the test moves."""
-
-    def __init__(self, service_account_dir: Path, environ: dict[str, str]) -> None:
-        self.now = 1000.0
-        super().__init__(service_account_dir, environ, clock=lambda: self.now)
-        self.logins = 0
-
-    def login(self) -> Login:
-        self.logins += 1
-        return super().login()
-
-
-def assert_reads_as_reader(kube: KubeApi, namespace: str) -> None:
+def assert_reads_as_reader(kube: KubeJson, namespace: str) -> None:
     """Reads ConfigMaps, and is refused Secrets as the ServiceAccount (not as the admin)."""
     names = [item["metadata"]["name"] for item in kube.list_items(resource_path("v1", "configmaps", namespace))]
     assert "settings" in names
@@ -158,16 +146,15 @@ def service_account_dir(directory: Path, cluster: LocalCluster, token: str, name
 
 def in_pod_environment(cluster: LocalCluster) -> dict[str, str]:
     server = urllib.parse.urlsplit(cluster.server)
-    # A kubeconfig is there too, as on a developer's machine: the pod's ServiceAccount wins.
-    return {
-        "KUBERNETES_SERVICE_HOST": str(server.hostname),
-        "KUBERNETES_SERVICE_PORT": str(server.port),
-        "KUBECONFIG": str(cluster.kubeconfig),
-    }
+    return {"KUBERNETES_SERVICE_HOST": str(server.hostname), "KUBERNETES_SERVICE_PORT": str(server.port)}
 
 
-def test_the_kubeconfig_with_embedded_certificates_reads_writes_and_maps_refusals(
-    local_cluster: LocalCluster, namespace: Namespace, operator_kube: KubeApi
+def with_kubeconfig(kubeconfig: Path) -> KubeJson:
+    return KubeJson.connect(environ={"KUBECONFIG": str(kubeconfig)})
+
+
+def test_client_certificates_from_the_kubeconfig_read_write_and_report_refusals(
+    namespace: Namespace, operator_kube: KubeJson
 ) -> None:
     kube = operator_kube
     configmaps = resource_path("v1", "configmaps", namespace.name)
@@ -202,7 +189,7 @@ def test_the_kubeconfig_with_embedded_certificates_reads_writes_and_maps_refusal
 
 
 def test_the_cluster_adapter_maps_the_api_servers_refusals_to_reasons(
-    local_cluster: LocalCluster, namespace: Namespace, operator_kube: KubeApi, tmp_path: Path
+    local_cluster: LocalCluster, namespace: Namespace, operator_kube: KubeJson, tmp_path: Path
 ) -> None:
     spec = ProjectorSetSpec.model_validate(sample_projectorset("v1")["spec"])
     nowhere = Owner("accounts", "no-such-namespace", "uid-1")
@@ -213,7 +200,9 @@ def test_the_cluster_adapter_maps_the_api_servers_refusals_to_reasons(
 
     token = namespace.token("reader-token")
     directory = service_account_dir(tmp_path / "sa", local_cluster, token, namespace.name)
-    as_reader = KubernetesCluster(KubeApi(Credentials(directory, in_pod_environment(local_cluster))))
+    as_reader = KubernetesCluster(
+        KubeJson.connect(environ=in_pod_environment(local_cluster), service_account_dir=directory)
+    )
     with pytest.raises(ClusterError) as forbidden:
         as_reader.observe(Owner("accounts", namespace.name, "uid-1"), spec)
     assert forbidden.value.reason is Reason.KUBERNETES_FORBIDDEN
@@ -221,10 +210,23 @@ def test_the_cluster_adapter_maps_the_api_servers_refusals_to_reasons(
     assert token not in forbidden.value.message
 
 
-def test_an_event_reads_back_as_kubectl_shows_it(namespace: Namespace, operator_kube: KubeApi) -> None:
+def test_a_set_failing_again_and_again_leaves_one_event_whose_count_grows(
+    namespace: Namespace, operator_kube: KubeJson
+) -> None:
     owner = Owner("accounts", namespace.name, "4b1e0c3a-0000-4000-8000-000000000001")
-    KubernetesCluster(operator_kube).emit(owner, Event("Warning", Reason.KUBERNETES_FORBIDDEN, "x" * 2000))
-    [event] = operator_kube.list_items(resource_path("v1", "events", namespace.name))
+    adapter = KubernetesCluster(operator_kube)
+    now = [1000.0]
+    adapter.events.clock = lambda: now[0]
+
+    def events() -> list[dict[str, Any]]:
+        return operator_kube.list_items(resource_path("v1", "events", namespace.name))
+
+    failing = Event("Warning", Reason.KUBERNETES_FORBIDDEN, "x" * 2000)
+    for _ in range(3):  # three passes, 5 s apart, fail the same way
+        adapter.emit(owner, failing)
+        now[0] += 5
+        time.sleep(1.1)  # lastTimestamp counts seconds
+    [event] = events()
     assert event["metadata"]["name"].startswith("accounts.")
     assert event["involvedObject"] == {
         "apiVersion": "projectorset.io/v1alpha1",
@@ -233,49 +235,74 @@ def test_an_event_reads_back_as_kubectl_shows_it(namespace: Namespace, operator_
         "namespace": namespace.name,
         "uid": owner.uid,
     }
-    assert (event["type"], event["reason"], event["count"]) == ("Warning", "KubernetesForbidden", 1)
+    assert (event["type"], event["reason"], event["count"]) == ("Warning", "KubernetesForbidden", 3)
     assert event["message"] == "x" * 1024
     assert event["source"] == {"component": "projectorset-operator"}
     assert event["reportingComponent"] == "projectorset-operator" and event["reportingInstance"]
     first = datetime.strptime(event["firstTimestamp"], "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
-    assert event["lastTimestamp"] == event["firstTimestamp"]
+    last = datetime.strptime(event["lastTimestamp"], "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
+    assert 2 <= (last - first).total_seconds() < 60
     assert abs((datetime.now(UTC) - first).total_seconds()) < 60
 
+    # Another Warning within the minute: dropped, as client-go's spam filter drops it; a Normal
+    # Event is never held back; a minute after the last new Warning, the other one is posted.
+    other = Event("Warning", Reason.KUBERNETES_CONFLICT, "another failure")
+    adapter.emit(owner, other)
+    assert len(events()) == 1
+    adapter.emit(owner, Event("Normal", Reason.KUBERNETES_CONFLICT, "resolved"))
+    assert len(events()) == 2
+    now[0] += 60
+    adapter.emit(owner, other)
+    adapter.emit(owner, failing)
+    counts = {(e["reason"], e["message"][:20]): e["count"] for e in events() if e["type"] == "Warning"}
+    assert counts == {("KubernetesForbidden", "x" * 20): 4, ("KubernetesConflict", "another failure"): 1}
 
-def test_in_a_pod_the_service_account_serves_and_a_rotated_token_is_read_again(
+
+def test_in_a_pod_the_service_account_serves_and_a_rotated_token_keeps_requests_working(
     local_cluster: LocalCluster, namespace: Namespace, tmp_path: Path
 ) -> None:
     first = namespace.token("first")
     directory = service_account_dir(tmp_path / "serviceaccount", local_cluster, first, namespace.name)
-    credentials = CountingCredentials(directory, in_pod_environment(local_cluster))
-    kube = KubeApi(credentials)
+    kube = KubeJson.connect(environ=in_pod_environment(local_cluster), service_account_dir=directory)
     assert_reads_as_reader(kube, namespace.name)
-    info = credentials.current()
-    assert info.default_namespace == namespace.name and info.server == local_cluster.server
-    assert credentials.logins == 1
+    assert kube.configuration.host == local_cluster.server
 
-    # The kubelet rotates the file, and the former token stops working: the 401 brings a new
-    # login, from the file, and the request is sent again.
+    # The kubelet rotates the file, and the former token stops working: the 401 makes the client
+    # read the file again, and the request is sent again.
     second = namespace.token("second")
     (directory / "token").write_text(second)
     namespace.revoke("first", first)
     assert_reads_as_reader(kube, namespace.name)
-    assert credentials.logins == 2 and credentials.current().token == second
-
-    # Without a refusal, the file is read again once the token read from it is a minute old.
-    third = namespace.token("third")
-    (directory / "token").write_text(third)
-    credentials.now += 59
-    assert credentials.current().token == second
-    credentials.now += 2
-    assert credentials.current().token == third and credentials.logins == 3
 
     # A token no login can cure: the 401 is reported after one new login, not retried for ever.
     (directory / "token").write_text("not-a-token")
-    namespace.revoke("third", third)
+    namespace.revoke("second", second)
     with pytest.raises(ApiError) as refused:
         kube.get(resource_path("v1", "configmaps", namespace.name, "settings"))
-    assert refused.value.status == 401 and credentials.logins == 4
+    assert refused.value.status == 401
+
+    # An explicit KUBECONFIG wins over the pod's ServiceAccount (controller-runtime's order).
+    (directory / "token").write_text(namespace.token("third"))
+    explicit = KubeJson.connect(
+        environ={**in_pod_environment(local_cluster), "KUBECONFIG": str(local_cluster.kubeconfig)},
+        service_account_dir=directory,
+    )
+    assert explicit.list_items(resource_path("v1", "secrets", namespace.name)) is not None
+
+
+def test_a_kubeconfig_token_or_token_file_logs_in_as_its_service_account(
+    local_cluster: LocalCluster, namespace: Namespace, tmp_path: Path
+) -> None:
+    token = namespace.token("kubeconfig-token")
+    assert_reads_as_reader(
+        with_kubeconfig(kubeconfig_with_user(tmp_path, local_cluster, {"token": token})), namespace.name
+    )
+    token_dir = tmp_path / "token-user"
+    token_dir.mkdir()
+    (token_dir / "token").write_text(token)
+    # A relative tokenFile is read beside the kubeconfig that names it, as kubectl reads it.
+    kubeconfig = kubeconfig_with_user(token_dir, local_cluster, {"tokenFile": "token"})
+    assert_reads_as_reader(with_kubeconfig(kubeconfig), namespace.name)
 
 
 PLUGIN = """#!{python}
@@ -326,30 +353,26 @@ def test_an_exec_credential_plugin_gives_a_token_until_it_expires(
             "env": [
                 {"name": "TOKEN_FILE", "value": str(tmp_path / "token")},
                 {"name": "RUNS_FILE", "value": str(runs)},
-                {"name": "EXPIRES_IN", "value": "600"},
+                # The client runs the plugin again 5 minutes before the credential expires.
+                {"name": "EXPIRES_IN", "value": "305"},
             ],
             "interactiveMode": "Never",
             "provideClusterInfo": True,
         }
     }
-    kubeconfig = kubeconfig_with_user(tmp_path, local_cluster, user)
-    credentials = CountingCredentials(tmp_path / "no-service-account", {"KUBECONFIG": str(kubeconfig)})
-    kube = KubeApi(credentials)
+    kube = with_kubeconfig(kubeconfig_with_user(tmp_path, local_cluster, user))
     assert_reads_as_reader(kube, namespace.name)
     requests = [json.loads(line) for line in runs.read_text().splitlines()]
     assert len(requests) == 1, "one run serves until the credential expires"
     assert requests[0]["spec"]["interactive"] is False
     assert requests[0]["spec"]["cluster"]["server"] == local_cluster.server
-    assert requests[0]["spec"]["cluster"]["certificate-authority-data"]
-    expiration = credentials.current().expiration
-    assert expiration is not None and 590 < expiration.timestamp() - time.time() <= 600
 
-    credentials.now += 601
+    time.sleep(5.5)
     assert_reads_as_reader(kube, namespace.name)
-    assert len(runs.read_text().splitlines()) == 2 and credentials.logins == 2
+    assert len(runs.read_text().splitlines()) == 2, "an expired credential runs the plugin again"
 
 
-def test_an_exec_plugin_may_give_a_client_certificate_and_a_kubeconfig_a_token_file(
+def test_an_exec_plugin_may_give_a_client_certificate(
     local_cluster: LocalCluster, namespace: Namespace, tmp_path: Path
 ) -> None:
     pki = local_cluster.workdir / "pki"
@@ -366,32 +389,92 @@ def test_an_exec_plugin_may_give_a_client_certificate_and_a_kubeconfig_a_token_f
             ],
         }
     }
-    kubeconfig = kubeconfig_with_user(tmp_path, local_cluster, user)
-    as_admin = KubeApi(Credentials(tmp_path / "no-service-account", {"KUBECONFIG": str(kubeconfig)}))
+    as_admin = with_kubeconfig(kubeconfig_with_user(tmp_path, local_cluster, user))
     assert as_admin.list_items(resource_path("v1", "secrets", namespace.name)) is not None
 
-    token_dir = tmp_path / "token-user"
-    token_dir.mkdir()
-    (token_dir / "token").write_text(namespace.token("token-file"))
-    kubeconfig = kubeconfig_with_user(token_dir, local_cluster, {"tokenFile": "token"})
-    assert_reads_as_reader(
-        KubeApi(Credentials(tmp_path / "no-service-account", {"KUBECONFIG": str(kubeconfig)})), namespace.name
-    )
+
+class ConnectProxy:
+    """An HTTP proxy on loopback that only tunnels (CONNECT), as corporate proxies do for HTTPS,
+    and remembers each tunnel's target: the proof that traffic went through it."""
+
+    def __init__(self) -> None:
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.listener.getsockname()[1]}"
+        self.tunnels: list[str] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return  # closed
+            threading.Thread(target=self._tunnel, args=(client,), daemon=True).start()
+
+    def _tunnel(self, client: socket.socket) -> None:
+        with client:
+            head = b""
+            while b"\r\n\r\n" not in head:
+                chunk = client.recv(4096)
+                if not chunk:
+                    return
+                head += chunk
+            method, target, _ = head.split(b"\r\n", 1)[0].decode().split(" ", 2)
+            if method != "CONNECT":
+                client.sendall(b"HTTP/1.1 405 Method Not Allowed\r\nContent-Length: 0\r\n\r\n")
+                return
+            host, port = target.rsplit(":", 1)
+            with socket.create_connection((host.strip("[]"), int(port))) as upstream:
+                self.tunnels.append(target)
+                client.sendall(b"HTTP/1.1 200 Connection established\r\n\r\n")
+                back = threading.Thread(target=_pump, args=(upstream, client), daemon=True)
+                back.start()
+                _pump(client, upstream)
+                back.join(timeout=5)
+
+    def close(self) -> None:
+        self.listener.close()
 
 
-def test_a_base64_client_certificate_goes_through_a_temporary_file_that_is_gone_after(
-    local_cluster: LocalCluster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+def _pump(source: socket.socket, target: socket.socket) -> None:
+    with contextlib.suppress(OSError):
+        while data := source.recv(65536):
+            target.sendall(data)
+    with contextlib.suppress(OSError):
+        target.shutdown(socket.SHUT_WR)
+
+
+@pytest.fixture
+def proxy(monkeypatch: pytest.MonkeyPatch) -> Iterator[ConnectProxy]:
+    # Loopback is commonly in NO_PROXY: here it must not be, or the proxy would be bypassed.
+    for variable in ("NO_PROXY", "no_proxy", "HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(variable, raising=False)
+    running = ConnectProxy()
+    yield running
+    running.close()
+
+
+def test_the_kubeconfigs_proxy_url_carries_the_requests(
+    local_cluster: LocalCluster, namespace: Namespace, proxy: ConnectProxy, tmp_path: Path
 ) -> None:
-    """The admin's certificate and key are embedded (base64) in the testbed's kubeconfig: Python's
-    ssl loads them only from files, so they pass through private temporary files, deleted once
-    the connection pool's SSL context has loaded them."""
-    temporary = tmp_path / "tmp"
-    temporary.mkdir()
-    monkeypatch.setattr(tempfile, "tempdir", str(temporary))
-    credentials = Credentials(tmp_path / "no-service-account", {"KUBECONFIG": str(local_cluster.kubeconfig)})
-    info = credentials.current()
-    assert info.certificate_data and info.private_key_data and not info.certificate_path
-    assert base64.b64decode(info.certificate_data).startswith(b"-----BEGIN CERTIFICATE-----")
-    kube = KubeApi(credentials)
-    assert kube.get("/api/v1/namespaces/default")["metadata"]["name"] == "default"
-    assert list(temporary.iterdir()) == []
+    config = json.loads(local_cluster.kubeconfig.read_text())
+    config["clusters"][0]["cluster"]["proxy-url"] = proxy.url
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(json.dumps(config))
+    kube = with_kubeconfig(kubeconfig)
+    assert kube.get(resource_path("v1", "namespaces", name=namespace.name))["metadata"]["name"] == namespace.name
+    server = urllib.parse.urlsplit(local_cluster.server)
+    assert proxy.tunnels and set(proxy.tunnels) == {f"{server.hostname}:{server.port}"}
+
+
+def test_https_proxy_from_the_environment_carries_the_requests(
+    local_cluster: LocalCluster, namespace: Namespace, proxy: ConnectProxy, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HTTPS_PROXY", proxy.url)
+    kube = with_kubeconfig(local_cluster.kubeconfig)
+    assert kube.get(resource_path("v1", "namespaces", name=namespace.name))["metadata"]["name"] == namespace.name
+    assert len(proxy.tunnels) == 1
+    # The same proxy-free client without the variable: no tunnel.
+    monkeypatch.delenv("HTTPS_PROXY")
+    with_kubeconfig(local_cluster.kubeconfig).get(resource_path("v1", "namespaces", name=namespace.name))
+    assert len(proxy.tunnels) == 1
