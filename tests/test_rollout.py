@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import replace
 from datetime import timedelta
 
@@ -606,6 +607,13 @@ def test_abort_starts_only_once_the_failed_stage_pods_are_gone() -> None:
     assert any(isinstance(a, RunStageJob) and a.stage == "abort" for a in decision.actions)
 
 
+def waits_in(message: str, tries: str) -> int:
+    """The seconds 'abort runs again in N s (try ...)' says."""
+    found = re.search(r"abort runs again in (\d+) s " + re.escape(tries), message)
+    assert found, message
+    return int(found.group(1))
+
+
 def test_failing_abort_is_retried_with_a_growing_back_off_until_the_replay_is_aborted() -> None:
     world = upgraded_world()
     advance_to(world, "replay")
@@ -619,8 +627,13 @@ def test_failing_abort_is_retried_with_a_growing_back_off_until_the_replay_is_ab
     assert not any(isinstance(a, RunStageJob) for a in decision.actions)
     found = next(c for c in world.status.conditions if c.type == "ReplayAborted")
     assert f"abort Job {first} failed: BackoffLimitExceeded" in found.message
-    assert "abort runs again in 10 s (try 2, 1 failed)" in found.message
+    # Full jitter: the wait is drawn under a ceiling of 10 s, then 20 s, the same on every pass.
+    assert waits_in(found.message, "(try 2, 1 failed)") <= 10
     assert decision.requeue_after is not None and decision.requeue_after <= 10
+    # decide is pure: the next pass finds the same due time.
+    world.step()
+    again = next(c for c in world.status.conditions if c.type == "ReplayAborted")
+    assert waits_in(again.message, "(try 2, 1 failed)") == waits_in(found.message, "(try 2, 1 failed)")
     world.now += timedelta(seconds=10)
     decision = world.step()
     assert any(isinstance(a, RunStageJob) and a.stage == "abort" and a.round == 1 for a in decision.actions)
@@ -630,7 +643,7 @@ def test_failing_abort_is_retried_with_a_growing_back_off_until_the_replay_is_ab
     world.finish_job(second, succeed=False)
     world.step()
     found = next(c for c in world.status.conditions if c.type == "ReplayAborted")
-    assert "abort runs again in 20 s (try 3, 2 failed)" in found.message
+    assert waits_in(found.message, "(try 3, 2 failed)") <= 20
     # A spec edit meanwhile does not skip the abort: the replay holds Sequent's unique index.
     world.upgrade(world.spec.model_copy(update={"replicas": 3}))
     world.now += timedelta(seconds=20)

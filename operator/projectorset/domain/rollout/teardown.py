@@ -7,6 +7,7 @@ from datetime import datetime, timedelta
 
 from projectorset.api import Phase
 from projectorset.api.conditions import ConditionType, Reason, find_condition, progress_message
+from projectorset.domain.backoff import Backoff
 from projectorset.domain.observation import ClearReplaying, DeleteJob, JobState, JobView, RunStageJob, ScaleDeployment
 from projectorset.domain.rollout.decision import ROLLOUT_POLL_SECONDS, Decision, Pass, ended_reason
 from projectorset.domain.rollout.queries import golives_running, in_flight, latest, own_projectors, stages_still_running
@@ -17,6 +18,7 @@ STAGE_EXIT_GRACE_SECONDS = 30.0
 # A failed abort Job runs again after this many seconds, doubled after each failure up to the cap.
 ABORT_RETRY_SECONDS = 10.0
 ABORT_RETRY_MAX_SECONDS = 300.0
+ABORT_RETRY_BACKOFF = Backoff(ABORT_RETRY_SECONDS, ABORT_RETRY_MAX_SECONDS)
 
 
 def cleanup_pending(run: Pass, db: DatabaseState) -> bool:
@@ -38,10 +40,12 @@ def stop(run: Pass, jobs: Iterable[JobView]) -> None:
 
 def next_abort_at(aborts: Sequence[JobView], now: datetime) -> datetime:
     """When an abort Job runs again after ``aborts`` (tried, the last one over): a back-off from
-    the last one's end that doubles with each try, up to ABORT_RETRY_MAX_SECONDS."""
+    the last one's end whose ceiling doubles with each try, up to ABORT_RETRY_MAX_SECONDS, with
+    full jitter seeded by the last Job's name, so that every pass finds the same due time while
+    sets whose aborts failed together (a database outage) do not all try again together."""
     last = latest(aborts)
     assert last is not None, "a back-off follows a try"
-    delay = min(ABORT_RETRY_MAX_SECONDS, ABORT_RETRY_SECONDS * 2 ** (len(aborts) - 1))
+    delay = ABORT_RETRY_BACKOFF.delay_seeded(len(aborts) - 1, last.name)
     return (last.finished_at or now) + timedelta(seconds=delay)
 
 
