@@ -12,6 +12,17 @@ again; golive commits in one transaction, possibly some time before its Job repo
 ``controller.Reconciler`` (observe, decide, act, patch status, emit Events) with faults
 injected where the test asks: a failing API call or database write, a lost status patch.
 
+By default the world is kind: migrate changes nothing, the lag moves only when a test sets it, a
+Job's database effect and its completion happen together, pods never die, checks take no time.
+The real world's hardships are options, each a small object on the World (all off by default):
+``Schema`` (migrate moves a schema version the serving release's code needs), ``EventFlow`` (the
+lag of a replay in progress grows with time), ``JobPods`` (pods that die, replacement pods up to
+``backoffLimit``, a failed Job's pod still terminating), ``SequentQuirks`` (what Sequent master's
+code does: a failed prepare leaves ``created``, prepare inserts its row before it checks the
+names, abort resolves the replay at its start and marks that row ``aborted`` whatever it became)
+and ``check_seconds`` (a check's query takes time). ``stage_takes_effect`` does a stage's
+database work while its Job still runs; ``pod_dies`` kills the pod after it.
+
 It is a fast stand-in for unit tests only; the same rollouts run against a real PostgreSQL
 and a real API server elsewhere in the suite.
 """
@@ -95,6 +106,77 @@ class StageRun:
     epoch: int = 0
     # Every projector class of the Job's image (abort loads each class of the replay it resumes).
     code: Mapping[str, int] = field(default_factory=dict)
+    # The stage's database work is done (True) or was refused (False) while its pod still runs.
+    effect: bool | None = None
+    # When the pod started (a catch-up replays the events written since).
+    started_at: datetime | None = None
+
+
+# ---- the real world's hardships (each off by default) ------------------------------------------
+
+
+@dataclass
+class Schema:
+    """The application's schema migrations: each version's code needs the schema at
+    ``needs[version]`` or later; its migrate Job brings the database (``version``) there."""
+
+    needs: dict[str, int]
+    version: int = 0
+
+    def migrate(self, release: str) -> None:
+        self.version = max(self.version, self.needs.get(release, 0))
+
+    def serves(self, release: str | None) -> bool:
+        """The code of ``release`` runs on this schema (None: no release serves)."""
+        return release is None or self.needs.get(release, 0) <= self.version
+
+
+@dataclass
+class EventFlow:
+    """The applications keep writing: while a replay is in progress its lag grows by
+    ``per_second`` events a second (golive's locked tail grows with it)."""
+
+    per_second: int = 0
+
+    def elapse(self, world: World, seconds: float) -> None:
+        replay = world.replay
+        if self.per_second and replay is not None and replay.state in IN_PROGRESS:
+            world.lag += int(self.per_second * seconds)
+
+    def written_since(self, world: World, started_at: datetime | None) -> int:
+        """Events written since ``started_at``: what a catch-up that began then leaves behind."""
+        if started_at is None:
+            return 0
+        return int(self.per_second * (world.now - started_at).total_seconds())
+
+
+@dataclass
+class JobPods:
+    """Pods of stage Jobs die (eviction, OOM, node lost: no Ruby exception, nothing marked failed).
+    Kubernetes starts a replacement pod, which runs the stage again from its start, until
+    ``backoff_limit`` pods failed; then the Job fails with its last pod still terminating."""
+
+    backoff_limit: int = 0
+    failures: dict[str, int] = field(default_factory=dict)
+    # Failed Jobs whose last pod still terminates (gone once time passes).
+    terminating: set[str] = field(default_factory=set)
+
+    def exhausted(self, job: str) -> bool:
+        self.failures[job] = self.failures.get(job, 0) + 1
+        return self.failures[job] > self.backoff_limit
+
+
+@dataclass
+class SequentQuirks:
+    """What Sequent master's code does that a tidier model would not (../shared/DESIGN.md section 9)."""
+
+    # prepare's rescue runs inside the transaction its re-raise rolls back: the row stays `created`.
+    prepare_leaves_created: bool = False
+    # prepare inserts the row before it checks each name is a projector class.
+    prepare_inserts_before_names: bool = False
+    # abort resumes the replay in progress when it starts and marks that row `aborted` when it ends,
+    # whatever its state became meanwhile (a golive that committed: `live` -> `aborted`).
+    abort_resolves_at_start: bool = False
 
 
 @dataclass
@@ -164,6 +246,13 @@ class World:
     reconciler: Reconciler | None = None
     events: list[Event] = field(default_factory=list)
     faults: Faults = field(default_factory=Faults)
+    # The hardships (see the module docstring): None or defaults keep the world kind.
+    schema: Schema | None = None
+    flow: EventFlow = field(default_factory=EventFlow)
+    pods: JobPods = field(default_factory=JobPods)
+    quirks: SequentQuirks = field(default_factory=SequentQuirks)
+    # How long each check's query runs (the applications keep writing meanwhile).
+    check_seconds: int = 0
 
     def __repr__(self) -> str:
         return f"World(spec.version={self.spec.version}, service={self.service_version}, phase={self.status.phase})"
@@ -244,6 +333,16 @@ class World:
             self.now += timedelta(seconds=5)
             decision = self.step(**kwargs)
         return decision
+
+    def advance(self, seconds: float) -> None:
+        """Time passes: the applications keep writing (``flow``), dead pods finish terminating."""
+        self.now += timedelta(seconds=seconds)
+        self.flow.elapse(self, seconds)
+        if seconds > 0:
+            for name in self.pods.terminating:
+                if name in self.jobs:
+                    self.jobs[name] = replace(self.jobs[name], active=0)
+            self.pods.terminating.clear()
 
     def pods_become_ready(self) -> None:
         """What the cluster does between two looks: new pods become ready, deleted Jobs' pods end."""
@@ -359,10 +458,13 @@ class World:
                 unknown = [n for n in names if n not in code]
                 self.runs[name] = StageRun(stage, {n: code[n] for n in names if n in code} or code, epoch=self.epoch)
                 self.runs[name].code = code
-                if unknown:
+                if unknown and not (stage == "prepare" and self.quirks.prepare_inserts_before_names):
                     # Class.const_get raises before the task does anything.
                     self.runs[name].doomed = f"uninitialized constant {unknown[0]}"
                 self.start_stage(name)
+                if unknown:
+                    # Sequent master's prepare raises only after it inserted the row (left `created`).
+                    self.runs[name].doomed = f"uninitialized constant {unknown[0]}"
             case DeleteJob(name=name):
                 # Foreground deletion: the pod is killed (SIGTERM is no StandardError for the rake
                 # task: nothing is marked failed); the Job stays in view, deleting, until the pod is
@@ -393,6 +495,7 @@ class World:
                 # As the controller does: the results go into the status the pass writes.
                 results = []
                 for check in checks:
+                    self.advance(self.check_seconds)
                     passed, result = self.check_outcomes.get(check.name, (True, "true"))
                     self.checks_run.append(check.name)
                     results.append(
@@ -469,6 +572,7 @@ class World:
 
     def start_stage(self, name: str) -> None:
         run = self.runs[name]
+        run.started_at = self.now
         if run.doomed is not None or run.stage == "migrate":
             return
         current = self.replay
@@ -500,6 +604,8 @@ class World:
             self.golive_runs += 1
 
     def _mark_failed(self, run: StageRun) -> None:
+        if run.stage == "prepare" and self.quirks.prepare_leaves_created:
+            return  # the rescue's update is rolled back with prepare's transaction
         if run.replay_id is not None:
             self._set_replay_state(run.replay_id, "failed")
 
@@ -524,7 +630,10 @@ class World:
         job = self.jobs[name]
         run = self.runs.get(name) or StageRun(job.stage, {})
         ok = succeed and not hang and run.doomed is None
-        if ok and move_database:
+        if run.effect is not None:
+            # The database work was done (or refused) while the pod ran: now it only exits.
+            ok = ok and run.effect
+        elif ok and move_database:
             ok = self._complete_stage(name, run)
         elif succeed and not hang and not move_database:
             ok = True
@@ -542,7 +651,12 @@ class World:
         replay = self.replay_by_id(run.replay_id)
         stage = run.stage
         if stage == "migrate":
-            return True  # the release's migrations: nothing in Sequent's replay tables
+            # The release's migrations: nothing in Sequent's replay tables, the schema moves.
+            if self.schema is not None and name in self.jobs:
+                self.schema.migrate(self.jobs[name].version)
+            return True
+        if stage == "abort" and self.quirks.abort_resolves_at_start:
+            return self._abort(self.replay_by_id(run.replay_id), run)
         if stage == "abort":
             current = self.replay
             if current is None or current.state not in IN_PROGRESS:
@@ -585,8 +699,43 @@ class World:
             self._set_replay_state(replay.id, "replayed", continue_replay_at_xact_id=100)
         else:
             self._set_replay_state(replay.id, run.saved_state or "replayed", continue_replay_at_xact_id=200)
-            self.lag = self.lag_after_catchup
+            self.lag = self.lag_after_catchup + self.flow.written_since(self, run.started_at)
         return True
+
+    def _abort(self, replay: ReplayState | None, run: StageRun) -> bool:
+        """Sequent master's abort of the replay it resumed at its start, whatever its state now."""
+        if replay is None:
+            return False
+        if any(projector not in run.code for projector in replay.projectors):
+            return False
+        for projector in replay.projectors:
+            if projector in self.projectors:
+                state = self.projectors[projector]
+                self.projectors[projector] = replace(state, replaying_version=None, activating_version=None)
+        self._set_replay_state(replay.id, "aborted")
+        return True
+
+    def stage_takes_effect(self, name: str) -> None:
+        """The stage's database work is done (golive commits, prepare registers, ...) while its Job
+        still runs: its pod has yet to exit, or may die before it does (``pod_dies``)."""
+        run = self.runs.get(name)
+        if run is None or run.effect is not None or run.doomed is not None:
+            return
+        run.effect = self._complete_stage(name, run)
+
+    def pod_dies(self, name: str) -> None:
+        """The Job's pod is killed, whatever it had done. A replacement pod runs the stage again
+        from its start while ``pods.backoff_limit`` allows; then the Job fails, its pod terminating."""
+        job = self.jobs[name]
+        if self.pods.exhausted(name):
+            message = "BackoffLimitExceeded: Job has reached the specified backoff limit"
+            self.jobs[name] = replace(job, state=JobState.FAILED, message=message, finished_at=self.now, active=1)
+            self.pods.terminating.add(name)
+            return
+        run = self.runs.get(name)
+        if run is not None:
+            self.runs[name] = StageRun(run.stage, run.versions, epoch=run.epoch, code=run.code)
+            self.start_stage(name)
 
     def stage_raises(self, name: str, *, job_ends: bool = True) -> None:
         """A stage fails the way Sequent's stages do: the replay is marked ``failed`` (and stays in
@@ -619,6 +768,8 @@ class World:
         self.deployments["v1"] = DeploymentView("v1", 2, 2, True, projectors=dict(release))
         for name, version in release.items():
             self.projectors[name] = ProjectorState(name, version)
+        if self.schema is not None:
+            self.schema.migrate("v1")
         self.status = ProjectorSetStatus(phase="Active", active_version="v1", target_version="v1")
         self.acted_version = "v1"
         self.stored_status = self.status.model_dump(by_alias=True, mode="json")
@@ -748,6 +899,7 @@ class _WorldDatabase:
         self._check()
         outcomes = []
         for check in checks:
+            self.world.advance(self.world.check_seconds)
             self.world.checks_run.append(check.name)
             outcomes.append(CheckOutcome(check.name, *self.world.check_outcomes.get(check.name, (True, "true"))))
         return outcomes
