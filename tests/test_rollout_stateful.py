@@ -18,6 +18,24 @@ Invariants (issue 9), checked after every step and when the world settles:
   reason, and a retry of a failed one goes live;
 - a status the operator writes never says Active or Ready for a version the Service does not select.
 
+The world is as hard as the real one where the example draws it (issue 17, item 4; see
+rollout_world's docstring): migrations that move a schema version, a lag that grows while the
+applications write, a stage's database effect ahead of its Job's end, pods that die with replacement
+pods up to ``backoffLimit``, checks that take time, and Sequent master's prepare and abort.
+
+Issue 17's invariants, checked after every pass:
+- (a) the Service is on pods whose projectors (own and required) are all active in the
+  database, except in the switch window: a golive committed and the Service not yet moved to it;
+- (b) the serving release's migrations ran (the schema its code needs is there);
+- (c) a paused or unpromoted rollout never fails by itself (no Job failed, yet it turned Failed);
+- (d) no generation is lost: an edit while Failed (a retry) starts a new attempt, whatever
+  pass sees it.
+Today's operator breaks all four (issue 17's defects 1-7, 13): they are GATED, checked only when
+``ROLLOUT_STRICT=1`` (``make fuzz`` sets it), so ``make test`` stays green while ``make fuzz``
+finds the counterexamples. ``ROLLOUT_STRICT=a,c`` turns on some of them. In the shared-store
+model, (a) counts this set's own projectors only: the other set's moves are random there, not a
+rollout this operator runs.
+
 Profiles (``HYPOTHESIS_PROFILE``, tests/fuzz_profiles.py): ``default`` is bounded and derandomized
 for the normal suite, ``fuzz`` is the long, random run of ``make fuzz``, which prints its seed
 first; ``make fuzz SEED=n`` replays that run. A failure prints the reproduction blob
@@ -27,14 +45,14 @@ tests/test_rollout_regressions.py.
 
 from __future__ import annotations
 
+import os
 from dataclasses import replace
-from datetime import timedelta
 from typing import Any
 
 import fuzz_profiles
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, precondition, rule
-from rollout_world import Faults, PassRecord, World, manifest
+from rollout_world import EventFlow, Faults, JobPods, PassRecord, Schema, SequentQuirks, World, manifest
 
 from projectorset.api import Phase, Promotion
 from projectorset.api.conditions import Kind, Reason
@@ -53,6 +71,21 @@ RELEASES: dict[str, dict[str, int]] = {
 # The shared-store model's projector owned by another set; each release's code registers this version.
 FOREIGN = "AccountProjector"
 REQUIRED_VERSION: dict[str, int] = {"v1": 1, "v2": 2, "v3": 2, "v4": 1}
+
+# The schema each release's code needs: v4 has v1's projectors and a migration of its own.
+SCHEMA: dict[str, int] = {"v1": 1, "v2": 2, "v3": 3, "v4": 4}
+MIGRATE = ["bundle", "exec", "rake", "sequent:db:migrate"]
+CHECK = {"name": "rows-match", "query": "SELECT true"}
+
+# Issue 17's invariants that today's operator breaks: only checked when ROLLOUT_STRICT names them.
+GATED = ("a", "b", "c", "d")
+_STRICT = os.environ.get("ROLLOUT_STRICT", "")
+STRICT = frozenset(GATED if _STRICT in ("1", "all") else (n.strip() for n in _STRICT.split(",") if n.strip()))
+
+
+def checked(invariant: str) -> bool:
+    return invariant not in GATED or invariant in STRICT
+
 
 # Reasons a finished rollout may give: the fixed words of kind "failure".
 FINISHED_REASONS = frozenset(reason.value for reason in Reason if reason.kind is Kind.FAILURE)
@@ -109,17 +142,52 @@ class Rollouts(RuleBasedStateMachine):
         self.world = World(manifest("v1", RELEASES["v1"], strategy={"scaleDownDelaySeconds": 30}))
         self.golive_jobs: dict[int, set[str]] = {}
         self.stale_statuses: list[dict[str, Any]] = []
+        # (d): the (target, attempt) of a Failed rollout a user edited (a retry is owed), if any.
+        self.retry_owed: tuple[str | None, int] | None = None
+        # (a): version labels whose golive committed (the switch window is open until the Service moves).
+        self.golive_landed: set[str] = set()
+        self.failed_jobs: set[str] = set()
 
-    @initialize()
-    def serving_v1(self) -> None:
+    def edited(self) -> None:
+        """A user's edit: while Failed (not aborting), the next rollout attempt is owed."""
+        status = self.world.status
+        if status.phase is Phase.FAILED and not self.world.spec.abort and self.retry_owed is None:
+            self.retry_owed = (status.target_version, status.attempt)
+
+    @initialize(data=st.data())
+    def serving_v1(self, data: st.DataObject) -> None:
+        self.harden(data)
         self.world.serving_v1(RELEASES["v1"])
         STEPS["examples"] += 1
+
+    def harden(self, data: st.DataObject) -> None:
+        """Draw which of the real world's hardships this example has."""
+        world = self.world
+        replay: dict[str, Any] = {}
+        if data.draw(st.booleans(), label="migrations"):
+            world.schema = Schema(dict(SCHEMA))
+            replay["commands"] = {"migrate": MIGRATE}
+        world.check_seconds = data.draw(st.sampled_from([None, 0, 30, 600]), label="check seconds") or 0
+        if data.draw(st.booleans(), label="a check"):
+            replay["checks"] = [CHECK]
+        if replay:
+            fields = world.spec.model_dump(by_alias=True, mode="json")
+            fields["replay"] = {**fields.get("replay", {}), **replay}
+            world.spec = type(world.spec).model_validate(fields)
+        world.flow = EventFlow(data.draw(st.sampled_from([0, 0, 1, 50]), label="events per second"))
+        world.pods = JobPods(backoff_limit=data.draw(st.sampled_from([0, 1, 6]), label="backoffLimit"))
+        world.quirks = SequentQuirks(
+            prepare_leaves_created=data.draw(st.booleans(), label="prepare leaves created"),
+            prepare_inserts_before_names=data.draw(st.booleans(), label="prepare inserts first"),
+            abort_resolves_at_start=data.draw(st.booleans(), label="abort resolves at start"),
+        )
 
     # ---- users edit the spec ----------------------------------------------------------------------
 
     @rule(version=st.sampled_from(sorted(RELEASES)))
     def edit_version(self, version: str) -> None:
         self.world.upgrade(spec_for(version, self.world.spec))
+        self.edited()
         self.one_pass(Faults())
 
     @rule()
@@ -153,6 +221,7 @@ class Rollouts(RuleBasedStateMachine):
     def retry(self) -> None:
         """``kubectl projectorset retry``: spec.retry bumped, a new generation."""
         self.world.upgrade(self.world.spec.model_copy(update={"retry": self.world.spec.retry + 1}))
+        self.edited()
         self.one_pass(Faults())
 
     # ---- the cluster and Sequent ------------------------------------------------------------------
@@ -167,6 +236,24 @@ class Rollouts(RuleBasedStateMachine):
     def job_ends(self, data: st.DataObject, outcome: str) -> None:
         name = data.draw(st.sampled_from(self.running()), label="job")
         self.world.finish_job(name, succeed=outcome == "succeed", hang=outcome == "hang")
+        self.one_pass(Faults())
+
+    def working(self) -> list[str]:
+        """Running Jobs whose stage has not done its database work yet."""
+        return [n for n in self.running() if n in self.world.runs and self.world.runs[n].effect is None]
+
+    @precondition(lambda self: bool(self.working()))
+    @rule(data=st.data())
+    def stage_takes_effect(self, data: st.DataObject) -> None:
+        """The stage's database work is done; its Job ends later (or its pod dies first)."""
+        self.world.stage_takes_effect(data.draw(st.sampled_from(self.working()), label="effect"))
+        self.one_pass(Faults())
+
+    @precondition(lambda self: bool(self.running()))
+    @rule(data=st.data())
+    def pod_dies(self, data: st.DataObject) -> None:
+        """Eviction, OOM, a node lost: a replacement pod, or the Job fails past backoffLimit."""
+        self.world.pod_dies(data.draw(st.sampled_from(self.running()), label="pod dies"))
         self.one_pass(Faults())
 
     @precondition(lambda self: any(self.world.jobs[n].stage == "golive" for n in self.running()))
@@ -205,7 +292,7 @@ class Rollouts(RuleBasedStateMachine):
 
     @rule(seconds=st.sampled_from([1, 5, 31, 600]))
     def time_passes(self, seconds: int) -> None:
-        self.world.now += timedelta(seconds=seconds)
+        self.world.advance(seconds)
         self.one_pass(Faults())
 
     @rule(kind=st.sampled_from(["kept", "stale", "lost"]))
@@ -244,10 +331,70 @@ class Rollouts(RuleBasedStateMachine):
             self.stale_statuses = [*self.stale_statuses[-4:], world.stored_status]
         release_before = active_release(world.projectors)
         ready_before = {v for v in world.deployments if pods_ready(world, v)}
+        holding = world.spec.paused or (
+            world.spec.strategy.promotion is Promotion.MANUAL and world.spec.promote != world.spec.version
+        )
+        phase_before = world.status.phase
+        self.note_golive_commits()
         record = world.reconcile(faults)
         STEPS["passes"] += 1
+        self.note_golive_commits()
         self.check_pass(record, release_before, ready_before)
+        self.check_issue_17(record, holding, phase_before)
         return record
+
+    def note_golive_commits(self) -> None:
+        for name, run in self.world.runs.items():
+            if run.stage == "golive" and run.committed and name in self.world.jobs:
+                self.golive_landed.add(self.world.jobs[name].version)
+
+    def served_projectors(self, version: str) -> dict[str, int] | None:
+        """What the Service's pods need active: their release's projectors and required ones."""
+        deployment = self.world.deployments.get(version)
+        if deployment is None or deployment.projectors is None:
+            return None
+        return {**dict(deployment.required or {}), **dict(deployment.projectors)}
+
+    def check_issue_17(self, record: PassRecord, holding: bool, phase_before: Phase | None) -> None:
+        world = self.world
+        served = world.service_version
+        # (a) THE invariant: the Service's pods can write, except in golive's switch window.
+        if checked("a") and served is not None:
+            self.golive_landed.discard(served)
+            needed = self.served_projectors(served)
+            if needed is not None:
+                inactive = {
+                    n: v
+                    for n, v in needed.items()
+                    if world.projectors.get(n) is None or world.projectors[n].active_version != v
+                }
+                window = any(release_of(world, v) == active_release(world.projectors) for v in self.golive_landed)
+                assert not inactive or window, (
+                    f"the Service selects {served}, whose pods need {inactive} active, but the database "
+                    f"shows {[world.projectors.get(n) for n in inactive]}: its writes are refused"
+                )
+        # (b) The serving release's migrations ran.
+        if checked("b") and world.schema is not None and served is not None:
+            assert world.schema.serves(served), (
+                f"the Service selects {served}, whose code needs schema {world.schema.needs.get(served)}, "
+                f"but the database's migrations are at {world.schema.version}"
+            )
+        # (c) Paused or awaiting promotion, a rollout fails only when something failed.
+        failed_now = {n for n, j in world.jobs.items() if j.state is JobState.FAILED}
+        new_failures = failed_now - self.failed_jobs
+        self.failed_jobs = failed_now
+        if checked("c") and holding and phase_before is not Phase.FAILED and world.status.phase is Phase.FAILED:
+            reason = next((c.reason for c in world.status.conditions if c.type == "Progressing"), None)
+            assert new_failures, (
+                f"paused or awaiting promotion, the rollout of {world.spec.version} failed by itself ({reason}): "
+                f"{world.status.message}"
+            )
+        # (d) bookkeeping: a new attempt (or target) pays a retry owed.
+        status = world.status
+        if self.retry_owed is not None and (
+            status.phase is not Phase.FAILED or (status.target_version, status.attempt) != self.retry_owed
+        ):
+            self.retry_owed = None
 
     # ---- invariants -------------------------------------------------------------------------------
 
@@ -331,12 +478,13 @@ class Rollouts(RuleBasedStateMachine):
         world = self.world
         world.database_error = None
         world.lag_after_catchup = 0
+        world.flow.per_second = 0  # writes calm down: a catch-up can converge
         for _ in range(passes):
             for name in self.running():
                 if world.jobs[name].stage == "golive":
                     world.commit_golive(name)
                 world.finish_job(name)
-            world.now += timedelta(seconds=120)  # past any retry's backoff (at most 300 s)
+            world.advance(120)  # past any retry's backoff (at most 300 s)
             self.one_pass(Faults(), step=False)
 
     def settle_and_check(self) -> None:
@@ -348,6 +496,13 @@ class Rollouts(RuleBasedStateMachine):
         self.quiet_passes()
         status = world.status
         reason = next((c.reason for c in status.conditions if c.type == "Progressing"), None)
+        # (d) An edit made while Failed was acted on: never still Failed at the same attempt.
+        if checked("d") and self.retry_owed is not None:
+            assert (status.phase, (status.target_version, status.attempt)) != (Phase.FAILED, self.retry_owed), (
+                f"an edit made while {self.retry_owed[0]} attempt {self.retry_owed[1]} was Failed was never acted "
+                f"on: generation {world.generation} observed, still Failed ({reason}): {status.message}"
+            )
+        self.retry_owed = None
         if status.phase is Phase.ACTIVE and world.service_version == world.spec.version:
             assert release_is_active(world.spec, world.database_state()) or self.out_of_sync_allowed(), (
                 f"Active at {world.spec.version} but the database shows {world.projectors}"
@@ -390,6 +545,10 @@ class RolloutsOnASharedStore(Rollouts):
 
     foreign = frozenset({FOREIGN})
 
+    def served_projectors(self, version: str) -> dict[str, int] | None:
+        needed = super().served_projectors(version)
+        return None if needed is None else {n: v for n, v in needed.items() if n != FOREIGN}
+
     def __init__(self) -> None:
         super().__init__()
         self.world = World(
@@ -401,9 +560,9 @@ class RolloutsOnASharedStore(Rollouts):
             )
         )
 
-    @initialize()
-    def serving_v1(self) -> None:
-        super().serving_v1()
+    @initialize(data=st.data())
+    def serving_v1(self, data: st.DataObject) -> None:
+        super().serving_v1(data)
         world = self.world
         world.deployments["v1"] = replace(world.deployments["v1"], required={FOREIGN: REQUIRED_VERSION["v1"]})
         world.projectors[FOREIGN] = ProjectorState(FOREIGN, REQUIRED_VERSION["v1"])
