@@ -8,11 +8,17 @@ red the day the defect is fixed (then drop the mark).
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 import pytest
-from rollout_world import Faults, World, manifest
+from rollout_world import Faults, Schema, World, manifest
 from test_rollout_regressions import RELEASES, edit, reason, settle
 
+from projectorset.api import Phase
+from projectorset.domain.observation import JobState
 from projectorset.domain.sequent import ProjectorState
+
+MIGRATE = {"commands": {"migrate": ["bundle", "exec", "rake", "sequent:db:migrate"]}}
 
 
 def serving(projectors: dict[str, int]) -> World:
@@ -46,4 +52,73 @@ def test_a_release_that_drops_a_projector_keeps_it_active_while_the_old_pods_ser
             f"{inactive_for_the_service(world)} is not active"
         )
     settle(world)
+    assert world.service_version == "v2"
+
+
+@pytest.mark.xfail(strict=True, reason="issue 17: 2 (a release with no projector change never runs its migrations)")
+def test_a_release_without_projector_changes_is_migrated_before_it_serves() -> None:
+    """v1 serves with a migrate command; v4 has v1's projectors and a migration of its own (schema
+    4). The release counted as active at once: the Service moved to v4 as soon as its pods were
+    ready, on a schema v4's code does not know, and no migrate Job ever ran."""
+    world = World(manifest("v1", RELEASES["v1"], replay=MIGRATE), schema=Schema({"v1": 1, "v4": 4}))
+    world.serving_v1(RELEASES["v1"])
+    edit(world, "v4")
+    for _ in range(8):
+        world.reconcile(Faults())
+        assert world.schema is not None and world.schema.serves(world.service_version), (
+            f"the Service selects {world.service_version} on schema {world.schema.version} "
+            f"({reason(world)}); migrate Jobs: {[n for n, j in world.jobs.items() if j.stage == 'migrate']}"
+        )
+        for name, job in list(world.jobs.items()):
+            if job.state is JobState.RUNNING:
+                world.finish_job(name)
+        world.advance(40)
+    assert world.service_version == "v4"
+
+
+@pytest.mark.xfail(strict=True, reason="issue 17: 4 (awaiting promotion burns catch-up rounds and fails)")
+def test_a_rollout_awaiting_promotion_under_steady_writes_never_fails_by_itself() -> None:
+    """Manual promotion, a busy store (5000 events behind after every catch-up). Nobody promoted
+    yet: each pass ran another catch-up round, and after maxRounds the rollout failed with
+    CatchupDidNotConverge and aborted the replay, because nobody had promoted it."""
+    world = World(manifest("v1", RELEASES["v1"])).serving_v1(RELEASES["v1"])
+    edit(world, "v2", strategy={"promotion": "Manual"})
+    world.lag = world.lag_after_catchup = 5000
+    for _ in range(40):
+        world.reconcile(Faults())
+        assert world.status.phase is not Phase.FAILED, f"{reason(world)}: {world.status.message}"
+        for name, job in list(world.jobs.items()):
+            if job.state is JobState.RUNNING:
+                world.finish_job(name)
+        world.advance(60)
+
+
+@pytest.mark.xfail(strict=True, reason="issue 17: 7 (a retry edit made while a pass is blocked is lost)")
+def test_a_retry_made_while_the_database_is_down_is_acted_on_once_it_is_back() -> None:
+    """v2's replay raises: the rollout fails and is cleaned up. The database goes down; the user
+    retries (a new generation); the pass that sees the edit is blocked on the outage but recorded
+    the generation as seen. With the database back the set stayed Failed until edited again."""
+    world = World(manifest("v1", RELEASES["v1"])).serving_v1(RELEASES["v1"])
+    edit(world, "v2")
+    for _ in range(8):
+        world.reconcile(Faults())
+        replay = [n for n, j in world.jobs.items() if j.stage == "replay" and j.state is JobState.RUNNING]
+        if replay:
+            world.stage_raises(replay[0])
+            break
+        for name, job in list(world.jobs.items()):
+            if job.state is JobState.RUNNING:
+                world.finish_job(name)
+    settle(world)
+    assert world.status.phase is Phase.FAILED, f"{reason(world)}: {world.status.message}"
+    failed_attempt = world.status.attempt
+    world.database_error = ("DatabaseUnreachable", "cannot connect to the database")
+    edit(world, retry=world.spec.retry + 1)
+    world.reconcile(Faults())
+    world.database_error = None
+    world.now += timedelta(seconds=300)
+    settle(world)
+    assert (world.status.phase, world.status.attempt) != (Phase.FAILED, failed_attempt), (
+        f"the retry was never acted on: {reason(world)}: {world.status.message}"
+    )
     assert world.service_version == "v2"

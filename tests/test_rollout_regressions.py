@@ -21,6 +21,7 @@ RELEASES: dict[str, dict[str, int]] = {
     "v2": {"PostProjector": 2},
     "v3": {"PostProjector": 2, "TagProjector": 1},
     "v2b": {"PostProjector": 2},  # v2's projectors in another build
+    "v4": {"PostProjector": 1},  # v1's projectors with a migration of its own
 }
 
 
