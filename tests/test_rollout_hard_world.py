@@ -125,3 +125,59 @@ def test_a_retry_made_while_the_database_is_down_is_acted_on_once_it_is_back() -
         f"the retry was never acted on: {reason(world)}: {world.status.message}"
     )
     assert world.service_version == "v2"
+
+
+def with_projectors(world: World, projectors: dict[str, int]) -> None:
+    """A user's edit of spec.projectors alone (same version label, same image tag)."""
+    fields = world.spec.model_dump(by_alias=True, mode="json")
+    fields["projectors"] = [{"name": n, "version": v} for n, v in projectors.items()]
+    world.upgrade(type(world.spec).model_validate(fields))
+
+
+def run_to_running(world: World, stage: str) -> str:
+    """Passes, finishing every other Job, until a ``stage`` Job runs; its name."""
+    for _ in range(12):
+        world.reconcile(Faults())
+        running = [n for n, j in world.jobs.items() if j.state is JobState.RUNNING]
+        found = [n for n in running if world.jobs[n].stage == stage]
+        if found:
+            return found[0]
+        for name in running:
+            world.finish_job(name)
+        world.advance(40)
+    raise AssertionError(f"no {stage} Job ran: {reason(world)}: {world.status.message}")
+
+
+@pytest.mark.xfail(strict=True, reason="issue 17: 3 (projectors edited without a version change while golive runs)")
+def test_projectors_edited_while_golive_runs_leave_a_service_that_can_write() -> None:
+    """v2's golive runs; the user edits spec.projectors (TagProjector added) without changing the
+    version. golive commits PostProjector 2; the rollout fails VerificationFailed, clean-up scales
+    v2 to zero and says v1 keeps serving, while the database refuses every v1 write."""
+    world = serving(RELEASES["v1"])
+    edit(world, "v2")
+    golive = run_to_running(world, "golive")
+    with_projectors(world, {"PostProjector": 2, "TagProjector": 1})
+    world.reconcile(Faults())
+    world.commit_golive(golive)
+    world.finish_job(golive)
+    for _ in range(8):
+        world.reconcile(Faults())
+        world.advance(40)
+        assert not inactive_for_the_service(world), (
+            f"the Service selects {world.service_version} ({reason(world)}: {world.status.message}) while "
+            f"{inactive_for_the_service(world)} is not active"
+        )
+
+
+@pytest.mark.xfail(strict=True, reason="issue 17: 13 (a stage that died with the infrastructure fails the rollout)")
+def test_a_replay_pod_killed_by_the_cluster_is_retried_without_a_person() -> None:
+    """v2's replay pod is evicted (backoffLimit 0): Sequent never marked the replay failed, the Job
+    failed with BackoffLimitExceeded. The rollout failed for good ('edit the spec to retry'); a
+    blip at 3 a.m. should be aborted and retried by the operator itself."""
+    world = serving(RELEASES["v1"])
+    edit(world, "v2")
+    replay = run_to_running(world, "replay")
+    world.pod_dies(replay)
+    world.advance(5)
+    settle(world)
+    assert world.service_version == "v2", f"{reason(world)}: {world.status.message}"
