@@ -27,7 +27,8 @@ Issue 17's invariants, checked after every pass:
 - (a) the Service is on pods whose projectors (own and required) are all active in the
   database, except in the switch window: a golive committed and the Service not yet moved to it;
 - (b) the serving release's migrations ran (the schema its code needs is there);
-- (c) a paused or unpromoted rollout never fails by itself (no Job failed, yet it turned Failed);
+- (c) a paused or unpromoted rollout never fails by itself: it turns Failed only after something
+  outside the operator failed in that rollout (a Job failed or vanished, a pod died);
 - (d) no generation is lost: an edit while Failed (a retry) starts a new attempt, whatever
   pass sees it.
 Today's operator breaks all four (issue 17's defects 1-7, 13): they are GATED, checked only when
@@ -147,6 +148,8 @@ class Rollouts(RuleBasedStateMachine):
         # (a): version labels whose golive committed (the switch window is open until the Service moves).
         self.golive_landed: set[str] = set()
         self.failed_jobs: set[str] = set()
+        # (c): something outside the operator failed in this rollout (a Job failed, vanished, lost a pod).
+        self.disturbed = False
 
     def edited(self) -> None:
         """A user's edit: while Failed (not aborting), the next rollout attempt is owed."""
@@ -254,6 +257,7 @@ class Rollouts(RuleBasedStateMachine):
     def pod_dies(self, data: st.DataObject) -> None:
         """Eviction, OOM, a node lost: a replacement pod, or the Job fails past backoffLimit."""
         self.world.pod_dies(data.draw(st.sampled_from(self.running()), label="pod dies"))
+        self.disturbed = True
         self.one_pass(Faults())
 
     @precondition(lambda self: any(self.world.jobs[n].stage == "golive" for n in self.running()))
@@ -268,6 +272,7 @@ class Rollouts(RuleBasedStateMachine):
     def job_vanishes(self, data: st.DataObject) -> None:
         """A TTL policy or ``kubectl delete job``."""
         name = data.draw(st.sampled_from(sorted(self.world.jobs)), label="vanished")
+        self.disturbed = True
         self.world.jobs.pop(name)
         self.world.runs.pop(name, None)
         self.one_pass(Faults())
@@ -381,16 +386,18 @@ class Rollouts(RuleBasedStateMachine):
             )
         # (c) Paused or awaiting promotion, a rollout fails only when something failed.
         failed_now = {n for n, j in world.jobs.items() if j.state is JobState.FAILED}
-        new_failures = failed_now - self.failed_jobs
+        self.disturbed = self.disturbed or bool(failed_now - self.failed_jobs)
         self.failed_jobs = failed_now
         if checked("c") and holding and phase_before is not Phase.FAILED and world.status.phase is Phase.FAILED:
             reason = next((c.reason for c in world.status.conditions if c.type == "Progressing"), None)
-            assert new_failures, (
+            assert self.disturbed, (
                 f"paused or awaiting promotion, the rollout of {world.spec.version} failed by itself ({reason}): "
                 f"{world.status.message}"
             )
         # (d) bookkeeping: a new attempt (or target) pays a retry owed.
         status = world.status
+        if status.phase is Phase.ACTIVE:
+            self.disturbed = False
         if self.retry_owed is not None and (
             status.phase is not Phase.FAILED or (status.target_version, status.attempt) != self.retry_owed
         ):
