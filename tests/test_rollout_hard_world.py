@@ -181,3 +181,27 @@ def test_a_replay_pod_killed_by_the_cluster_is_retried_without_a_person() -> Non
     world.advance(5)
     settle(world)
     assert world.service_version == "v2", f"{reason(world)}: {world.status.message}"
+
+
+@pytest.mark.xfail(strict=True, reason="issue 17: 7 (a retry edit made while a failed rollout is cleaned up is lost)")
+def test_a_retry_made_while_a_killed_migrate_pod_still_terminates_is_acted_on() -> None:
+    """Found by ``make fuzz`` (seed 1581896251): v2's migrate pod is killed (backoffLimit 0), the
+    Job fails while its pod still terminates, the rollout fails. The user retries at once; the
+    pass that saw the edit was still cleaning up, recorded the generation as seen, and the set
+    stayed Failed until edited again."""
+    world = World(manifest("v1", RELEASES["v1"], replay=MIGRATE), schema=Schema({"v1": 1, "v2": 2}))
+    world.serving_v1(RELEASES["v1"])
+    edit(world, "v2")
+    migrate = run_to_running(world, "migrate")
+    world.pod_dies(migrate)
+    world.reconcile(Faults())
+    assert world.status.phase is Phase.FAILED, f"{reason(world)}: {world.status.message}"
+    failed_attempt = world.status.attempt
+    edit(world, retry=world.spec.retry + 1)
+    world.reconcile(Faults())
+    world.advance(5)  # the killed pod is gone
+    settle(world)
+    assert (world.status.phase, world.status.attempt) != (Phase.FAILED, failed_attempt), (
+        f"the retry was never acted on: {reason(world)}: {world.status.message}"
+    )
+    assert world.service_version == "v2"
