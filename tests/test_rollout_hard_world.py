@@ -4,6 +4,12 @@ item 4), one test per distinct failure, written out as the steps a user or the c
 Each names the defect of issue 17 it shows. The defects are not fixed yet: a test that fails on
 today's operator is marked ``xfail(strict=True)``, so the suite stays green and the test turns
 red the day the defect is fixed (then drop the mark).
+
+Not yet written out as steps (two attempts did not reproduce it outside the state machine):
+``make fuzz SEED=3653744722`` with ``ROLLOUT_STRICT=c,d``, TestRolloutsOnASharedStore, ended
+"Active at v1 but the database shows PostProjector active at 2" (an invariant ``make test`` has
+too) after stage Jobs that ended after their database work (prepare's pod exiting 1 once golive
+had started) and a return to v1 (its reproduction blob is in the report of branch hardworld).
 """
 
 from __future__ import annotations
