@@ -11,7 +11,6 @@ from contextlib import contextmanager
 import pytest
 import yaml
 from kubernetes import client
-from test_upgrade import install_v1_with_traffic
 
 from projectorset.adapters.kube import KubernetesCluster
 from projectorset.adapters.kubejson import KubeJson
@@ -22,6 +21,8 @@ from projectorset.domain.observation import DeleteDeployment, EnsureDeployment, 
 from projectorset.domain.resources import build_deployment, build_stage_job, deployment_name, job_name
 from projectorset.domain.sequent import Stage
 from sampleapp.releases import get_release
+from support.conditions import is_true
+from support.traffic import install_v1_with_traffic
 from testbed.manifests import sample_projectorset
 from testbed.scenario import MomentWatcher, Scenario
 from testbed.sequent_schema import projector_rows
@@ -75,7 +76,7 @@ def test_replicas_zero_rolls_out_with_no_pods(scenario: Scenario) -> None:
     scenario.wait_active("v1")
     scenario.apply("v2", replicas=0)
     status = scenario.wait_active("v2", timeout=300)
-    assert next(c for c in status["conditions"] if c["type"] == "Ready")["status"] == "True"
+    assert is_true(status, "Ready")
     assert scenario.deployment_replicas("v2") == 0
     assert projector_rows(scenario.database_url)["AccountProjector"] == (2, None, None)
 

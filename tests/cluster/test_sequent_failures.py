@@ -18,6 +18,8 @@ from kubernetes import client
 
 from sampleapp.releases import DEPOSITED
 from sampleapp.store import PARTITION_KEY
+from support.conditions import condition, failed_and_aborted, is_true
+from support.traffic import install_v1_with_traffic
 from testbed.manifests import sample_projectorset
 from testbed.scenario import Scenario
 from testbed.sequent_schema import projector_rows
@@ -53,18 +55,10 @@ def replay_rows(database_url: str) -> list[tuple[int, str, list[str]]]:
     return [(int(id_), str(state), list(projectors)) for id_, state, projectors in rows]
 
 
-def condition(status: dict, type_: str) -> dict:
-    return next((c for c in status.get("conditions", []) if c["type"] == type_), {})
-
-
 def test_replay_failing_the_sequent_way_aborts_keeps_v1_serving_and_a_retry_goes_live(scenario: Scenario) -> None:
-    scenario.apply("v1")
-    scenario.wait_active("v1")
-    load = scenario.start_traffic()
-    deadline = time.monotonic() + 60
-    while sum(1 for w in load.snapshot() if w.status == 201) < 20:
-        assert time.monotonic() < deadline, f"no writes succeed through the Service: {load.snapshot()[-3:]}"
-        time.sleep(0.1)
+    install_v1_with_traffic(scenario)
+    load = scenario.load
+    assert load is not None
     broken = insert_unreadable_event(scenario.database_url)
 
     began = time.monotonic()
@@ -76,9 +70,7 @@ def test_replay_failing_the_sequent_way_aborts_keeps_v1_serving_and_a_retry_goes
     failed_s = time.monotonic() - began
     assert "is 'failed' in replay_states: a stage raised" in failed["message"], failed["message"]
     assert "replay Job" in failed["message"], failed["message"]
-    aborted = scenario.wait_for(
-        "the replay to be aborted", lambda s: condition(s, "ReplayAborted").get("status") == "True"
-    )
+    aborted = scenario.wait_for("the replay to be aborted", lambda s: is_true(s, "ReplayAborted"))
     aborted_s = time.monotonic() - began
 
     # The database says so: the failed replay is aborted, nothing replays, v1's projectors are active.
@@ -152,10 +144,7 @@ def test_prepare_without_pg_dump_says_so_and_aborts_from_created(scenario: Scena
             {"name": "PATH", "value": "/nonexistent"}
         ]
     scenario.apply("v2", template=template)
-    status = scenario.wait_for(
-        "the rollout to fail and abort",
-        lambda s: s.get("phase") == "Failed" and condition(s, "ReplayAborted").get("status") == "True",
-    )
+    status = scenario.wait_for("the rollout to fail and abort", failed_and_aborted)
     assert condition(status, "Progressing")["reason"] == "StageFailed"
     assert "prepare Job" in status["message"]
     assert "cannot determine full path of the `pg_dump` executable" in status["message"], status["message"]

@@ -7,21 +7,11 @@ import time
 
 from kubernetes import client
 
+from support.conditions import condition, failed_and_aborted
+from support.traffic import install_v1_with_traffic
 from testbed.scenario import Scenario
 from testbed.sequent_schema import projector_rows as read_projector_rows
 from testbed.workloads import wait_until
-
-
-def install_v1_with_traffic(scenario: Scenario) -> None:
-    scenario.apply("v1")
-    status = scenario.wait_active("v1")
-    # A first install with an empty projector_states is adopted: the operator activates v1.
-    assert {p["name"]: p["activeVersion"] for p in status["projectors"]} == {"AccountProjector": 1, "AuditProjector": 1}
-    load = scenario.start_traffic()
-    deadline = time.monotonic() + 60
-    while sum(1 for w in load.snapshot() if w.status == 201) < 20:
-        assert time.monotonic() < deadline, f"no writes succeed through the Service: {load.snapshot()[-3:]}"
-        time.sleep(0.1)
 
 
 def projector_rows(scenario: Scenario) -> dict[str, tuple[int | None, int | None, int | None]]:
@@ -70,13 +60,7 @@ def test_failing_replay_job_aborts_and_v1_keeps_serving(scenario: Scenario) -> N
     commands = dict(spec["replay"]["commands"])
     commands["optimize"] = ["python3", "-c", "import sys; print('cannot build indexes'); sys.exit(4)"]
     scenario.apply("v2", replay={**spec["replay"], "commands": commands})
-    status = scenario.wait_for(
-        "the rollout to fail and abort",
-        lambda s: (
-            s.get("phase") == "Failed"
-            and any(c["type"] == "ReplayAborted" and c["status"] == "True" for c in s.get("conditions", []))
-        ),
-    )
+    status = scenario.wait_for("the rollout to fail and abort", failed_and_aborted)
     assert status["activeVersion"] == "v1"
     assert "optimize Job" in status["message"] and "version v1 keeps serving" in status["message"]
     assert projector_rows(scenario) == {"AccountProjector": (1, None, None), "AuditProjector": (1, None, None)}
@@ -158,10 +142,7 @@ def test_bad_credentials_and_missing_service_give_conditions_and_never_leak_the_
     scenario.apply("v1")
     status = scenario.wait_for(
         "the credentials condition",
-        lambda s: any(
-            c["type"] == "DatabaseReady" and c["reason"] == "DatabaseAuthenticationFailed"
-            for c in s.get("conditions", [])
-        ),
+        lambda s: condition(s, "DatabaseReady").get("reason") == "DatabaseAuthenticationFailed",
     )
     assert "the database refused the credentials" in status["message"]
     # The Event follows the status write of the same pass.
