@@ -379,7 +379,7 @@ class SlowNetwork:
             threading.Thread(target=self._relay, args=(downstream,), daemon=True).start()
 
     def _relay(self, downstream: socket.socket) -> None:
-        time.sleep(self.delay)
+        time.sleep(self.delay)  # a slow way to the API server is the case under test
         with downstream, socket.create_connection(self.upstream) as upstream:
             back = threading.Thread(target=pipe, args=(upstream, downstream), daemon=True)
             back.start()

@@ -19,10 +19,11 @@ from kubernetes import client
 from sampleapp.releases import DEPOSITED
 from sampleapp.store import PARTITION_KEY
 from support.conditions import condition, failed_and_aborted, is_true
-from support.traffic import install_v1_with_traffic
+from support.traffic import install_v1_with_traffic, next_writes
 from testbed.manifests import sample_projectorset
 from testbed.scenario import Scenario
 from testbed.sequent_schema import projector_rows
+from testbed.workloads import wait_until
 
 
 def insert_unreadable_event(database_url: str) -> uuid.UUID:
@@ -90,12 +91,12 @@ def test_replay_failing_the_sequent_way_aborts_keeps_v1_serving_and_a_retry_goes
         listed = batch.list_namespaced_job(scenario.namespace, label_selector="projectorset.io/version=v2").items
         return {job.metadata.labels["projectorset.io/stage"]: job for job in listed}
 
-    deadline = time.monotonic() + 120
-    jobs = stage_jobs()
-    while not (jobs["abort"].status.succeeded or jobs["abort"].status.failed):
-        assert time.monotonic() < deadline, f"the abort Job did not finish: {jobs['abort'].status}"
-        time.sleep(1.0)
+    def abort_finished() -> dict:
         jobs = stage_jobs()
+        assert jobs["abort"].status.succeeded or jobs["abort"].status.failed, f"the abort Job: {jobs['abort'].status}"
+        return jobs
+
+    jobs = wait_until("the abort Job to finish", abort_finished, 120, 1.0)
     assert jobs["replay"].status.failed == 1 and not jobs["replay"].status.active
     assert jobs["abort"].status.succeeded == 1
     pods = (
@@ -110,7 +111,7 @@ def test_replay_failing_the_sequent_way_aborts_keeps_v1_serving_and_a_retry_goes
     assert any(e["reason"] == "ReplayFailed" and e["type"] == "Warning" for e in events), events
 
     # v1 kept serving all along: every write since the rollout began was accepted, none lost.
-    time.sleep(1.0)
+    next_writes(load)
     during = [w for w in load.snapshot() if w.started >= began]
     assert during and all(w.status == 201 for w in during), [w for w in during if w.status != 201][:5]
     assert scenario.status()["activeVersion"] == "v1"
