@@ -22,7 +22,7 @@ from support.conditions import condition, failed_and_aborted, is_true
 from support.traffic import install_v1_with_traffic, next_writes
 from testbed.manifests import sample_projectorset
 from testbed.scenario import Scenario
-from testbed.sequent_schema import projector_rows
+from testbed.sequent_schema import projector_rows, replay_rows
 from testbed.workloads import wait_until
 
 
@@ -48,12 +48,6 @@ def remove_event(database_url: str, aggregate: uuid.UUID) -> None:
     with psycopg.connect(database_url, autocommit=True) as conn, conn.transaction():
         conn.execute("DELETE FROM sequent_schema.events WHERE aggregate_id = %s", (aggregate,))
         conn.execute("DELETE FROM sequent_schema.aggregates WHERE aggregate_id = %s", (aggregate,))
-
-
-def replay_rows(database_url: str) -> list[tuple[int, str, list[str]]]:
-    with psycopg.connect(database_url) as conn:
-        rows = conn.execute("SELECT id, state, projectors FROM sequent_schema.replay_states ORDER BY id").fetchall()
-    return [(int(id_), str(state), list(projectors)) for id_, state, projectors in rows]
 
 
 def test_replay_failing_the_sequent_way_aborts_keeps_v1_serving_and_a_retry_goes_live(scenario: Scenario) -> None:
