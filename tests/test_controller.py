@@ -148,8 +148,8 @@ def test_a_status_written_without_transition_times_is_completed_and_written_back
     harness.cluster.status = None
     harness.reconcile()
     assert harness.cluster.status is None, "a pass at rest wrote the status"
-    for condition in harness.body["status"]["conditions"]:
-        del condition["lastTransitionTime"]
+    for written in harness.body["status"]["conditions"]:
+        del written["lastTransitionTime"]
     harness.reconcile()
     assert harness.cluster.status is not None, "the incomplete status was not written back"
     assert all(c["lastTransitionTime"].endswith("Z") for c in harness.cluster.status["conditions"])
