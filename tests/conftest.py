@@ -20,6 +20,9 @@ from testbed import toolchain
 from testbed.postgres import PostgresServer
 from testbed.sequent_schema import create_sequent_tables
 
+# The controller harness and its fixtures (app_database, harness), for every test module.
+pytest_plugins = ("support.harness",)
+
 # What a test may start, by marker.
 MAY_START_POSTGRES = ("database", "cluster")
 MAY_USE_GO_BINARIES = ("chart", "cluster")

@@ -4,13 +4,9 @@ sample application's real replay stages running as processes."""
 from __future__ import annotations
 
 import asyncio
-import copy
 import json
 import logging
-import time
-from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 from urllib.parse import urlsplit
 
 import psycopg
@@ -21,83 +17,12 @@ from prometheus_client import CollectorRegistry, generate_latest
 from projectorset.controller.reconciler import Reconciler
 from projectorset.domain.cluster import ClusterError
 from projectorset.runtime.metrics import OperatorMetrics
-from sampleapp.config import Settings
-from sampleapp.migrate import migrate
-from sampleapp.releases import get_release
-from sampleapp.store import Schemas, deposit, read_account
+from sampleapp.store import Schemas, read_account
+from support.conditions import condition, failed_and_aborted
+from support.harness import DEPOSITS, Harness, serving
 from testbed.isolation import healthy_database, measure, pass_runner, silent_databases
 from testbed.manifests import sample_projectorset
 from testbed.postgres import PostgresServer
-from testbed.sequent_schema import projector_rows
-
-DEPOSITS = 60
-
-
-@pytest.fixture
-def app_database(database_url: str) -> str:
-    """The sample application's database, migrated and activated at v1, with some deposits."""
-    settings = Settings(database_url=database_url, release="v1")
-    with psycopg.connect(database_url, autocommit=True) as conn:
-        migrate(conn, settings, get_release("v1"), activate=True)
-        for number in range(DEPOSITS):
-            deposit(conn, get_release("v1"), Schemas("sequent_schema", "view_schema"), f"acct-{number % 7}", 10)
-    return database_url
-
-
-class Harness:
-    def __init__(self, cluster: FakeCluster, database_url: str) -> None:
-        self.cluster = cluster
-        self.database_url = database_url
-        self.reconciler = Reconciler(cluster)
-        self.body: dict[str, Any] = sample_projectorset("v1")
-        self.body["metadata"].update(namespace="default", uid="uid-1", generation=1)
-        cluster.services["accounts"] = {"app": "accounts"}
-        cluster.secrets["accounts-db"] = {"uri": database_url}
-
-    def set_spec(self, version: str, **spec: Any) -> None:
-        fresh = sample_projectorset(version, spec=spec)
-        self.body["spec"] = fresh["spec"]
-        self.body["metadata"]["generation"] += 1
-
-    def edit_spec(self, **changes: Any) -> None:
-        self.body["spec"] = {**self.body["spec"], **changes}
-        self.body["metadata"]["generation"] += 1
-
-    def reconcile(self) -> None:
-        self.reconciler.reconcile(copy.deepcopy(self.body))
-        if self.cluster.status is not None:
-            self.body["status"] = self.cluster.status
-
-    def run_until(self, done: Callable[[], bool], timeout: float = 120) -> None:
-        deadline = time.monotonic() + timeout
-        while not done():
-            assert time.monotonic() < deadline, f"timed out; status: {json.dumps(self.status, indent=1)}"
-            self.reconcile()
-            time.sleep(0.05)
-
-    @property
-    def status(self) -> dict[str, Any]:
-        return self.body.get("status") or {}
-
-    def phase_is(self, phase: str) -> Callable[[], bool]:
-        return lambda: (
-            self.status.get("phase") == phase
-            and self.status.get("observedGeneration") == self.body["metadata"]["generation"]
-        )
-
-    def projector_rows(self) -> dict[str, tuple[int | None, int | None, int | None]]:
-        return projector_rows(self.database_url)
-
-
-@pytest.fixture
-def harness(app_database: str, tmp_path: Path) -> Iterator[Harness]:
-    cluster = FakeCluster(tmp_path)
-    yield Harness(cluster, app_database)
-    cluster.stop()
-
-
-def serving(harness: Harness) -> str | None:
-    return harness.cluster.services["accounts"].get("projectorset.io/version")
 
 
 def test_install_then_upgrade_with_real_replay_stages(harness: Harness) -> None:
@@ -149,12 +74,7 @@ def test_failing_stage_aborts_and_old_version_keeps_serving(harness: Harness) ->
     failing = sample_projectorset("v2")["spec"]["replay"]["commands"]
     failing["optimize"] = ["python3", "-c", "import sys; print('index build failed'); sys.exit(3)"]
     harness.set_spec("v2", replay={"commands": failing, "stageRetries": 0})
-    harness.run_until(
-        lambda: (
-            harness.status.get("phase") == "Failed"
-            and any(c["type"] == "ReplayAborted" and c["status"] == "True" for c in harness.status["conditions"])
-        )
-    )
+    harness.run_until(lambda: failed_and_aborted(harness.status))
     assert serving(harness) == "v1"
     assert harness.projector_rows() == {"AccountProjector": (1, None, None), "AuditProjector": (1, None, None)}
     assert "optimize Job" in harness.status["message"] and "exit code 3" in harness.status["message"]
@@ -186,7 +106,7 @@ def test_wrong_credentials_are_reported_without_the_secret_and_recovered_from(ha
 def test_missing_secret_and_service_give_conditions(harness: Harness) -> None:
     harness.cluster.secrets.clear()
     harness.reconcile()
-    assert next(c for c in harness.status["conditions"] if c["type"] == "Progressing")["reason"] == "SecretNotFound"
+    assert condition(harness.status, "Progressing")["reason"] == "SecretNotFound"
     harness.cluster.secrets["accounts-db"] = {"other": "x"}
     harness.reconcile()
     assert "has no key uri" in harness.status["message"]
@@ -228,8 +148,8 @@ def test_a_status_written_without_transition_times_is_completed_and_written_back
     harness.cluster.status = None
     harness.reconcile()
     assert harness.cluster.status is None, "a pass at rest wrote the status"
-    for condition in harness.body["status"]["conditions"]:
-        del condition["lastTransitionTime"]
+    for written in harness.body["status"]["conditions"]:
+        del written["lastTransitionTime"]
     harness.reconcile()
     assert harness.cluster.status is not None, "the incomplete status was not written back"
     assert all(c["lastTransitionTime"].endswith("Z") for c in harness.cluster.status["conditions"])
@@ -314,7 +234,7 @@ def test_no_part_of_the_password_reaches_logs_status_events_or_metrics(
         else:
             for _ in range(3):
                 harness.reconcile()
-            database_ready = next(c for c in harness.status["conditions"] if c["type"] == "DatabaseReady")
+            database_ready = condition(harness.status, "DatabaseReady")
             assert (database_ready["status"], database_ready["reason"]) == ("False", expected)
     finally:
         cluster.stop()
@@ -362,7 +282,7 @@ def test_a_role_without_grants_gets_a_condition_and_an_event(harness: Harness) -
     }
     harness.reconcile()
     harness.reconcile()
-    database_ready = next(c for c in harness.status["conditions"] if c["type"] == "DatabaseReady")
+    database_ready = condition(harness.status, "DatabaseReady")
     assert (database_ready["status"], database_ready["reason"]) == ("False", "DatabasePermissionDenied")
     assert "grant" in database_ready["message"]
     assert any(e.type == "Warning" and e.reason == "DatabasePermissionDenied" for e in harness.cluster.events)

@@ -25,6 +25,7 @@ from projectorset.domain.sequent import ProjectorState
 from testbed.postgres import PostgresServer, free_port
 from testbed.sequent_schema import create_sequent_tables
 from testbed.sequent_schema import projector_rows as rows
+from testbed.workloads import wait_until
 
 
 @pytest.fixture
@@ -509,7 +510,7 @@ def test_golive_watch_sees_the_commit_at_once(db: SequentDatabase, database_url:
                 conn.execute("LOCK TABLE sequent_schema.projector_states IN ACCESS EXCLUSIVE MODE")
                 conn.execute("UPDATE sequent_schema.projector_states SET active_version = 2")
                 locked.set()
-                time.sleep(1.0)
+                time.sleep(1.0)  # golive holds the lock this long: what the readers must wait out
             committed_at.append(time.monotonic())
 
     thread = threading.Thread(target=golive, daemon=True)
@@ -550,7 +551,7 @@ def hold_projector_states_lock(url: str, seconds: float, mode: str = "ACCESS SHA
         with psycopg.connect(url) as conn, conn.transaction():
             conn.execute(f"LOCK TABLE sequent_schema.projector_states IN {mode} MODE")
             ready.set()
-            time.sleep(seconds)
+            time.sleep(seconds)  # the lock held this long is the case under test
 
     thread = threading.Thread(target=hold, daemon=True)
     thread.start()
@@ -573,7 +574,7 @@ def test_waiting_operator_write_never_blocks_live_readers_for_long(db: SequentDa
                 with conn.transaction():
                     conn.execute("SELECT name, active_version FROM sequent_schema.projector_states").fetchall()
                 waits.append(time.monotonic() - started)
-                time.sleep(0.005)
+                time.sleep(0.005)  # the pace of the publisher's reads
 
     reader = threading.Thread(target=publisher, daemon=True)
     reader.start()
@@ -719,8 +720,9 @@ def test_lag_counts_a_first_command_drawn_a_moment_before_its_xact_id(db: Sequen
         writer = threading.Thread(target=held_writer)
         writer.start()
         waiting = "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
-        while not lock.execute(waiting).fetchone()[0]:
-            time.sleep(0.01)
+        wait_until(
+            "the held writer waiting on the advisory lock", lambda: lock.execute(waiting).fetchone()[0], 30, 0.01
+        )
         for _ in range(15):  # commands drawn after the held one, xact ids before the position
             older_events(database_url, 25)
         since = catch_up_position(lock)

@@ -7,16 +7,15 @@ import json
 import threading
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import psycopg
 import pytest
-import test_controller
-from test_controller import FakeCluster, Harness, serving
 
 from projectorset.adapters.database import CheckOutcome, DatabaseUnreachable, SequentDatabase
 from projectorset.api import Check
+from support.conditions import condition, failed_and_aborted
+from support.harness import Harness, serving
 from testbed.manifests import sample_projectorset
 
 
@@ -217,17 +216,6 @@ CHECKS = [
 ]
 
 
-# The sample application's database of test_controller.py, migrated and activated at v1.
-app_database = test_controller.app_database
-
-
-@pytest.fixture
-def harness(app_database: str, tmp_path: Path) -> Iterator[Harness]:
-    cluster = FakeCluster(tmp_path)
-    yield Harness(cluster, app_database)
-    cluster.stop()
-
-
 def with_checks(checks: list[dict[str, Any]]) -> dict[str, Any]:
     replay = sample_projectorset("v2")["spec"]["replay"]
     return {**replay, "checks": checks}
@@ -236,13 +224,8 @@ def with_checks(checks: list[dict[str, Any]]) -> dict[str, Any]:
 def test_a_failing_check_fails_the_rollout_and_aborts_the_replay(harness: Harness) -> None:
     harness.run_until(harness.phase_is("Active"))
     harness.set_spec("v2", replay=with_checks(CHECKS))
-    harness.run_until(
-        lambda: (
-            harness.status.get("phase") == "Failed"
-            and any(c["type"] == "ReplayAborted" and c["status"] == "True" for c in harness.status["conditions"])
-        )
-    )
-    progressing = next(c for c in harness.status["conditions"] if c["type"] == "Progressing")
+    harness.run_until(lambda: failed_and_aborted(harness.status))
+    progressing = condition(harness.status, "Progressing")
     assert progressing["reason"] == "CheckFailed"
     assert harness.status["message"].startswith("check balances-over-a-million failed: false")
     assert "version v1 keeps serving" in harness.status["message"]

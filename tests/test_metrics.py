@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import copy
 import importlib.metadata
 import platform
 import socket
@@ -14,7 +13,6 @@ from pathlib import Path
 from typing import Any
 
 import kopf
-import psycopg
 import pytest
 from fake_cluster import FakeCluster
 from prometheus_client import CollectorRegistry, generate_latest, start_http_server
@@ -27,10 +25,7 @@ from projectorset.domain.observation import Event, SwitchService
 from projectorset.domain.rollout import Decision
 from projectorset.runtime import main
 from projectorset.runtime.metrics import OperatorMetrics
-from sampleapp.config import Settings
-from sampleapp.migrate import migrate
-from sampleapp.releases import get_release
-from testbed.manifests import sample_projectorset
+from support.harness import Harness, serving
 
 OWNER = Owner("blog", "shop", "uid-1")
 
@@ -247,34 +242,16 @@ def test_metrics_are_served_over_http(setup: tuple[OperatorMetrics, CollectorReg
 # --- a real upgrade ------------------------------------------------------------------------------
 
 
-def test_a_real_upgrade_is_measured(database_url: str, tmp_path: Path) -> None:
-    with psycopg.connect(database_url, autocommit=True) as conn:
-        migrate(conn, Settings(database_url=database_url, release="v1"), get_release("v1"), activate=True)
+def test_a_real_upgrade_is_measured(app_database: str, tmp_path: Path) -> None:
     cluster = FakeCluster(tmp_path)
-    cluster.services["accounts"] = {"app": "accounts"}
-    cluster.secrets["accounts-db"] = {"uri": database_url}
+    harness = Harness(cluster, app_database)
     registry = CollectorRegistry()
     metrics = OperatorMetrics(registry)
-    reconciler = Reconciler(metrics.timed(cluster), observer=metrics.observe)
-    body = sample_projectorset("v1")
-    body["metadata"].update(namespace="default", uid="uid-1", generation=1)
-
-    def run_until_active(version: str) -> None:
-        deadline = time.monotonic() + 120
-        while not (
-            cluster.services["accounts"].get("projectorset.io/version") == version
-            and (body.get("status") or {}).get("phase") == "Active"
-        ):
-            assert time.monotonic() < deadline, body.get("status")
-            reconciler.reconcile(copy.deepcopy(body))
-            body["status"] = cluster.status
-            time.sleep(0.05)
-
+    harness.reconciler = Reconciler(metrics.timed(cluster), observer=metrics.observe)
     try:
-        run_until_active("v1")
-        body["spec"] = sample_projectorset("v2")["spec"]
-        body["metadata"]["generation"] = 2
-        run_until_active("v2")
+        harness.run_until(lambda: serving(harness) == "v1" and harness.status.get("phase") == "Active")
+        harness.set_spec("v2")
+        harness.run_until(lambda: serving(harness) == "v2" and harness.status.get("phase") == "Active")
     finally:
         cluster.stop()
 

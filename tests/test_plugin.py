@@ -966,7 +966,7 @@ class StandInApiServer(http.server.ThreadingHTTPServer):
         class Handler(http.server.BaseHTTPRequestHandler):
             def do_GET(self) -> None:  # noqa: N802 (http.server's name)
                 server.requests.append(self.headers)
-                time.sleep(server.delay)
+                time.sleep(server.delay)  # a slow API server is the case under test
                 body = json.dumps(projectorset()).encode()
                 self.send_response(200)
                 self.send_header("Content-Type", "application/json")

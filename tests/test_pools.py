@@ -20,6 +20,7 @@ from projectorset.domain.sequent import DatabaseState
 from projectorset.runtime import handlers
 from testbed.postgres import PostgresServer
 from testbed.sequent_schema import create_sequent_tables
+from testbed.workloads import wait_until
 
 SCHEMAS = [f"app_{number}" for number in range(12)]
 
@@ -64,7 +65,7 @@ def test_sets_on_one_database_share_a_bounded_pool(shared_database: str, registr
         nonlocal peak
         while not stop.is_set():
             peak = max(peak, operator_connections(shared_database))
-            time.sleep(0.01)
+            time.sleep(0.01)  # the sampling rate, while the passes run
 
     sampler = threading.Thread(target=sample)
     sampler.start()
@@ -101,10 +102,7 @@ def test_an_idle_pool_is_closed_and_reopened_on_the_next_pass(shared_database: s
     assert operator_connections(shared_database) == 1
 
     # The reaper closes it once it has been idle for idle_close_s (0.5 s here).
-    deadline = time.monotonic() + 10
-    while operator_connections(shared_database) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert operator_connections(shared_database) == 0
+    wait_until("the idle pool closed", lambda: operator_connections(shared_database) == 0, 10, 0.1)
     assert registry.pools.open_pools() == 0
 
     assert registry.get(owner(0), shared_database, SCHEMAS[0]).read_state().projectors["Projector"].active_version == 1
@@ -169,7 +167,7 @@ def test_at_exit_the_running_pass_ends_then_every_pool_is_closed(
 
     def pass_still_reading() -> DatabaseState:
         started.set()
-        time.sleep(0.5)
+        time.sleep(0.5)  # a pass still at work when the connections close: what is under test
         return databases[0].read_state()
 
     async def stop() -> tuple[DatabaseState, list[asyncio.Future[DatabaseState]]]:
@@ -183,10 +181,7 @@ def test_at_exit_the_running_pass_ends_then_every_pool_is_closed(
     state, queued = asyncio.run(stop())
     assert state.empty  # the running pass read the database, undisturbed
     assert all(future.cancelled() for future in queued)
-    deadline = time.monotonic() + 5
-    while operator_connections(shared_database) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert operator_connections(shared_database) == 0
+    wait_until("every connection closed", lambda: operator_connections(shared_database) == 0, 5, 0.05)
     assert registry.pools.open_pools() == 0
 
 

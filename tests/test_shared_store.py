@@ -4,22 +4,18 @@ PostgreSQL and the sample application's real stages (the cluster is the in-proce
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import psycopg
 import pytest
-from fake_cluster import FakeCluster
-from test_controller import Harness, app_database  # noqa: F401 - the fixture, shared
 
 from projectorset.domain.ownership import ProjectorIndex, SetClaim, claim_of
 from projectorset.domain.planning import plan_upgrade
 from projectorset.domain.sequent import DatabaseState, ProjectorState
+from support.conditions import condition
+from support.harness import Harness
 from testbed.manifests import sample_projectorset
 from testbed.sequent_schema import projector_rows
-
-__all__ = ["app_database"]
 
 
 def body(name: str, created: str, version: str = "v1") -> dict[str, Any]:
@@ -28,17 +24,11 @@ def body(name: str, created: str, version: str = "v1") -> dict[str, Any]:
     return manifest
 
 
-def condition(status: dict[str, Any], type_: str) -> dict[str, Any]:
-    return next(c for c in status["conditions"] if c["type"] == type_)
-
-
 @pytest.fixture
-def harness(app_database: str, tmp_path: Path) -> Iterator[Harness]:  # noqa: F811
-    cluster = FakeCluster(tmp_path)
-    made = Harness(cluster, app_database)
-    made.body["metadata"]["creationTimestamp"] = "2026-01-01T00:00:00Z"
-    yield made
-    cluster.stop()
+def harness(harness: Harness) -> Harness:
+    """The suite's harness, its ProjectorSet created first: the later sets on its store wait."""
+    harness.body["metadata"]["creationTimestamp"] = "2026-01-01T00:00:00Z"
+    return harness
 
 
 def test_a_later_set_listing_the_same_projectors_on_one_store_does_nothing_and_says_whose_they_are(

@@ -28,7 +28,7 @@ from testbed.kubelet import (
     should_restart,
 )
 from testbed.proxy import ready_endpoints, select_port
-from testbed.workloads import http_json
+from testbed.workloads import http_json, wait_until
 
 # The test bed's own tests: `make unit` leaves them out, `make test` runs them.
 pytestmark = pytest.mark.testbed
@@ -211,20 +211,19 @@ def test_container_runs_expanded_command_logs_output_and_stops_its_whole_group(t
     container = Container(spec, tmp_path / "logs" / "app.log")
     container.start({"PATH": os.environ["PATH"], "GREETING": "hello"}, {"WHO": "world"})
     assert container.state == "running"
-    deadline = time.monotonic() + 10
-    while not child_pid_file.exists() or "greeting" not in container.log_path.read_text():
-        assert time.monotonic() < deadline, container.log_path.read_text()
-        time.sleep(0.05)
+    wait_until(
+        "the container's child and greeting",
+        lambda: child_pid_file.exists() and "greeting" in container.log_path.read_text(),
+        10,
+        0.05,
+    )
     assert "greeting world hello" in container.log_path.read_text()
     child_pid = int(child_pid_file.read_text())
 
     container.stop(grace=5, reason="Error")
     assert container.state == "terminated"
     assert container.exit_code == 128 + 15  # SIGTERM
-    deadline = time.monotonic() + 5
-    while _alive(child_pid):
-        assert time.monotonic() < deadline, "the container's child outlived it"
-        time.sleep(0.05)
+    wait_until("the container's child to end with it", lambda: not _alive(child_pid), 5, 0.05)
 
 
 def _alive(pid: int) -> bool:
@@ -314,10 +313,12 @@ def test_podapps_server_binds_to_pod_ip_fails_health_on_demand_and_records_sigte
     process = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         container = {"name": "app"}
-        deadline = time.monotonic() + 10
-        while not Prober.run({"tcpSocket": {"port": port}}, "127.0.0.9", container, {})[0]:
-            assert time.monotonic() < deadline
-            time.sleep(0.05)
+        wait_until(
+            "the app to listen",
+            lambda: Prober.run({"tcpSocket": {"port": port}}, "127.0.0.9", container, {})[0],
+            10,
+            0.05,
+        )
         answer = http_json("127.0.0.9", port)
         assert answer == {"pod": "pod-1", "version": "v1", "greeting": "", "pid": process.pid, "ip": "127.0.0.9"}
         health = {"httpGet": {"path": "/healthz", "port": port}}

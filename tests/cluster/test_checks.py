@@ -8,13 +8,13 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import psycopg
 from kubernetes import client
-from test_upgrade import install_v1_with_traffic
 
+from support.conditions import condition, failed_and_aborted
+from support.traffic import install_v1_with_traffic, next_writes
 from testbed import toolchain
 from testbed.scenario import Scenario
 from testbed.sequent_schema import projector_rows
@@ -32,14 +32,6 @@ CHECKS = [
 ]
 
 
-def aborted(status: dict[str, object]) -> bool:
-    conditions = status.get("conditions") or []
-    assert isinstance(conditions, list)
-    return status.get("phase") == "Failed" and any(
-        c["type"] == "ReplayAborted" and c["status"] == "True" for c in conditions
-    )
-
-
 def test_a_failing_check_stops_the_rollout_under_writes_and_v1_keeps_serving(scenario: Scenario) -> None:
     install_v1_with_traffic(scenario)
     load = scenario.load
@@ -47,8 +39,8 @@ def test_a_failing_check_stops_the_rollout_under_writes_and_v1_keeps_serving(sce
     spec = scenario.projectorset()["spec"]
     scenario.apply("v2", replay={**spec["replay"], "checks": CHECKS})
 
-    status = scenario.wait_for("the rollout to fail on a check and abort the replay", aborted)
-    progressing = next(c for c in status["conditions"] if c["type"] == "Progressing")
+    status = scenario.wait_for("the rollout to fail on a check and abort the replay", failed_and_aborted)
+    progressing = condition(status, "Progressing")
     print("status.phase:", status["phase"], "reason:", progressing["reason"])
     print("status.message:", status["message"])
     print("status.checks:", json.dumps(status["checks"], indent=1))
@@ -92,10 +84,8 @@ def test_a_failing_check_stops_the_rollout_under_writes_and_v1_keeps_serving(sce
     assert scenario.deployment_replicas("v2") == 0
 
     # v1 keeps serving: writes go on through the Service, and none acknowledged was lost.
-    before = len(load.snapshot())
-    time.sleep(2)
-    recent = load.snapshot()[before:]
-    assert recent and all(w.status == 201 for w in recent)
+    recent = next_writes(load)
+    assert all(w.status == 201 for w in recent), recent
     load.stop()
     assert not scenario.lost_writes(load.snapshot())
 

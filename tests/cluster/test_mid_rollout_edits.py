@@ -11,7 +11,6 @@ from contextlib import contextmanager
 import pytest
 import yaml
 from kubernetes import client
-from test_upgrade import install_v1_with_traffic
 
 from projectorset.adapters.kube import KubernetesCluster
 from projectorset.adapters.kubejson import KubeJson
@@ -22,9 +21,12 @@ from projectorset.domain.observation import DeleteDeployment, EnsureDeployment, 
 from projectorset.domain.resources import build_deployment, build_stage_job, deployment_name, job_name
 from projectorset.domain.sequent import Stage
 from sampleapp.releases import get_release
+from support.conditions import is_true
+from support.traffic import install_v1_with_traffic, writes_succeed
 from testbed.manifests import sample_projectorset
 from testbed.scenario import MomentWatcher, Scenario
 from testbed.sequent_schema import projector_rows
+from testbed.workloads import wait_until
 
 
 def stage_jobs(running: Scenario) -> list[dict[str, str]]:
@@ -49,11 +51,8 @@ def test_version_edited_back_while_golive_runs_follows_the_database_then_rolls_b
     scenario.wait_for("golive", lambda s: s.get("phase") == "Activating")
     scenario.apply("v1")  # the user goes back while golive of v2 runs
 
-    deadline = time.monotonic() + 120
-    while watcher.switched_at is None:
-        assert time.monotonic() < deadline, "the Service never selected v2 after its golive committed"
-        time.sleep(0.2)
-    time.sleep(1.0)
+    wait_until("the Service to select v2 after its golive committed", lambda: watcher.switched_at is not None, 120)
+    time.sleep(1.0)  # the measured window runs 1 s past the switch: the writes started in it
     watcher.stop()
     writes = [w for w in scenario.load.snapshot() if began <= w.started <= watcher.switched_at + 1.0]
     result = scenario.measure("v1", "v2", writes, watcher, time.monotonic() - began)
@@ -75,7 +74,7 @@ def test_replicas_zero_rolls_out_with_no_pods(scenario: Scenario) -> None:
     scenario.wait_active("v1")
     scenario.apply("v2", replicas=0)
     status = scenario.wait_active("v2", timeout=300)
-    assert next(c for c in status["conditions"] if c["type"] == "Ready")["status"] == "True"
+    assert is_true(status, "Ready")
     assert scenario.deployment_replicas("v2") == 0
     assert projector_rows(scenario.database_url)["AccountProjector"] == (2, None, None)
 
@@ -251,17 +250,14 @@ def test_an_operator_upgrade_keeps_the_deployment_its_predecessor_named(scenario
     service = scenario.core.read_namespaced_service(scenario.name, scenario.namespace)
     assert service.spec.selector == {"projectorset.io/name": "accounts", "projectorset.io/version": "v1.0"}
     load = scenario.start_traffic()
-    deadline = time.monotonic() + 60
-    while sum(1 for w in load.snapshot() if w.status == 201) < 10:
-        assert time.monotonic() < deadline, f"no writes succeed through the Service: {load.snapshot()[-3:]}"
-        time.sleep(0.1)
+    writes_succeed(load, 10)
 
     result = scenario.upgrade("v1.0", "v2", on_poll=record)
     assert result.lost == 0, result.summary()
-    deadline = time.monotonic() + 60
-    while scenario.deployment_replicas("v1.0") != 0:
-        assert time.monotonic() < deadline, f"v1.0 was not scaled down\n{scenario.tail_logs()}"
+
+    def scaled_down() -> bool:
         record()
-        time.sleep(0.5)
-    record()
+        return scenario.deployment_replicas("v1.0") == 0
+
+    wait_until("v1.0 scaled down", scaled_down, 60, 0.5)
     assert seen == {"accounts-v1-0"}, seen

@@ -26,8 +26,9 @@ from pathlib import Path
 import pyte
 import pytest
 import yaml
-from test_upgrade import install_v1_with_traffic
 
+from support.conditions import failed_and_aborted, is_true
+from support.traffic import install_v1_with_traffic
 from testbed import toolchain
 from testbed.cluster import LocalCluster
 from testbed.manifests import sample_projectorset
@@ -249,13 +250,7 @@ def test_retry_of_a_failed_rollout_abort_and_retry_of_the_aborted_one(
         'case $n in 1) echo "replay broke"; exit 3;; 2) sleep 30;; esac; exec "$0" "$@"'
     )
     scenario.apply("v2", replay=slow_commands(scenario, replay=script))
-    scenario.wait_for(
-        "the failed rollout, cleaned up",
-        lambda s: (
-            s.get("phase") == "Failed"
-            and any(c["type"] == "ReplayAborted" and c["status"] == "True" for c in s.get("conditions", []))
-        ),
-    )
+    scenario.wait_for("the failed rollout, cleaned up", failed_and_aborted)
     assert scenario.projectorset()["spec"]["abort"] is False  # so `abort: false` alone would change nothing
     tree = ok(plugin("get", name, "-n", namespace))
     assert tree.splitlines()[0].endswith("✖ Failed · StageFailed")
@@ -278,10 +273,7 @@ def test_retry_of_a_failed_rollout_abort_and_retry_of_the_aborted_one(
     refused(plugin("abort", name, "-n", namespace), "already aborted")
     scenario.wait_for(
         "the aborted rollout, cleaned up",
-        lambda s: (
-            s.get("phase") == "Aborted"
-            and any(c["type"] == "ReplayAborted" and c["status"] == "True" for c in s.get("conditions", []))
-        ),
+        lambda s: s.get("phase") == "Aborted" and is_true(s, "ReplayAborted"),
     )
     assert projector_rows(scenario.database_url)["AccountProjector"] == (1, None, None)
     assert "✖ Aborted" in ok(plugin("get", name, "-n", namespace)).splitlines()[0]
@@ -387,7 +379,7 @@ class SlowNetwork:
             threading.Thread(target=self._relay, args=(downstream,), daemon=True).start()
 
     def _relay(self, downstream: socket.socket) -> None:
-        time.sleep(self.delay)
+        time.sleep(self.delay)  # a slow way to the API server is the case under test
         with downstream, socket.create_connection(self.upstream) as upstream:
             back = threading.Thread(target=pipe, args=(upstream, downstream), daemon=True)
             back.start()

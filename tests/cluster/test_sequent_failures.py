@@ -18,9 +18,12 @@ from kubernetes import client
 
 from sampleapp.releases import DEPOSITED
 from sampleapp.store import PARTITION_KEY
+from support.conditions import condition, failed_and_aborted, is_true
+from support.traffic import install_v1_with_traffic, next_writes
 from testbed.manifests import sample_projectorset
 from testbed.scenario import Scenario
-from testbed.sequent_schema import projector_rows
+from testbed.sequent_schema import projector_rows, replay_rows
+from testbed.workloads import wait_until
 
 
 def insert_unreadable_event(database_url: str) -> uuid.UUID:
@@ -47,24 +50,10 @@ def remove_event(database_url: str, aggregate: uuid.UUID) -> None:
         conn.execute("DELETE FROM sequent_schema.aggregates WHERE aggregate_id = %s", (aggregate,))
 
 
-def replay_rows(database_url: str) -> list[tuple[int, str, list[str]]]:
-    with psycopg.connect(database_url) as conn:
-        rows = conn.execute("SELECT id, state, projectors FROM sequent_schema.replay_states ORDER BY id").fetchall()
-    return [(int(id_), str(state), list(projectors)) for id_, state, projectors in rows]
-
-
-def condition(status: dict, type_: str) -> dict:
-    return next((c for c in status.get("conditions", []) if c["type"] == type_), {})
-
-
 def test_replay_failing_the_sequent_way_aborts_keeps_v1_serving_and_a_retry_goes_live(scenario: Scenario) -> None:
-    scenario.apply("v1")
-    scenario.wait_active("v1")
-    load = scenario.start_traffic()
-    deadline = time.monotonic() + 60
-    while sum(1 for w in load.snapshot() if w.status == 201) < 20:
-        assert time.monotonic() < deadline, f"no writes succeed through the Service: {load.snapshot()[-3:]}"
-        time.sleep(0.1)
+    install_v1_with_traffic(scenario)
+    load = scenario.load
+    assert load is not None
     broken = insert_unreadable_event(scenario.database_url)
 
     began = time.monotonic()
@@ -76,9 +65,7 @@ def test_replay_failing_the_sequent_way_aborts_keeps_v1_serving_and_a_retry_goes
     failed_s = time.monotonic() - began
     assert "is 'failed' in replay_states: a stage raised" in failed["message"], failed["message"]
     assert "replay Job" in failed["message"], failed["message"]
-    aborted = scenario.wait_for(
-        "the replay to be aborted", lambda s: condition(s, "ReplayAborted").get("status") == "True"
-    )
+    aborted = scenario.wait_for("the replay to be aborted", lambda s: is_true(s, "ReplayAborted"))
     aborted_s = time.monotonic() - began
 
     # The database says so: the failed replay is aborted, nothing replays, v1's projectors are active.
@@ -98,12 +85,12 @@ def test_replay_failing_the_sequent_way_aborts_keeps_v1_serving_and_a_retry_goes
         listed = batch.list_namespaced_job(scenario.namespace, label_selector="projectorset.io/version=v2").items
         return {job.metadata.labels["projectorset.io/stage"]: job for job in listed}
 
-    deadline = time.monotonic() + 120
-    jobs = stage_jobs()
-    while not (jobs["abort"].status.succeeded or jobs["abort"].status.failed):
-        assert time.monotonic() < deadline, f"the abort Job did not finish: {jobs['abort'].status}"
-        time.sleep(1.0)
+    def abort_finished() -> dict:
         jobs = stage_jobs()
+        assert jobs["abort"].status.succeeded or jobs["abort"].status.failed, f"the abort Job: {jobs['abort'].status}"
+        return jobs
+
+    jobs = wait_until("the abort Job to finish", abort_finished, 120, 1.0)
     assert jobs["replay"].status.failed == 1 and not jobs["replay"].status.active
     assert jobs["abort"].status.succeeded == 1
     pods = (
@@ -118,7 +105,7 @@ def test_replay_failing_the_sequent_way_aborts_keeps_v1_serving_and_a_retry_goes
     assert any(e["reason"] == "ReplayFailed" and e["type"] == "Warning" for e in events), events
 
     # v1 kept serving all along: every write since the rollout began was accepted, none lost.
-    time.sleep(1.0)
+    next_writes(load)
     during = [w for w in load.snapshot() if w.started >= began]
     assert during and all(w.status == 201 for w in during), [w for w in during if w.status != 201][:5]
     assert scenario.status()["activeVersion"] == "v1"
@@ -152,10 +139,7 @@ def test_prepare_without_pg_dump_says_so_and_aborts_from_created(scenario: Scena
             {"name": "PATH", "value": "/nonexistent"}
         ]
     scenario.apply("v2", template=template)
-    status = scenario.wait_for(
-        "the rollout to fail and abort",
-        lambda s: s.get("phase") == "Failed" and condition(s, "ReplayAborted").get("status") == "True",
-    )
+    status = scenario.wait_for("the rollout to fail and abort", failed_and_aborted)
     assert condition(status, "Progressing")["reason"] == "StageFailed"
     assert "prepare Job" in status["message"]
     assert "cannot determine full path of the `pg_dump` executable" in status["message"], status["message"]

@@ -76,7 +76,7 @@ def test_fifty_sets_on_a_server_with_twenty_connections_all_go_active(
         nonlocal peak
         while not sampling.is_set():
             peak = max(peak, operator_connections(small_postgres.url))
-            time.sleep(0.05)
+            time.sleep(0.05)  # the sampling rate, while the sets roll out
 
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
@@ -138,7 +138,7 @@ def test_two_sets_naming_one_service_the_first_claims_it_the_other_never_switche
         condition = wait_until("crowd-1 refused the Service", refused, 240)
         assert condition["status"] == "False"
         assert f"{namespace}/crowd-0" in condition["message"]
-        time.sleep(10)  # passes go on: the Service must stay as crowd-0 left it
+        time.sleep(10)  # kept: passes go on meanwhile, and nothing may change: no condition to wait for
 
         service = core.read_namespaced_service("front", namespace)
         assert service.spec.selector == {NAME_LABEL: "crowd-0", VERSION_LABEL: "v1"}
@@ -267,7 +267,7 @@ def upgrade_both(sets: list[SharedStoreSet], source: str, target: str) -> dict[s
     except AssertionError as error:
         raise AssertionError(f"{error}\n{running.tail_logs(60)}") from None
     total = time.monotonic() - began
-    time.sleep(1.0)  # writes in flight at the switch finish on the new pods
+    time.sleep(1.0)  # kept: writes in flight at the switch finish (the load records no in-flight writes)
     results = {}
     for each in sets:
         each.watcher.stop()

@@ -16,9 +16,9 @@ from collections.abc import Iterator
 
 import pytest
 from kubernetes import client
-from test_upgrade import install_v1_with_traffic
 
 from projectorset.adapters.kubejson import KubeJson
+from support.traffic import install_v1_with_traffic
 from testbed.scenario import Scenario
 from testbed.switchgap import deploy_two_versions, run_switches, watched_proxy
 

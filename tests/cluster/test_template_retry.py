@@ -19,14 +19,14 @@ from collections import Counter
 from typing import Any
 
 from kubernetes import client
-from test_sequent_failures import condition, replay_rows
-from test_upgrade import install_v1_with_traffic
 
 from projectorset.domain.resources import RELEASE_ANNOTATION, TEMPLATE_HASH_ANNOTATION, template_hash
 from sampleapp.config import ACCOUNT_CURRENCY
+from support.conditions import condition, is_true
+from support.traffic import install_v1_with_traffic
 from testbed.manifests import sample_projectorset
 from testbed.scenario import Scenario
-from testbed.sequent_schema import projector_rows
+from testbed.sequent_schema import projector_rows, replay_rows
 
 RELEASE = "v2-currency"
 MISSING = f'key not found: "{ACCOUNT_CURRENCY}"'
@@ -68,9 +68,7 @@ def test_a_retry_that_fixes_the_template_goes_live_with_it_and_no_write_gets_a_5
         lambda s: s.get("phase") == "Failed" and condition(s, "Progressing").get("reason") == "ReplayFailed",
     )
     failed_s = time.monotonic() - began
-    aborted = scenario.wait_for(
-        "the replay to be aborted", lambda s: condition(s, "ReplayAborted").get("status") == "True"
-    )
+    aborted = scenario.wait_for("the replay to be aborted", lambda s: is_true(s, "ReplayAborted"))
     aborted_s = time.monotonic() - began
     # The condition names the error (the line rake printed after "rake aborted!"), not a backtrace.
     message = condition(aborted, "Progressing")["message"]

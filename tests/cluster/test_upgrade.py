@@ -3,29 +3,25 @@ while a load generator writes through the Service, against a real PostgreSQL."""
 
 from __future__ import annotations
 
-import time
-
 from kubernetes import client
 
+from support.conditions import condition, failed_and_aborted
+from support.traffic import install_v1_with_traffic, next_writes
 from testbed.scenario import Scenario
 from testbed.sequent_schema import projector_rows as read_projector_rows
 from testbed.workloads import wait_until
 
 
-def install_v1_with_traffic(scenario: Scenario) -> None:
-    scenario.apply("v1")
-    status = scenario.wait_active("v1")
-    # A first install with an empty projector_states is adopted: the operator activates v1.
-    assert {p["name"]: p["activeVersion"] for p in status["projectors"]} == {"AccountProjector": 1, "AuditProjector": 1}
-    load = scenario.start_traffic()
-    deadline = time.monotonic() + 60
-    while sum(1 for w in load.snapshot() if w.status == 201) < 20:
-        assert time.monotonic() < deadline, f"no writes succeed through the Service: {load.snapshot()[-3:]}"
-        time.sleep(0.1)
-
-
 def projector_rows(scenario: Scenario) -> dict[str, tuple[int | None, int | None, int | None]]:
     return read_projector_rows(scenario.database_url)
+
+
+def stage_succeeded(scenario: Scenario, stage: str) -> bool:
+    """The stage's Job succeeded, as the Job controller counts it (no operator needed)."""
+    jobs = client.BatchV1Api(scenario.api_client).list_namespaced_job(
+        scenario.namespace, label_selector=f"projectorset.io/stage={stage}"
+    )
+    return any(job.status.succeeded for job in jobs.items)
 
 
 def test_upgrade_v1_to_v2_under_writes_loses_nothing(scenario: Scenario) -> None:
@@ -42,14 +38,11 @@ def test_upgrade_v1_to_v2_under_writes_loses_nothing(scenario: Scenario) -> None
     assert result.active_to_switch_ms is not None
     assert projector_rows(scenario) == {"AccountProjector": (2, None, None), "AuditProjector": (1, None, None)}
     # Writes go on after the switch, all accepted by v2.
-    time.sleep(1)
+    after = next_writes(load)
     load.stop()
-    assert all(w.status == 201 for w in load.snapshot()[-10:])
+    assert all(w.status == 201 for w in after), after
     # The old version scales down after the 5 s delay.
-    deadline = time.monotonic() + 60
-    while scenario.deployment_replicas("v1") != 0:
-        assert time.monotonic() < deadline, "v1 was not scaled down"
-        time.sleep(0.5)
+    wait_until("v1 scaled down", lambda: scenario.deployment_replicas("v1") == 0)
     reasons = {event["reason"] for event in scenario.events()}
     for expected in (
         "RolloutStarted",
@@ -70,21 +63,13 @@ def test_failing_replay_job_aborts_and_v1_keeps_serving(scenario: Scenario) -> N
     commands = dict(spec["replay"]["commands"])
     commands["optimize"] = ["python3", "-c", "import sys; print('cannot build indexes'); sys.exit(4)"]
     scenario.apply("v2", replay={**spec["replay"], "commands": commands})
-    status = scenario.wait_for(
-        "the rollout to fail and abort",
-        lambda s: (
-            s.get("phase") == "Failed"
-            and any(c["type"] == "ReplayAborted" and c["status"] == "True" for c in s.get("conditions", []))
-        ),
-    )
+    status = scenario.wait_for("the rollout to fail and abort", failed_and_aborted)
     assert status["activeVersion"] == "v1"
     assert "optimize Job" in status["message"] and "version v1 keeps serving" in status["message"]
     assert projector_rows(scenario) == {"AccountProjector": (1, None, None), "AuditProjector": (1, None, None)}
     assert scenario.load is not None
-    before = len(scenario.load.snapshot())
-    time.sleep(2)
-    recent = scenario.load.snapshot()[before:]
-    assert recent and all(w.status == 201 for w in recent)
+    recent = next_writes(scenario.load)
+    assert all(w.status == 201 for w in recent), recent
     assert scenario.deployment_replicas("v2") == 0
     assert any(e["reason"] == "StageFailed" and e["type"] == "Warning" for e in scenario.events())
 
@@ -119,12 +104,13 @@ def test_operator_killed_during_replay_and_during_golive_finishes_once(scenario:
 
     scenario.wait_for("the replay stage", lambda s: (s.get("replay") or {}).get("stage") == "replay")
     scenario.operator.kill()
-    time.sleep(5)
+    wait_until("the replay Job to succeed with no operator running", lambda: stage_succeeded(scenario, "replay"), 120)
     scenario.start_operator()
 
     scenario.wait_for("golive", lambda s: s.get("phase") == "Activating")
     scenario.operator.kill()
-    time.sleep(6)  # golive finishes while no operator runs: old pods now refuse writes
+    # golive finishes while no operator runs: old pods now refuse writes.
+    wait_until("the golive Job to succeed with no operator running", lambda: stage_succeeded(scenario, "golive"), 120)
     scenario.start_operator()
 
     scenario.wait_active("v2")
@@ -158,10 +144,7 @@ def test_bad_credentials_and_missing_service_give_conditions_and_never_leak_the_
     scenario.apply("v1")
     status = scenario.wait_for(
         "the credentials condition",
-        lambda s: any(
-            c["type"] == "DatabaseReady" and c["reason"] == "DatabaseAuthenticationFailed"
-            for c in s.get("conditions", [])
-        ),
+        lambda s: condition(s, "DatabaseReady").get("reason") == "DatabaseAuthenticationFailed",
     )
     assert "the database refused the credentials" in status["message"]
     # The Event follows the status write of the same pass.

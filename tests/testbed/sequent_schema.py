@@ -104,3 +104,10 @@ def projector_rows(url: str, schema: str = "sequent_schema") -> dict[str, tuple[
             sql.Identifier(schema), sql.Identifier("projector_states")
         )
         return {name: (active, activating, replaying) for name, active, activating, replaying in conn.execute(query)}
+
+
+def replay_rows(url: str) -> list[tuple[int, str, list[str]]]:
+    """``replay_states`` in order as ``[(id, state, projectors)]``, for assertions."""
+    with psycopg.connect(url) as conn:
+        rows = conn.execute("SELECT id, state, projectors FROM sequent_schema.replay_states ORDER BY id").fetchall()
+    return [(int(id_), str(state), list(projectors)) for id_, state, projectors in rows]
