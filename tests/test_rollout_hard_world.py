@@ -18,11 +18,11 @@ from datetime import timedelta
 
 import pytest
 from rollout_world import Faults, Schema, World, manifest
-from test_rollout_regressions import RELEASES, edit, reason, settle
 
 from projectorset.api import Phase, Promotion
 from projectorset.domain.observation import JobState
 from projectorset.domain.sequent import ProjectorState
+from support.worlds import RELEASES, edit, reason, settle
 
 MIGRATE = {"commands": {"migrate": ["bundle", "exec", "rake", "sequent:db:migrate"]}}
 
