@@ -11,7 +11,9 @@ import asyncio
 import contextvars
 import functools
 import logging
+import math
 import os
+import random
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -25,6 +27,7 @@ from projectorset.adapters.database import WATCH_LOCK_TIMEOUT_MS, DatabaseError,
 from projectorset.adapters.pools import PoolSet, store_fingerprint, target_fingerprint
 from projectorset.api import CheckResult, Phase, ProjectorSetSpec, ProjectorSetStatus
 from projectorset.api.conditions import ConditionType, Kind, Reason, ReportedError, set_condition
+from projectorset.domain.backoff import Backoff, RandomSource
 from projectorset.domain.cluster import Cluster, ClusterError, Owner, ServiceRefused
 from projectorset.domain.observation import (
     Activate,
@@ -47,6 +50,10 @@ log = logging.getLogger(__name__)
 
 # After a failed action, the next pass comes sooner than an idle one but not in a tight loop.
 ACTION_FAILURE_RETRY_SECONDS = 5.0
+# The longer actions keep failing, the longer the wait's ceiling, up to a minute (full jitter below it).
+ACTION_FAILURE_BACKOFF = Backoff(ACTION_FAILURE_RETRY_SECONDS, 60.0)
+# Added to the jittered wait: never a pass at once after a failed action.
+ACTION_FAILURE_MIN_RETRY_SECONDS = 0.5
 # A set waiting for another set's replay looks again this often; one held by an ownership clash less often.
 QUEUED_RETRY_SECONDS = 10.0
 OWNERSHIP_RETRY_SECONDS = 60.0
@@ -247,7 +254,7 @@ class Reconciler:
                 self._emit(owner, event)
         if self.observer is not None:
             self.observer(owner, decision)
-        requeue = _requeue_after(decision, failed)
+        requeue = _requeue_after(decision, failed, status, self.clock())
         if failed is None:
             return PassResult(decision, requeue)
         return PassResult(decision, requeue, failed.message, failed.reason)
@@ -476,12 +483,31 @@ class Reconciler:
             log.warning("%s/%s: Event not written: %s", owner.namespace, owner.name, error.message)
 
 
-def _requeue_after(decision: Decision, failed: FailedAction | None) -> float | None:
+def _requeue_after(
+    decision: Decision,
+    failed: FailedAction | None,
+    status: ProjectorSetStatus,
+    now: datetime,
+    source: RandomSource = random,
+) -> float | None:
     """After a failed action the next pass comes sooner (or, for a refusal only a person can lift, later)."""
     if failed is None:
         return decision.requeue_after
-    retry = REPORTED_ONCE.get(failed.reason, ACTION_FAILURE_RETRY_SECONDS)
+    retry = REPORTED_ONCE.get(failed.reason)
+    if retry is None:
+        retry = action_retry_delay(status, now, source)
     return min(decision.requeue_after or retry, retry)
+
+
+def action_retry_delay(status: ProjectorSetStatus, now: datetime, source: RandomSource = random) -> float:
+    """The wait before the pass after a failed action: full jitter under a ceiling that doubles
+    from 5 s to 60 s the longer actions have been failing (since ActionsApplied turned False), so
+    that after an API outage a thousand sets do not all come back together every 5 s."""
+    applied = next((c for c in status.conditions if c.type == ConditionType.ACTIONS_APPLIED), None)
+    since = applied.last_transition_time if applied is not None and applied.status == "False" else None
+    failing = max(0.0, (now - since).total_seconds()) if since is not None else 0.0
+    attempt = int(math.log2(1 + failing / ACTION_FAILURE_RETRY_SECONDS))
+    return ACTION_FAILURE_MIN_RETRY_SECONDS + ACTION_FAILURE_BACKOFF.delay(attempt, source)
 
 
 def _condition_changed(previous: ProjectorSetStatus, status: ProjectorSetStatus, type_: ConditionType) -> bool:
