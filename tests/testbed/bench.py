@@ -139,7 +139,7 @@ def one_upgrade(
     cluster: LocalCluster, api: client.ApiClient, postgres: PostgresServer, events: int, number: int, workdir: Path
 ) -> Run:
     namespace = f"bench-{events}-{number}"
-    scenario = Scenario(cluster, api, postgres, namespace, workdir / namespace)
+    scenario = Scenario(cluster, api, postgres, namespace, workdir / namespace, replay_event_overhead_ms=None)
     (workdir / namespace).mkdir(parents=True)
     try:
         scenario.prepare()
@@ -173,7 +173,7 @@ def many_projectorsets(
     """``count`` ProjectorSets in one namespace, all Active: the operator's memory and API requests
     over a quiet minute."""
     namespace = "bench-many"
-    scenario = Scenario(cluster, api, postgres, namespace, workdir / namespace)
+    scenario = Scenario(cluster, api, postgres, namespace, workdir / namespace, replay_event_overhead_ms=None)
     (workdir / namespace).mkdir(parents=True)
     try:
         scenario.prepare()

@@ -174,7 +174,7 @@ def scale_environment(prefix: str, controller_qps: int, max_connections: int = 1
 
 
 def probe(cluster: LocalCluster, api: client.ApiClient, postgres: PostgresServer, name: str, workdir: Path) -> Scenario:
-    scenario = Scenario(cluster, api, postgres, NAMESPACE, workdir / name, name=name)
+    scenario = Scenario(cluster, api, postgres, NAMESPACE, workdir / name, name=name, replay_event_overhead_ms=None)
     (workdir / name).mkdir(parents=True, exist_ok=True)
     scenario.prepare()
     return scenario

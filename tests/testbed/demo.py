@@ -82,7 +82,7 @@ def run(source: str, target: str, writers: int, keep: bool) -> int:
         say("starting PostgreSQL")
         postgres = PostgresServer.start()
         api = api_client(str(cluster.kubeconfig))
-        scenario = Scenario(cluster, api, postgres, "demo", workdir)
+        scenario = Scenario(cluster, api, postgres, "demo", workdir, replay_event_overhead_ms=None)
         say("installing the CRD, the database, the Secret and the Service")
         scenario.prepare()
         say("starting the operator")

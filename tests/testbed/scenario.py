@@ -281,6 +281,7 @@ class Scenario:
         namespace: str,
         workdir: Path,
         name: str = "accounts",
+        replay_event_overhead_ms: float | None = 0.0,
     ) -> None:
         self.cluster = cluster
         self.api_client = api_client
@@ -290,6 +291,9 @@ class Scenario:
         self.namespace = namespace
         self.workdir = workdir
         self.name = name
+        # The sample app's per-event replay cost (testbed.manifests.sample_projectorset): none in
+        # the tests, the calibrated default (None) in the demo and the benchmarks.
+        self.replay_event_overhead_ms = replay_event_overhead_ms
         self.database_url = ""
         self.operator: OperatorProcess | None = None
         self.proxy: ServiceProxy | None = None
@@ -339,7 +343,14 @@ class Scenario:
     def add_application(self, name: str, version: str = "v1") -> None:
         """Another ProjectorSet in the same namespace, with its own database."""
         self.add_database(name)
-        manifest = sample_projectorset(version, name=name, namespace=self.namespace, secret=f"{name}-db", service=name)
+        manifest = sample_projectorset(
+            version,
+            name=name,
+            namespace=self.namespace,
+            secret=f"{name}-db",
+            service=name,
+            replay_event_overhead_ms=self.replay_event_overhead_ms,
+        )
         self.kubectl("apply", "-f", "-", input=yaml.safe_dump(manifest))
 
     def status_of(self, name: str) -> dict[str, Any]:
@@ -378,6 +389,7 @@ class Scenario:
             secret=f"{self.name}-db",
             service=self.name,
             spec=spec or None,
+            replay_event_overhead_ms=self.replay_event_overhead_ms,
         )
         self.kubectl("apply", "-f", "-", input=yaml.safe_dump(manifest))
 
