@@ -479,12 +479,16 @@ class Scenario:
         assert self.load is not None
         watcher = MomentWatcher(self.database_url, self.core, self.namespace, self.name)
         watcher.watch(target, get_release(target).versions)
-        began = time.monotonic()
-        self.apply(target, **spec)
-        self.wait_active(target, timeout, on_poll)
-        total = time.monotonic() - began
-        time.sleep(1.0)  # writes in flight at the switch finish on the new pods
-        watcher.stop()
+        # Stopped however the upgrade ends: a demo stopped by SIGTERM mid-upgrade stops PostgreSQL
+        # next, and a watcher still polling it then ended the process with SIGABRT, not 143.
+        try:
+            began = time.monotonic()
+            self.apply(target, **spec)
+            self.wait_active(target, timeout, on_poll)
+            total = time.monotonic() - began
+            time.sleep(1.0)  # writes in flight at the switch finish on the new pods
+        finally:
+            watcher.stop()
         writes = [w for w in self.load.snapshot() if w.started >= began]
         return self.measure(source, target, writes, watcher, total)
 
