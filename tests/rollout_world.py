@@ -168,7 +168,7 @@ class JobPods:
 
 @dataclass
 class SequentQuirks:
-    """What Sequent master's code does that a tidier model would not (../shared/DESIGN.md section 9)."""
+    """What Sequent master's code does that a tidier model would not (docs/sequent-protocol.md lists each)."""
 
     # prepare's rescue runs inside the transaction its re-raise rolls back: the row stays `created`.
     prepare_leaves_created: bool = False
